@@ -1,0 +1,198 @@
+"""Read a TOML file into a validated `Config`, or fail with errors that name the file and key."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from croupier.config.schema import Config, MemberConfig, split_address
+
+
+class ConfigError(Exception):
+    """A config that must not start. `problems` holds (key, reason) pairs."""
+
+    def __init__(self, path: Path | str, problems: list[tuple[str, str]]) -> None:
+        self.path = str(path)
+        self.problems = problems
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        lines = [f"{self.path}: {key}: {reason}" for key, reason in self.problems]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class MemberSpec:
+    """A member with its host resolved: what the runtime model is built from."""
+
+    pool: str
+    name: str          # how people and the admin API name it: "host:port" or "address:port"
+    host: str          # the host's name; a member that names an address gets a host of that name
+    address: str
+    port: int
+    weight: int
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedConfig:
+    path: Path
+    config: Config
+    members: dict[str, list[MemberSpec]]   # pool name -> members, in config order
+
+
+def _key(loc: tuple[int | str, ...], data: dict[str, Any]) -> str:
+    """('pools', 0, 'members', 2, 'port') -> 'pools[0] (classes).members[2].port'."""
+    out = ""
+    node: Any = data
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            try:
+                node = node[part]
+                if isinstance(node, dict) and isinstance(node.get("name"), str):
+                    out += f" ({node['name']})"
+            except (IndexError, KeyError, TypeError):
+                node = None
+        elif part in ("str", "MemberConfig", "function-after[_listen(), str]"):
+            continue   # pydantic's union-branch labels are noise to a user
+        else:
+            out += f".{part}" if out else str(part)
+            node = node.get(part) if isinstance(node, dict) else None
+    return out or "(top level)"
+
+
+def _pydantic_problems(err: ValidationError, data: dict[str, Any]) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    for e in err.errors():
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        problems.append((_key(tuple(e["loc"]), data), msg))
+    # A member written in short form fails both union branches; keep the clearer message.
+    seen: dict[str, str] = {}
+    for key, msg in problems:
+        if key not in seen or "expected" in msg or "port" in msg:
+            seen[key] = msg
+    return list(seen.items())
+
+
+def load_config(path: Path | str) -> LoadedConfig:
+    """Parse and validate; raise ConfigError naming every problem found."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(path, [("(file)", e.strerror or str(e))]) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(path, [("(syntax)", str(e))]) from None
+    return validate_config(data, path)
+
+
+def validate_config(data: dict[str, Any], path: Path | str = "<config>") -> LoadedConfig:
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(path, _pydantic_problems(e, data)) from None
+
+    problems: list[tuple[str, str]] = []
+    pools = {p.name for p in config.pools}
+    hosts: dict[str, str] = {}
+    host_addresses: dict[str, str] = {}
+    for i, h in enumerate(config.hosts):
+        key = f"hosts[{i}] ({h.name}).name"
+        if h.name in hosts:
+            problems.append((key, f"a host named {h.name!r} is already defined"))
+        hosts[h.name] = h.address
+        host_addresses.setdefault(h.address, h.name)
+
+    seen_pools: set[str] = set()
+    for i, p in enumerate(config.pools):
+        if p.name in seen_pools:
+            problems.append((f"pools[{i}] ({p.name}).name",
+                             f"a pool named {p.name!r} is already defined"))
+        seen_pools.add(p.name)
+
+    listen_seen: dict[tuple[str, int], str] = {}
+    names_seen: set[str] = set()
+    admin_addr = split_address(config.admin.listen)
+    for i, lst in enumerate(config.listeners):
+        base = f"listeners[{i}] ({lst.name})"
+        if lst.name in names_seen:
+            problems.append((f"{base}.name", f"a listener named {lst.name!r} is already defined"))
+        names_seen.add(lst.name)
+        addr = split_address(lst.listen)
+        if addr in listen_seen:
+            problems.append((f"{base}.listen",
+                             f"{lst.listen} is already used by listener {listen_seen[addr]!r}"))
+        elif addr == admin_addr:
+            problems.append((f"{base}.listen", f"{lst.listen} is already used by [admin].listen"))
+        listen_seen[addr] = lst.name
+        if lst.pool not in pools:
+            problems.append((f"{base}.pool", f"no pool named {lst.pool!r}"))
+        for j, r in enumerate(lst.routes):
+            if r.pool not in pools:
+                problems.append((f"{base}.routes[{j}].pool", f"no pool named {r.pool!r}"))
+            if r.path_prefix is None and r.host is None:
+                problems.append((f"{base}.routes[{j}]",
+                                 "a route needs path_prefix, host, or both"))
+
+    members: dict[str, list[MemberSpec]] = {}
+    for i, p in enumerate(config.pools):
+        specs: list[MemberSpec] = []
+        names: set[str] = set()
+        for j, m in enumerate(p.members):
+            key = f"pools[{i}] ({p.name}).members[{j}]"
+            try:
+                spec = _member_spec(p.name, m, hosts, host_addresses)
+            except ValueError as e:
+                problems.append((key, str(e)))
+                continue
+            if spec.name in names:
+                problems.append((key, f"member {spec.name} is listed twice"))
+            names.add(spec.name)
+            specs.append(spec)
+        members[p.name] = specs
+
+    if problems:
+        raise ConfigError(path, problems)
+    return LoadedConfig(Path(path), config, members)
+
+
+def _member_spec(pool: str, m: str | MemberConfig, hosts: dict[str, str],
+                 host_addresses: dict[str, str]) -> MemberSpec:
+    if isinstance(m, str):
+        where, port = split_address(m)
+        if where in hosts:
+            return MemberSpec(pool, m, where, hosts[where], port, 1)
+        if _looks_like_address(where):
+            host = host_addresses.get(where, where)
+            return MemberSpec(pool, m, host, where, port, 1)
+        raise ValueError(f"{where!r} is neither a host in [[hosts]] nor an IP address")
+    if (m.host is None) == (m.address is None):
+        raise ValueError("a member needs exactly one of host or address")
+    if m.host is not None:
+        if m.host not in hosts:
+            raise ValueError(f"no host named {m.host!r} in [[hosts]]")
+        name = m.name or f"{m.host}:{m.port}"
+        return MemberSpec(pool, name, m.host, hosts[m.host], m.port, m.weight)
+    assert m.address is not None
+    if not _looks_like_address(m.address):
+        raise ValueError(f"address {m.address!r} is not an IP address")
+    name = m.name or f"{m.address}:{m.port}"
+    return MemberSpec(pool, name, host_addresses.get(m.address, m.address), m.address,
+                      m.port, m.weight)
+
+
+def _looks_like_address(s: str) -> bool:
+    import ipaddress
+    try:
+        ipaddress.ip_address(s)
+    except ValueError:
+        return s == "localhost"
+    return True

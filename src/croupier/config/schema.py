@@ -1,0 +1,159 @@
+"""The config contract (DESIGN.md, "What users see"): TOML -> validated pydantic models.
+
+Every model forbids unknown keys, so a typo is an error that names the key rather than a
+setting that silently does nothing. Cross-references (a route to a pool, a member on a host)
+are checked in `croupier.config.load`, where the error can name the key that refers.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB)?\s*$")
+_SIZE_UNITS = {None: 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3,
+               "KB": 1000, "MB": 1000**2, "GB": 1000**3}
+
+
+def parse_duration(value: object) -> float:
+    """"500ms", "2s", "5m", "1h" -> seconds. A bare number is refused: the unit is the point."""
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    raise ValueError(
+        f"bad duration {value!r}: expected a number with a unit (ms, s, m, h), such as \"2s\""
+    )
+
+
+def parse_size(value: object) -> int:
+    """A byte count: an integer, or a string such as "16KiB" or "1MiB"."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str):
+        m = _SIZE.match(value)
+        if m:
+            return int(m.group(1)) * _SIZE_UNITS[m.group(2)]
+    raise ValueError(
+        f"bad size {value!r}: expected a byte count such as 16384, \"16KiB\" or \"1MiB\""
+    )
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+Name = Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def split_address(value: str) -> tuple[str, int]:
+    """"127.0.0.1:8080" or "[::1]:8080" -> (address, port), or ValueError saying why."""
+    host, sep, port_s = value.rpartition(":")
+    if not sep or not host or not port_s.isdigit():
+        raise ValueError(f"bad address {value!r}: expected \"address:port\"")
+    host = host.strip("[]")
+    port = int(port_s)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"bad address {value!r}: port {port} is out of range 1-65535")
+    return host, port
+
+
+class AdminConfig(_Strict):
+    listen: str = "127.0.0.1:9900"
+    token_file: str = "admin.token"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        split_address(v)
+        return v
+
+
+class RouteConfig(_Strict):
+    path_prefix: str | None = None
+    host: str | None = None
+    pool: Name
+
+    @field_validator("path_prefix")
+    @classmethod
+    def _prefix(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("/"):
+            raise ValueError(f"path_prefix {v!r} must start with \"/\"")
+        return v
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str | None) -> str | None:
+        return v.lower() if v is not None else None
+
+
+class ListenerConfig(_Strict):
+    name: Name
+    listen: str
+    mode: Literal["proxy", "redirect", "lookup"] = "proxy"
+    pool: Name
+    routes: list[RouteConfig] = []
+    # Client-side limits and timeouts: the defaults are those a careful operator would pick.
+    header_timeout: Duration = 10.0      # first byte of a request head to its end (slowloris)
+    body_timeout: Duration = 60.0        # longest silence while a request body is arriving
+    keepalive_timeout: Duration = 60.0   # idle time between requests on one connection
+    send_timeout: Duration = 60.0        # longest time a client may leave our writes unread
+    tunnel_timeout: Duration = 3600.0    # longest silence both ways on an upgraded connection
+    max_header_size: Size = 16384        # request line + headers; 431 past it
+    max_body_size: Size = 0              # 413 past it; 0 = no limit
+    max_pipelined: int = Field(default=16, ge=1, le=1024)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        split_address(v)
+        return v
+
+
+class HostConfig(_Strict):
+    name: Name
+    address: str = Field(min_length=1)
+
+
+class MemberConfig(_Strict):
+    host: Name | None = None
+    address: str | None = None
+    port: Port
+    weight: int = Field(default=1, ge=0, le=1000)
+    name: str | None = None
+
+
+class HealthConfig(_Strict):
+    type: Literal["http", "tcp"] = "http"
+    path: str = "/"
+    interval: Duration = 2.0
+    timeout: Duration = 1.0
+    rise: int = Field(default=2, ge=1)
+    fall: int = Field(default=3, ge=1)
+
+
+class PoolConfig(_Strict):
+    name: Name
+    algorithm: Literal["round_robin"] = "round_robin"
+    members: list[str | MemberConfig] = Field(min_length=1)
+    health: HealthConfig | None = None
+    connect_timeout: Duration = 3.0
+    response_timeout: Duration = 30.0    # request sent -> response, and between response reads
+    # Kept below the usual backend keep-alive (uvicorn, node: 5s) so the backend never closes
+    # a connection that we are about to reuse (DESIGN.md, known pitfalls).
+    idle_timeout: Duration = 4.0
+    max_idle: int = Field(default=64, ge=0)
+
+
+class Config(_Strict):
+    admin: AdminConfig = AdminConfig()
+    listeners: list[ListenerConfig] = Field(min_length=1)
+    hosts: list[HostConfig] = []
+    pools: list[PoolConfig] = Field(min_length=1)

@@ -1,0 +1,102 @@
+"""`croupier demo`: a few demo application instances and a proxy listener in front of them.
+
+Each demo instance is its own process (so you can kill one and watch the others carry on),
+serving a tiny "classes" application that says which instance answered.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+
+def make_app(name: str) -> web.Application:
+    async def classes(request: web.Request) -> web.Response:
+        return web.Response(text=f"classes from {name}\n")
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_route("*", "/{tail:.*}", classes)
+    return app
+
+
+def serve_app(name: str, port: int) -> None:
+    """Run one demo application instance on 127.0.0.1:port until killed."""
+    web.run_app(make_app(name), host="127.0.0.1", port=port, print=None, access_log=None,
+                handle_signals=True)
+
+
+DEMO_CONFIG = """\
+# The demo: three instances of the "classes" application behind one proxy listener.
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:{listen}"
+mode = "proxy"
+pool = "classes"
+
+[[hosts]]
+name = "local"
+address = "127.0.0.1"
+
+[[pools]]
+name = "classes"
+algorithm = "round_robin"
+members = [{members}]
+"""
+
+
+def _wait_for_port(port: int, timeout: float = 10.0) -> bool:
+    import socket
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def run_demo(listen_port: int, first_app_port: int, instances: int) -> None:
+    from croupier.config import load_config
+    from croupier.runtime.server import run
+
+    ports = [first_app_port + i for i in range(instances)]
+    procs = []
+    for i, port in enumerate(ports):
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "croupier", "demo-app", "--name", f"instance-{i + 1}",
+             "--port", str(port)]))
+    try:
+        for port in ports:
+            if not _wait_for_port(port):
+                raise SystemExit(f"demo instance on port {port} did not start")
+        members = ", ".join(f'"local:{p}"' for p in ports)
+        folder = Path(tempfile.mkdtemp(prefix="croupier-demo-"))
+        path = folder / "croupier.toml"
+        path.write_text(DEMO_CONFIG.format(listen=listen_port, members=members))
+        print(f"croupier demo: {instances} instances of 'classes' on ports "
+              f"{', '.join(map(str, ports))}, pids {', '.join(str(p.pid) for p in procs)}")
+        print(f"config: {path}")
+        print("try:")
+        print(f"  for i in 1 2 3 4 5 6; do curl -s http://127.0.0.1:{listen_port}/get-classes; "
+              "done")
+        print(f"  kill {procs[0].pid}   # then curl again: the others carry on")
+        print("Ctrl-C stops the demo.", flush=True)
+        run(load_config(path))
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()

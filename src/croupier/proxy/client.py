@@ -1,0 +1,664 @@
+"""The client side of the data plane: one `ClientConnection` per accepted connection.
+
+Rules kept here (DESIGN.md, "Rules of the hot path"):
+- No Task, coroutine or await per request: everything is a Protocol or parser callback.
+- `feed_data` cannot be paused, so pipelined requests that arrive in one read are parsed at
+  once: they wait in `queue` (bounded by `max_pipelined`) while reading is paused, and are
+  answered strictly in order. Past the bound the parser is stopped and the connection closes
+  after the queued requests are answered (RFC 9112 9.3.2 lets a client retry the rest).
+- Reading is paused for several independent reasons (a bit each): queued requests, a member
+  that cannot take more request body, a body held while the member connection opens.
+- httptools has no header-size limit: the head's bytes are counted here; 431 past the limit.
+- Smuggling shapes (CL with TE, two CLs, bad chunk sizes, obs-fold, bare LF) are refused by
+  llhttp in strict mode (leniencies are never switched on): 400 and the connection closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import deque
+from typing import TYPE_CHECKING
+
+import httptools
+
+from croupier.proxy.http import (
+    CONNECTION_OPTIONS,
+    connection_tokens,
+    host_without_port,
+    simple_response,
+    valid_host,
+)
+
+if TYPE_CHECKING:
+    from croupier.model.state import Member, Pool
+    from croupier.proxy.listener import Listener
+    from croupier.proxy.upstream import UpstreamConnection
+
+log = logging.getLogger("croupier.proxy")
+
+# Fields of a request that croupier rewrites or drops (lower-case); everything else is copied.
+_REQUEST_SPECIAL = frozenset({
+    b"host", b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+    b"transfer-encoding", b"upgrade", b"expect", b"x-forwarded-for", b"x-forwarded-proto",
+    b"x-forwarded-host", b"via", b"content-length",
+})
+
+# Body bytes held while the member connection opens, before reading pauses.
+_CONNECT_BUFFER = 65536
+
+
+class _Reject(Exception):
+    """Raised from a parser callback to stop parsing; the reason is in `ClientConnection.error`."""
+
+
+class Request:
+    """One request from parse to answer. Plain slots: one of these per request, nothing else."""
+
+    __slots__ = ("body", "body_done", "body_size", "chunked", "close_after", "content_length",
+                 "discard", "expect", "headers", "host", "http11", "member", "method",
+                 "response_done", "response_started", "sink", "upgrade", "url")
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.method = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.host: bytes | None = None
+        self.http11 = True
+        self.upgrade = False
+        self.chunked = False
+        self.content_length = -1
+        self.expect = False
+        self.close_after = False
+        self.body: list[bytes] = []     # request body bytes held until a member connection
+        self.body_size = 0
+        self.body_done = False
+        self.discard = False            # answered without a member: drop the body
+        self.sink: UpstreamConnection | None = None
+        self.member: Member | None = None
+        self.response_started = False
+        self.response_done = False
+
+
+class ClientConnection(asyncio.Protocol):
+    PAUSE_QUEUE = 1
+    PAUSE_UPSTREAM = 2
+    PAUSE_CONNECT = 4
+
+    __slots__ = ("_feeding", "_out", "_out_sink", "current", "deadline", "error", "head_bytes",
+                 "in_head", "listener", "parser", "parser_dead", "parsing", "paused", "peer",
+                 "queue", "transport", "tunnel", "write_paused", "xff")
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.parsing: Request | None = None     # the request whose bytes are being parsed
+        self.current: Request | None = None     # the request being answered
+        self.queue: deque[Request] = deque()    # parsed, waiting for `current` to finish
+        self.paused = 0
+        self.write_paused = False
+        self.in_head = False
+        self.head_bytes = 0
+        self.error: tuple[int, str] | None = None
+        self.parser_dead = False
+        self.tunnel: UpstreamConnection | None = None
+        self.deadline = 0.0
+        self.peer = b""
+        self.xff = b""
+        self._out: list[bytes] | None = None
+        self._out_sink: UpstreamConnection | None = None
+        self._feeding = False
+
+    # ---- asyncio protocol interface ------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = (peer[0] if peer else "unknown").encode()
+        self.listener.balancer.connections.add(self)
+        self.listener.open_connections += 1
+        self.deadline = self._now() + self.listener.config.keepalive_timeout
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.send(data)
+            self.deadline = self.refresh_tunnel_deadline()
+            return
+        if self.parser_dead:
+            return
+        listener = self.listener
+        self._feeding = True
+        self._out = []
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            self._upgrade_requested(data[e.args[0]:])
+        except httptools.HttpParserCallbackError:
+            self._feeding = False
+            self._flush_up()
+            self._parse_failed()
+            return
+        except httptools.HttpParserError as e:
+            self._feeding = False
+            self._flush_up()
+            self.error = (400, f"bad request: {e}")
+            self._parse_failed()
+            return
+        self._feeding = False
+        self._flush_up()
+        if self.in_head:
+            # Bytes of an unfinished head are buffered inside httptools: bound them here.
+            self.head_bytes += len(data)
+            if self.head_bytes > listener.config.max_header_size + 65536:
+                self.error = (431, "request header fields too large")
+                self._parse_failed()
+                return
+        parsing = self.parsing
+        if parsing is not None and not parsing.body_done and not self.in_head:
+            self.deadline = self._now() + listener.config.body_timeout
+
+    def eof_received(self) -> bool | None:
+        # A client that half-closes after a whole request still gets its answer; one that
+        # stops mid-request, or with nothing in flight, is closed.
+        if self.tunnel is not None or self.parsing is not None or self.current is None:
+            return False
+        self.parser_dead = True     # nothing more will come; close once answered
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        listener = self.listener
+        listener.balancer.connections.discard(self)
+        listener.open_connections -= 1
+        self.transport = None
+        tunnel, self.tunnel = self.tunnel, None
+        if tunnel is not None:
+            tunnel.client = None
+            tunnel.req = None
+            tunnel._abandon()
+        for req in (self.current, *self.queue):
+            if req is not None:
+                self._release_member(req, failed=False)
+                sink = req.sink
+                if sink is not None:
+                    req.sink = None
+                    sink.client = None
+                    sink.req = None
+                    sink._abandon()
+        self.current = None
+        self.queue.clear()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        req = self.current
+        if req is not None and req.sink is not None:
+            req.sink.pause_reading()
+        elif self.tunnel is not None:
+            self.tunnel.pause_reading()
+        self.deadline = self._now() + self.listener.config.send_timeout
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        req = self.current
+        if req is not None and req.sink is not None:
+            req.sink.resume_reading()
+        elif self.tunnel is not None:
+            self.tunnel.resume_reading()
+            self.deadline = self.refresh_tunnel_deadline()
+        else:
+            self.deadline = 0.0 if self.current is not None else self._idle_deadline()
+
+    # ---- parser callbacks ------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if len(self.queue) >= self.listener.config.max_pipelined:
+            self.error = (0, "too many pipelined requests")
+            raise _Reject()
+        self.parsing = Request()
+        self.in_head = True
+        self.head_bytes = 0
+        self.deadline = self._now() + self.listener.config.header_timeout
+
+    def on_url(self, url: bytes) -> None:
+        req = self.parsing
+        assert req is not None
+        req.url += url
+        self.head_bytes += len(url)
+        if self.head_bytes > self.listener.config.max_header_size:
+            self.error = (431 if len(req.url) < 8192 else 414,
+                          "request header fields too large" if len(req.url) < 8192
+                          else "request URI too long")
+            raise _Reject()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.in_head:
+            return     # trailers: dropped, as RFC 9110 6.5.1 allows
+        req = self.parsing
+        assert req is not None
+        self.head_bytes += len(name) + len(value) + 4
+        if self.head_bytes > self.listener.config.max_header_size:
+            self.error = (431, "request header fields too large")
+            raise _Reject()
+        req.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        req = self.parsing
+        assert req is not None
+        parser = self.parser
+        req.method = parser.get_method()
+        req.http11 = parser.get_http_version() == "1.1"
+        if not parser.should_keep_alive():
+            req.close_after = True
+        req.upgrade = parser.should_upgrade()
+        problem = self._inspect(req)
+        if problem is not None:
+            self.error = problem
+            raise _Reject()
+        limit = self.listener.config.max_body_size
+        if limit and req.content_length > limit:
+            self.error = (413, f"request body of {req.content_length} bytes is over the "
+                               f"limit of {limit}")
+            raise _Reject()
+        self.deadline = self._now() + self.listener.config.body_timeout
+        if self.current is None:
+            self._start(req)
+        else:
+            self.queue.append(req)
+            self.pause_reading(self.PAUSE_QUEUE)
+
+    def on_body(self, body: bytes) -> None:
+        req = self.parsing
+        assert req is not None
+        if req.discard:
+            return
+        req.body_size += len(body)
+        limit = self.listener.config.max_body_size
+        if limit and req.body_size > limit:
+            self.error = (413, f"request body is over the limit of {limit} bytes")
+            raise _Reject()
+        if req.chunked:
+            pieces: tuple[bytes, ...] = (b"%x\r\n" % len(body), body, b"\r\n")
+        else:
+            pieces = (body,)
+        sink = req.sink
+        if sink is not None:
+            self._send_up(sink, pieces)
+        else:
+            req.body.extend(pieces)
+            if req is self.current and req.body_size > _CONNECT_BUFFER:
+                self.pause_reading(self.PAUSE_CONNECT)
+
+    def on_message_complete(self) -> None:
+        req = self.parsing
+        assert req is not None
+        self.parsing = None
+        req.body_done = True
+        if req.upgrade:
+            return      # the tunnel starts in _upgrade_requested
+        if not req.discard:
+            if req.chunked:
+                if req.sink is not None:
+                    self._send_up(req.sink, (b"0\r\n\r\n",))
+                else:
+                    req.body.append(b"0\r\n\r\n")
+        if req is self.current:
+            self.deadline = 0.0
+            if req.response_done:
+                self._next()
+
+    # ---- request inspection and dispatch -------------------------------------------------
+
+    def _inspect(self, req: Request) -> tuple[int, str] | None:
+        """Collect what the proxy acts on; refuse what RFC 9112 says a server must refuse."""
+        for name, value in req.headers:
+            lname = name.lower()
+            if lname == b"host":
+                if req.host is not None:
+                    return (400, "more than one Host header")
+                req.host = value
+            elif lname == b"transfer-encoding":
+                req.chunked = True      # llhttp accepted it, so chunked is the final coding
+            elif lname == b"content-length":
+                req.content_length = int(value)
+            elif lname == b"expect":
+                if value.lower() == b"100-continue":
+                    req.expect = True
+                else:
+                    return (417, f"unsupported expectation {value.decode('latin-1')!r}")
+        if req.host is None:
+            if req.http11:
+                return (400, "an HTTP/1.1 request needs a Host header")
+        elif not valid_host(req.host):
+            return (400, "bad Host header")
+        if req.method == b"CONNECT":
+            return (405, "CONNECT is not supported by a reverse proxy")
+        return None
+
+    def _start(self, req: Request) -> None:
+        """Route `req`, pick a member, and send it on (or answer it ourselves)."""
+        self.current = req
+        listener = self.listener
+        pool = listener.route(req)
+        mode = listener.mode
+        member = pool.policy.pick()
+        if member is None:
+            self._answer(req, 503, f"croupier: no member of pool {pool.name!r} may take the "
+                                   f"request ({pool.describe_unavailable()})\n",
+                         extra=((b"Retry-After", b"1"),))
+            return
+        if mode != "proxy":
+            self._answer_without_proxy(req, pool, member, mode)
+            return
+        member.in_flight += 1
+        member.requests += 1
+        req.member = member
+        upstream = member.upstream
+        assert upstream is not None
+        conn = upstream.acquire()
+        if conn is not None:
+            self._attach(req, conn)
+        else:
+            upstream.connect(self, req)
+
+    def _attach(self, req: Request, conn: UpstreamConnection) -> None:
+        conn.attach(self, req)
+        req.sink = conn
+        member = req.member
+        assert member is not None
+        pieces = [self._request_head(req, member)]
+        if req.body:
+            pieces += req.body
+            req.body = []
+        self._send_up(conn, pieces)
+        if self.write_paused:
+            conn.pause_reading()
+        self.resume_reading(self.PAUSE_CONNECT)
+
+    def upstream_connected(self, req: Request, conn: UpstreamConnection) -> None:
+        if req is not self.current or self.transport is None:
+            conn.pool.release(conn)     # the client left while we connected; keep it
+            return
+        self._attach(req, conn)
+
+    def upstream_failed(self, req: Request, why: str, response_started: bool) -> None:
+        member = req.member
+        req.sink = None
+        if member is not None:
+            log.warning("pool %s member %s failed: %s", member.pool.name, member.name, why)
+        self._release_member(req, failed=True)
+        if self.transport is None or req is not self.current:
+            return
+        if response_started:
+            self.transport.abort()      # part of a response is out: only a cut shows the error
+            return
+        status = 504 if "within" in why or "timed out" in why else 502
+        pool_name = member.pool.name if member is not None else "?"
+        member_name = member.name if member is not None else "?"
+        req.close_after = req.close_after or not req.body_done
+        req.discard = True
+        self._answer(req, status, f"croupier: pool {pool_name!r} member {member_name} "
+                                  f"failed: {why}\n")
+
+    def response_done(self, req: Request) -> None:
+        """The member's response was passed on whole."""
+        self._release_member(req, failed=False)
+        req.sink = None
+        if req is not self.current or self.transport is None:
+            return
+        if not req.body_done:
+            req.close_after = True      # answered before the body arrived: do not read on
+        req.response_done = True
+        if req.close_after:
+            self._close_after_write()
+        elif req.body_done:
+            self._next()
+
+    def _release_member(self, req: Request, failed: bool) -> None:
+        member = req.member
+        if member is not None:
+            req.member = None
+            member.in_flight -= 1
+            if failed:
+                member.failures += 1
+
+    def _next(self) -> None:
+        """`current` is answered; start the next queued request, or wait for one."""
+        self.current = None
+        if self.queue:
+            req = self.queue.popleft()
+            if not self.queue:
+                self.resume_reading(self.PAUSE_QUEUE)
+            self._start(req)
+        else:
+            self.resume_reading(self.PAUSE_QUEUE)
+            if self.parser_dead:
+                self._answer_error_and_close()
+            elif self.parsing is None:
+                self.deadline = self._idle_deadline()
+
+    def _answer(self, req: Request, status: int, body: str,
+                extra: tuple[tuple[bytes, bytes], ...] = (),
+                content_type: bytes = b"text/plain; charset=utf-8") -> None:
+        """Answer `req` ourselves (error, redirect, lookup)."""
+        req.discard = True
+        req.body = []
+        req.response_done = True
+        if not req.body_done:
+            req.close_after = True
+        if self.transport is None:
+            return
+        self.transport.write(simple_response(status, body, close=req.close_after,
+                                             extra=extra, content_type=content_type))
+        if req.close_after:
+            self._close_after_write()
+        elif req.body_done:
+            self._next()
+
+    def _answer_without_proxy(self, req: Request, pool: Pool, member: Member,
+                              mode: str) -> None:
+        host = member.address if ":" not in member.address else f"[{member.address}]"
+        path = req.url.decode("latin-1")
+        if not path.startswith("/"):
+            path = "/" + path.split("/", 3)[-1] if path.count("/") >= 3 else "/"
+        url = f"http://{host}:{member.port}{path}"
+        member.requests += 1
+        if mode == "redirect":
+            self._answer(req, 307, f"croupier: {url}\n",
+                         extra=((b"Location", url.encode("latin-1")),
+                                (b"Cache-Control", b"no-store")))
+        else:
+            body = json.dumps({"pool": pool.name, "member": member.name,
+                               "host": member.host.name, "address": member.address,
+                               "port": member.port, "url": url})
+            self._answer(req, 200, body + "\n", extra=((b"Cache-Control", b"no-store"),),
+                         content_type=b"application/json")
+
+    def _request_head(self, req: Request, member: Member) -> bytes:
+        """The request head for the member: hop-by-hop out, forwarding fields in."""
+        parts = [req.method, b" ", req.url, b" HTTP/1.1\r\n"]
+        xff = b""
+        via = b""
+        drop: list[bytes] = []
+        upgrade_value = b""
+        for name, value in req.headers:
+            lname = name.lower()
+            if lname in _REQUEST_SPECIAL:
+                if lname == b"host" or lname == b"expect" or lname == b"content-length":
+                    parts += (name, b": ", value, b"\r\n")
+                elif lname == b"x-forwarded-for":
+                    xff = xff + b", " + value if xff else value
+                elif lname == b"via":
+                    via = via + b", " + value if via else value
+                elif lname == b"connection":
+                    drop += [t for t in connection_tokens(value) if t not in CONNECTION_OPTIONS]
+                elif lname == b"upgrade":
+                    upgrade_value = value
+                continue
+            parts += (name, b": ", value, b"\r\n")
+        if drop:
+            named = set(drop)
+            kept = [req.method, b" ", req.url, b" HTTP/1.1\r\n"]
+            for i in range(4, len(parts), 4):
+                if parts[i].lower() not in named:
+                    kept += parts[i:i + 4]
+            parts = kept
+        if req.host is None:
+            parts.append(b"Host: %s:%d\r\n" % (member.address.encode(), member.port))
+        else:
+            parts += (b"X-Forwarded-Host: ", req.host, b"\r\n")
+        peer = self.peer
+        parts += (b"X-Forwarded-For: ", xff + b", " + peer if xff else peer, b"\r\n",
+                  b"X-Forwarded-Proto: http\r\n",
+                  b"Via: ", via + b", 1.1 croupier" if via else b"1.1 croupier", b"\r\n")
+        if req.chunked:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        if req.upgrade:
+            parts += (b"Connection: upgrade\r\nUpgrade: ", upgrade_value, b"\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    # ---- writing to the member ------------------------------------------------------------
+
+    def _send_up(self, sink: UpstreamConnection, pieces: tuple[bytes, ...] | list[bytes]) -> None:
+        """Batch writes to the member during one feed: one syscall per client read."""
+        if self._feeding:
+            if self._out_sink is not sink:
+                self._flush_up()
+                self._out_sink = sink
+            assert self._out is not None
+            self._out.extend(pieces)
+        else:
+            transport = sink.transport
+            if transport is not None and not sink.closed:
+                transport.writelines(pieces)
+
+    def _flush_up(self) -> None:
+        out, sink = self._out, self._out_sink
+        self._out = [] if self._feeding else None
+        self._out_sink = None
+        if out and sink is not None and sink.transport is not None and not sink.closed:
+            if len(out) == 1:
+                sink.transport.write(out[0])
+            else:
+                sink.transport.writelines(out)
+
+    # ---- tunnels (Upgrade, WebSocket) ------------------------------------------------------
+
+    def _upgrade_requested(self, rest: bytes) -> None:
+        """The parser stopped after an Upgrade request; its bytes beyond are tunnel data."""
+        self._feeding = False
+        self._flush_up()
+        req = self.current
+        self.parser_dead = True         # no more HTTP on this connection from the client
+        if req is None or not req.upgrade:
+            # Queued behind another request: refuse rather than hold raw bytes.
+            self.error = (400, "upgrade while another request is in flight")
+            self._parse_failed()
+            return
+        if rest:
+            if req.sink is not None:
+                req.sink.send(rest)
+            else:
+                req.body.append(rest)
+
+    def start_tunnel(self, conn: UpstreamConnection, rest: bytes) -> None:
+        """The member switched protocols: from now on bytes are copied both ways."""
+        req = self.current
+        self.tunnel = conn
+        if req is not None:
+            self._release_member(req, failed=False)
+            req.sink = None
+        self.current = None
+        self.resume_reading(self.PAUSE_QUEUE | self.PAUSE_CONNECT)
+        if rest and self.transport is not None:
+            self.transport.write(rest)
+        self.deadline = self.refresh_tunnel_deadline()
+        conn.deadline = 0.0     # the client side's deadline covers both directions
+
+    def refresh_tunnel_deadline(self) -> float:
+        return self._now() + self.listener.config.tunnel_timeout
+
+    def tunnel_closed(self) -> None:
+        self.tunnel = None
+        if self.transport is not None:
+            self.transport.close()
+
+    # ---- flow control, timeouts, closing ---------------------------------------------------
+
+    def pause_reading(self, reason: int) -> None:
+        if not self.paused and self.transport is not None:
+            self.transport.pause_reading()
+        self.paused |= reason
+
+    def resume_reading(self, reason: int) -> None:
+        was = self.paused
+        self.paused &= ~reason
+        if was and not self.paused and self.transport is not None:
+            self.transport.resume_reading()
+
+    def on_timeout(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        if self.tunnel is not None or self.write_paused:
+            transport.abort()           # a peer that stopped reading or talking
+        elif self.in_head:
+            self.error = (408, "request head not received in time")
+            self._parse_failed()
+        elif self.parsing is not None:
+            self.error = (408, "request body not received in time")
+            self._parse_failed()
+        elif self.current is None:
+            transport.close()           # idle keep-alive connection
+        else:
+            self.deadline = 0.0         # waiting on a member: its own deadline applies
+
+    def _parse_failed(self) -> None:
+        """The parser stopped on `self.error`. Requests before the bad one are still answered
+        in order; then the error is answered and the connection closes."""
+        self.parser_dead = True
+        self.in_head = False
+        bad = self.parsing
+        self.parsing = None
+        current = self.current
+        if current is not None and current is not bad:
+            return      # answered, with the error, once the requests before it are done
+        if current is not None:
+            # The bad bytes were the body of the request being answered: end that exchange.
+            self.current = None
+            self._release_member(current, failed=False)
+            sink, current.sink = current.sink, None
+            if sink is not None:
+                sink.client = sink.req = None
+                sink._abandon()
+            if current.response_started:
+                if self.transport is not None:
+                    self.transport.abort()
+                return
+        self._answer_error_and_close()
+
+    def _answer_error_and_close(self) -> None:
+        self.queue.clear()
+        transport = self.transport
+        if transport is None:
+            return
+        status, why = self.error or (0, "")
+        if status:
+            log.info("client %s: %d %s", self.peer.decode(), status, why)
+            transport.write(simple_response(status, f"croupier: {why}\n", close=True))
+        self._close_after_write()
+
+    def _close_after_write(self) -> None:
+        transport = self.transport
+        if transport is not None:
+            self.resume_reading(self.paused)
+            transport.pause_reading()
+            transport.close()
+
+    def _idle_deadline(self) -> float:
+        return self._now() + self.listener.config.keepalive_timeout
+
+    def _now(self) -> float:
+        return self.listener.balancer.loop.time()

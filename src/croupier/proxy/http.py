@@ -1,0 +1,74 @@
+"""HTTP/1.1 rules a proxy keeps (RFC 9110, RFC 9112), shared by both sides of the data plane.
+
+- Hop-by-hop fields (RFC 9110 7.6.1) are never forwarded: Connection and every field it names,
+  Keep-Alive, Proxy-Connection, TE, Trailer, Transfer-Encoding (re-framed), Upgrade (except on
+  an upgrade that is being tunnelled).
+- Framing is ours on each side: a body arrives with Content-Length, chunked, or (responses
+  only) until close; it leaves with Content-Length when we have one, else chunked to an
+  HTTP/1.1 client, else until close.
+- Every error croupier itself answers is a short text body that says who failed and why.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+# Request fields croupier handles itself rather than copying through.
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+    b"transfer-encoding", b"upgrade",
+})
+
+# Tokens of a Connection header that do not name a field to drop.
+CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
+
+# Methods that may be replayed on another connection (RFC 9110 9.2.2).
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+
+
+def reason(status: int) -> bytes:
+    return _REASONS.get(status, b"Unknown")
+
+
+def status_line(status: int) -> bytes:
+    return b"HTTP/1.1 %d %s\r\n" % (status, reason(status))
+
+
+def simple_response(status: int, body: str, *, close: bool,
+                    extra: tuple[tuple[bytes, bytes], ...] = (),
+                    content_type: bytes = b"text/plain; charset=utf-8") -> bytes:
+    """A complete response croupier answers itself (errors, redirects, lookups)."""
+    payload = body.encode()
+    parts = [status_line(status),
+             b"Content-Type: ", content_type, b"\r\n",
+             b"Content-Length: %d\r\n" % len(payload)]
+    for name, value in extra:
+        parts += (name, b": ", value, b"\r\n")
+    if close:
+        parts.append(b"Connection: close\r\n")
+    parts += (b"\r\n", payload)
+    return b"".join(parts)
+
+
+def connection_tokens(value: bytes) -> list[bytes]:
+    """The lower-cased tokens of a Connection header value."""
+    return [t.strip().lower() for t in value.split(b",") if t.strip()]
+
+
+def host_without_port(host: bytes) -> bytes:
+    """b"Example.com:8080" -> b"example.com"; IPv6 literals keep their brackets."""
+    host = host.strip().lower()
+    if host.startswith(b"["):
+        end = host.find(b"]")
+        return host[: end + 1] if end > 0 else host
+    colon = host.rfind(b":")
+    return host[:colon] if colon >= 0 else host
+
+
+def valid_host(host: bytes) -> bool:
+    """A Host value a proxy may act on: uri-host [":" port], no spaces, no userinfo or path."""
+    if not host or len(host) > 255:
+        return False
+    return not any(c in host for c in (b" ", b"\t", b"/", b"\\", b"@", b"?", b"#"))

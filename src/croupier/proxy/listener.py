@@ -1,0 +1,77 @@
+"""A listener: an address croupier accepts clients on, with its routes to pools."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from croupier.proxy.http import host_without_port
+
+if TYPE_CHECKING:
+    from croupier.config.schema import ListenerConfig
+    from croupier.model.state import Pool
+    from croupier.proxy.client import Request
+    from croupier.runtime.server import Balancer
+
+
+class Route:
+    """First match wins. A path prefix matches on a segment boundary: "/meetings" takes
+    "/meetings", "/meetings/x" and "/meetings?q", not "/meetingsroom"; a prefix that ends
+    with "/" matches as written. A host matches exactly, or "*.example.com" any subdomain."""
+
+    __slots__ = ("host", "host_suffix", "pool", "prefix", "prefix_dir")
+
+    def __init__(self, pool: Pool, path_prefix: str | None, host: str | None) -> None:
+        self.pool = pool
+        self.prefix = path_prefix.encode() if path_prefix else None
+        self.prefix_dir = bool(path_prefix) and path_prefix.endswith("/")  # type: ignore[union-attr]
+        self.host: bytes | None = None
+        self.host_suffix: bytes | None = None
+        if host is not None:
+            if host.startswith("*."):
+                self.host_suffix = host[1:].encode()
+            else:
+                self.host = host.encode()
+
+    def matches(self, host: bytes, path: bytes) -> bool:
+        if self.host is not None and host != self.host:
+            return False
+        if self.host_suffix is not None and not host.endswith(self.host_suffix):
+            return False
+        prefix = self.prefix
+        if prefix is not None:
+            if not path.startswith(prefix):
+                return False
+            if not self.prefix_dir and len(path) > len(prefix) and path[len(prefix)] not in (
+                    0x2F, 0x3F):     # "/" or "?"
+                return False
+        return True
+
+
+class Listener:
+    __slots__ = ("balancer", "config", "default_pool", "mode", "name", "open_connections",
+                 "routes", "server")
+
+    def __init__(self, balancer: Balancer, config: ListenerConfig, pools: dict[str, Pool]) -> None:
+        self.balancer = balancer
+        self.config = config
+        self.name = config.name
+        self.mode = config.mode
+        self.default_pool = pools[config.pool]
+        self.routes = [Route(pools[r.pool], r.path_prefix, r.host) for r in config.routes]
+        self.open_connections = 0
+        self.server: object | None = None
+
+    def route(self, req: Request) -> Pool:
+        routes = self.routes
+        if not routes:
+            return self.default_pool
+        host = host_without_port(req.host) if req.host is not None else b""
+        url = req.url
+        if not url.startswith(b"/"):       # absolute-form: route on its path
+            scheme_end = url.find(b"://")
+            slash = url.find(b"/", scheme_end + 3) if scheme_end >= 0 else -1
+            url = url[slash:] if slash >= 0 else b"/"
+        for route in routes:
+            if route.matches(host, url):
+                return route.pool
+        return self.default_pool

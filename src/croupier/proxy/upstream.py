@@ -1,0 +1,431 @@
+"""The member side of the data plane: kept-alive connections and the per-member pool of them.
+
+Protocol interface first, then parser callbacks, then the exchange's end; as in uvicorn's
+httptools protocol. One `UpstreamConnection` carries one exchange at a time (no upstream
+pipelining); between exchanges it waits, LIFO, in its member's `UpstreamPool`.
+
+Rules kept here:
+- the response parser cannot be told a response answers HEAD (httptools issue 47), so for HEAD
+  we stop the parser at the end of the head ourselves and start a fresh one;
+- a body that ends at close (no Content-Length, not chunked) ends at connection_lost, because
+  httptools has no llhttp_finish;
+- 1xx interim responses go to the client as they come; 101 turns both sides into a tunnel;
+- a connection goes back to the pool only when the response said keep-alive, the request was
+  sent whole, and nothing is left over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+import httptools
+
+from croupier.proxy.http import HOP_BY_HOP, connection_tokens, reason
+
+if TYPE_CHECKING:
+    from croupier.model.state import Member
+    from croupier.proxy.client import ClientConnection, Request
+    from croupier.runtime.server import Balancer
+
+log = logging.getLogger("croupier.upstream")
+
+# How the response body leaves for the client.
+OUT_NONE = 0       # no body (HEAD, 204, 304)
+OUT_RAW = 1        # Content-Length from the member, bytes copied as they come
+OUT_CHUNKED = 2    # chunked or close-delimited from the member, chunked to an HTTP/1.1 client
+OUT_UNTIL_CLOSE = 3  # close-delimited to an HTTP/1.0 client
+
+_RESPONSE_DROP = HOP_BY_HOP | {b"content-length"}
+
+
+class _StopAtHead(Exception):
+    """Raised from on_headers_complete to end a HEAD response at its head."""
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = ("_close_delimited", "_feeding", "_final", "_head_done", "_headers", "_in_head",
+                 "_interim", "_message_done", "_out", "_tunnel_rest", "client", "closed",
+                 "deadline", "idle", "out_mode", "parser", "pool", "req", "response_started",
+                 "reused", "transport", "tunnel")
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.client: ClientConnection | None = None
+        self.req: Request | None = None
+        self.closed = False
+        self.idle = False
+        self.reused = False
+        self.tunnel = False
+        self.deadline = 0.0
+        self._reset_response()
+        self._out: list[bytes] | None = None
+        self._feeding = False
+        self._tunnel_rest = b""
+
+    def _reset_response(self) -> None:
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._in_head = False
+        self._interim = False
+        self._final = False
+        self._head_done = False
+        self._message_done = False
+        self._close_delimited = False
+        self.response_started = False
+        self.out_mode = OUT_NONE
+
+    # ---- asyncio protocol interface ------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.pool.balancer.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel:
+            client = self.client
+            if client is not None and client.transport is not None:
+                client.transport.write(data)
+                client.deadline = client.refresh_tunnel_deadline()
+            return
+        req = self.req
+        if req is None:
+            # Bytes on an idle connection: the member broke framing or is closing. Never reuse.
+            self._abandon()
+            return
+        self.deadline = self.pool.balancer.loop.time() + self.pool.response_timeout
+        self._out = out = []
+        self._feeding = True
+        stopped_at_head = False
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            self._tunnel_rest = data[e.args[0]:]
+        except httptools.HttpParserCallbackError as e:
+            if isinstance(e.__context__, _StopAtHead):
+                stopped_at_head = True
+            else:
+                self._feeding = False
+                raise
+        except httptools.HttpParserError as e:
+            self._feeding = False
+            self._flush(out)
+            self._fail(f"invalid response: {e}")
+            return
+        self._feeding = False
+        self._flush(out)
+        if stopped_at_head:
+            # Anything past the head would be a body the member should not have sent.
+            keep = self.parser.should_keep_alive() and data.endswith(b"\r\n\r\n")
+            self.parser = httptools.HttpResponseParser(self)
+            self._finish(reusable=keep)
+        elif self.tunnel:
+            self._start_tunnel()
+        elif self._message_done:
+            self._finish(reusable=self.parser.should_keep_alive())
+
+    def eof_received(self) -> bool | None:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.balancer.connections.discard(self)
+        if self.idle:
+            self.idle = False
+            self.pool.forget(self)
+            return
+        self.pool.open -= 1
+        client = self.client
+        req = self.req
+        if client is None or req is None:
+            return
+        if self.tunnel:
+            self.client = self.req = None
+            client.tunnel_closed()
+        elif self._close_delimited and self._final and not self._message_done:
+            # The member ended a close-delimited body: that is the end of the message.
+            if self.out_mode == OUT_CHUNKED and client.transport is not None:
+                client.transport.write(b"0\r\n\r\n")
+            self._message_done = True
+            self._finish(reusable=False)
+        else:
+            why = "connection reset" if exc is not None else "connection closed"
+            self._fail(f"{why} before the response was complete"
+                       if self.response_started else f"{why} before a response")
+
+    def pause_writing(self) -> None:
+        client = self.client
+        if client is not None:
+            client.pause_reading(client.PAUSE_UPSTREAM)
+
+    def resume_writing(self) -> None:
+        client = self.client
+        if client is not None:
+            client.resume_reading(client.PAUSE_UPSTREAM)
+
+    # ---- parser callbacks ------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self._in_head = True
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_head:           # headers after the body are trailers: dropped
+            self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        status = self.parser.get_status_code()
+        req = self.req
+        client = self.client
+        assert req is not None and client is not None
+        out = self._out
+        assert out is not None
+        if status < 200 and status != 101:
+            self._interim = True
+            if req.http11:           # an HTTP/1.0 client cannot take interim responses
+                out.append(self._head(status, b""))
+            return
+        self._interim = False
+        self._final = True
+        self.response_started = True
+        req.response_started = True
+        if status == 101:
+            self.tunnel = True
+            upgrade = b""
+            for name, value in self._headers:
+                if name.lower() == b"upgrade":
+                    upgrade = value
+            out.append(self._head(status, b"Connection: upgrade\r\nUpgrade: %s\r\n" % upgrade))
+            return
+        has_length = False
+        chunked_in = False
+        for name, _value in self._headers:
+            lname = name.lower()
+            if lname == b"content-length":
+                has_length = True
+            elif lname == b"transfer-encoding":
+                chunked_in = True
+        framing = b""
+        if req.method == b"HEAD" or status == 204 or status == 304:
+            self.out_mode = OUT_NONE
+        elif has_length and not chunked_in:
+            self.out_mode = OUT_RAW
+        else:
+            self._close_delimited = not chunked_in
+            if req.http11:
+                self.out_mode = OUT_CHUNKED
+                framing = b"Transfer-Encoding: chunked\r\n"
+            else:
+                self.out_mode = OUT_UNTIL_CLOSE
+                req.close_after = True
+        if req.close_after:
+            framing += b"Connection: close\r\n"
+        elif not req.http11:
+            framing += b"Connection: keep-alive\r\n"
+        out.append(self._head(status, framing, keep_length=(status != 204)))
+        if req.method == b"HEAD":
+            self._head_done = True
+            raise _StopAtHead()
+
+    def on_body(self, body: bytes) -> None:
+        if self._interim or not body:
+            return
+        out = self._out
+        assert out is not None
+        mode = self.out_mode
+        if mode == OUT_CHUNKED:
+            out += (b"%x\r\n" % len(body), body, b"\r\n")
+        elif mode != OUT_NONE:
+            out.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
+        if self.tunnel:
+            return
+        if self.out_mode == OUT_CHUNKED:
+            out = self._out
+            assert out is not None
+            out.append(b"0\r\n\r\n")
+        self._message_done = True
+
+    # ---- building and sending --------------------------------------------------------------
+
+    def _head(self, status: int, framing: bytes, keep_length: bool = True) -> bytes:
+        """The response head for the client: hop-by-hop fields out, our framing in."""
+        drop = HOP_BY_HOP if keep_length else _RESPONSE_DROP
+        headers = self._headers
+        parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason(status))]
+        extra: list[bytes] = []
+        for name, value in headers:
+            lname = name.lower()
+            if lname in drop:
+                if lname == b"connection":
+                    extra += [t for t in connection_tokens(value) if t not in (
+                        b"close", b"keep-alive", b"upgrade")]
+                continue
+            parts += (name, b": ", value, b"\r\n")
+        if extra:
+            named = set(extra)
+            parts = [parts[0]]
+            for name, value in headers:
+                lname = name.lower()
+                if lname not in drop and lname not in named:
+                    parts += (name, b": ", value, b"\r\n")
+        parts += (framing, b"\r\n")
+        return b"".join(parts)
+
+    def _flush(self, out: list[bytes]) -> None:
+        self._out = None
+        if not out:
+            return
+        client = self.client
+        transport = client.transport if client is not None else None
+        if transport is None:
+            return
+        if len(out) == 1:
+            transport.write(out[0])
+        else:
+            transport.writelines(out)
+
+    def send(self, data: bytes) -> None:
+        """Write request bytes to the member (called by the client side)."""
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def attach(self, client: ClientConnection, req: Request) -> None:
+        self.client = client
+        self.req = req
+        self.idle = False
+        self._reset_response()
+        self.deadline = self.pool.balancer.loop.time() + self.pool.response_timeout
+
+    def _start_tunnel(self) -> None:
+        client = self.client
+        assert client is not None
+        rest = self._tunnel_rest
+        self._tunnel_rest = b""
+        self.deadline = 0.0
+        client.start_tunnel(self, rest)
+
+    # ---- the end of an exchange ------------------------------------------------------------
+
+    def _finish(self, reusable: bool) -> None:
+        client, req = self.client, self.req
+        self.client = self.req = None
+        if self.transport is not None and self.transport.is_reading() is False:
+            self.transport.resume_reading()
+        if req is not None and not req.body_done:
+            reusable = False    # the member answered before it had the whole request
+        if reusable and not self.closed:
+            self.pool.release(self)
+        else:
+            self._abandon()
+        if client is not None and req is not None:
+            client.response_done(req)
+
+    def _fail(self, why: str) -> None:
+        client, req = self.client, self.req
+        self.client = self.req = None
+        self._abandon()
+        if client is not None and req is not None:
+            client.upstream_failed(req, why, self.response_started)
+
+    def _abandon(self) -> None:
+        """Close without reuse; connection_lost does the bookkeeping."""
+        self.idle = False
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+
+    def on_timeout(self) -> None:
+        if self.idle:
+            self.transport.close() if self.transport is not None else None
+            return
+        self._fail(f"no response within {self.pool.response_timeout:g}s")
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+            self.deadline = 0.0     # a client that reads slowly is not the member's fault
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+            if not self.tunnel:
+                self.deadline = self.pool.balancer.loop.time() + self.pool.response_timeout
+
+
+class UpstreamPool:
+    """The kept-alive connections to one member, reused last-in first-out."""
+
+    __slots__ = ("balancer", "connect_timeout", "idle", "idle_timeout", "max_idle", "member",
+                 "open", "response_timeout")
+
+    def __init__(self, balancer: Balancer, member: Member, connect_timeout: float,
+                 response_timeout: float, idle_timeout: float, max_idle: int) -> None:
+        self.balancer = balancer
+        self.member = member
+        self.connect_timeout = connect_timeout
+        self.response_timeout = response_timeout
+        self.idle_timeout = idle_timeout
+        self.max_idle = max_idle
+        self.idle: list[UpstreamConnection] = []
+        self.open = 0
+
+    def acquire(self) -> UpstreamConnection | None:
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                conn.idle = False
+                conn.reused = True
+                return conn
+        return None
+
+    def release(self, conn: UpstreamConnection) -> None:
+        if len(self.idle) >= self.max_idle or self.member.admin_state != "ready":
+            conn.transport.close() if conn.transport is not None else None
+            return
+        conn.idle = True
+        conn.deadline = self.balancer.loop.time() + self.idle_timeout
+        self.idle.append(conn)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        self.open -= 1
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+
+    def close_idle(self) -> None:
+        for conn in self.idle[:]:
+            if conn.transport is not None:
+                conn.transport.close()
+
+    def connect(self, client: ClientConnection, req: Request) -> None:
+        """Open a new connection for `req`; the client hears back either way."""
+        self.open += 1
+        self.balancer.loop.create_task(self._connect(client, req))
+
+    async def _connect(self, client: ClientConnection, req: Request) -> None:
+        loop = self.balancer.loop
+        member = self.member
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(lambda: UpstreamConnection(self), member.address,
+                                       member.port),
+                self.connect_timeout)
+        except TimeoutError:
+            self.open -= 1
+            client.upstream_failed(req, f"connect timed out after {self.connect_timeout:g}s",
+                                   False)
+            return
+        except OSError as e:
+            self.open -= 1
+            client.upstream_failed(req, f"connect failed: {e.strerror or e}", False)
+            return
+        client.upstream_connected(req, conn)
