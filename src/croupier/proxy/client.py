@@ -26,7 +26,6 @@ import httptools
 from croupier.proxy.http import (
     CONNECTION_OPTIONS,
     connection_tokens,
-    host_without_port,
     simple_response,
     valid_host,
 )
@@ -297,12 +296,11 @@ class ClientConnection(asyncio.Protocol):
         req.body_done = True
         if req.upgrade:
             return      # the tunnel starts in _upgrade_requested
-        if not req.discard:
-            if req.chunked:
-                if req.sink is not None:
-                    self._send_up(req.sink, (b"0\r\n\r\n",))
-                else:
-                    req.body.append(b"0\r\n\r\n")
+        if not req.discard and req.chunked:
+            if req.sink is not None:
+                self._send_up(req.sink, (b"0\r\n\r\n",))
+            else:
+                req.body.append(b"0\r\n\r\n")
         if req is self.current:
             self.deadline = 0.0
             if req.response_done:

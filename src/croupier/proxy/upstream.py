@@ -17,6 +17,7 @@ Rules kept here:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import TYPE_CHECKING
 
@@ -46,7 +47,7 @@ class _StopAtHead(Exception):
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("_close_delimited", "_feeding", "_final", "_head_done", "_headers", "_in_head",
-                 "_interim", "_message_done", "_out", "_tunnel_rest", "client", "closed",
+                 "_interim", "_keep_alive", "_message_done", "_out", "_tunnel_rest", "client", "closed",
                  "deadline", "idle", "out_mode", "parser", "pool", "req", "response_started",
                  "reused", "transport", "tunnel")
 
@@ -73,6 +74,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._final = False
         self._head_done = False
         self._message_done = False
+        self._keep_alive = False
         self._close_delimited = False
         self.response_started = False
         self.out_mode = OUT_NONE
@@ -96,7 +98,8 @@ class UpstreamConnection(asyncio.Protocol):
             self._abandon()
             return
         self.deadline = self.pool.balancer.loop.time() + self.pool.response_timeout
-        self._out = out = []
+        out: list[bytes] = []
+        self._out = out
         self._feeding = True
         stopped_at_head = False
         try:
@@ -124,7 +127,7 @@ class UpstreamConnection(asyncio.Protocol):
         elif self.tunnel:
             self._start_tunnel()
         elif self._message_done:
-            self._finish(reusable=self.parser.should_keep_alive())
+            self._finish(reusable=self._keep_alive)
 
     def eof_received(self) -> bool | None:
         return False
@@ -251,6 +254,8 @@ class UpstreamConnection(asyncio.Protocol):
             out = self._out
             assert out is not None
             out.append(b"0\r\n\r\n")
+        # Read here: once the callback returns, llhttp resets the flags it is computed from.
+        self._keep_alive = self.parser.should_keep_alive()
         self._message_done = True
 
     # ---- building and sending --------------------------------------------------------------
@@ -396,10 +401,8 @@ class UpstreamPool:
 
     def forget(self, conn: UpstreamConnection) -> None:
         self.open -= 1
-        try:
+        with contextlib.suppress(ValueError):
             self.idle.remove(conn)
-        except ValueError:
-            pass
 
     def close_idle(self) -> None:
         for conn in self.idle[:]:

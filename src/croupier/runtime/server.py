@@ -71,7 +71,7 @@ class Balancer:
             for listener in self.listeners:
                 address, port = split_address(listener.config.listen)
                 server = await self.loop.create_server(
-                    lambda lst=listener: ClientConnection(lst),  # type: ignore[misc]
+                    lambda lst=listener: ClientConnection(lst),
                     address, port, reuse_address=True, backlog=4096,
                     family=socket.AF_INET6 if ":" in address else socket.AF_INET)
                 listener.server = server

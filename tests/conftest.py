@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from helpers import Backend, Croupier, LoopThread  # noqa: E402
+
+
+@pytest.fixture
+def backend_loop() -> Iterator[LoopThread]:
+    lt = LoopThread()
+    yield lt
+    lt.stop()
+
+
+@pytest.fixture
+def backends(backend_loop: LoopThread) -> Iterator[list[Backend]]:
+    """Three real aiohttp application instances, named a, b and c."""
+    bs = [Backend(backend_loop, name) for name in ("a", "b", "c")]
+    yield bs
+    for b in bs:
+        b.close()
+
+
+@pytest.fixture
+def croupier() -> Iterator[Callable[[dict[str, Any]], Croupier]]:
+    """Start croupier in-process from a config dict; stopped after the test."""
+    started: list[Croupier] = []
+
+    def start(config: dict[str, Any]) -> Croupier:
+        c = Croupier(config)
+        started.append(c)
+        return c
+
+    yield start
+    for c in started:
+        c.close()

@@ -1,0 +1,339 @@
+"""Real servers for the tests: croupier in-process, aiohttp backends, raw-socket backends.
+
+Each runs on its own event loop in a daemon thread, on 127.0.0.1 and an ephemeral port, so a
+test talks to them over real sockets with an ordinary blocking client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import uvloop
+from aiohttp import web
+
+from croupier.config import validate_config
+from croupier.runtime.server import Balancer
+
+
+class LoopThread:
+    """An event loop running in a daemon thread."""
+
+    def __init__(self) -> None:
+        self.loop = uvloop.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Awaitable[Any], timeout: float = 30) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)  # type: ignore[arg-type]
+
+    def call(self, fn: Callable[[], Any], timeout: float = 10) -> Any:
+        """Run a plain function on the loop's thread (to read or change state safely)."""
+        async def wrapper() -> Any:
+            return fn()
+        return self.run(wrapper(), timeout)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def dead_port() -> Iterator[int]:
+    """A port that is bound but never listens: connecting to it is refused, guaranteed."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    try:
+        yield int(s.getsockname()[1])
+    finally:
+        s.close()
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01,
+               message: str = "condition") -> Any:
+    """Poll for an event (never a bare sleep in a test)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {message}")
+        time.sleep(interval)
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    def answers() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return True
+        except OSError:
+            return False
+    wait_until(answers, timeout, 0.02, f"port {port}")
+
+
+# ---- croupier in-process -------------------------------------------------------------------
+
+class Croupier:
+    """A Balancer on its own loop thread, built from a config dict."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.loaded = validate_config(config)
+        self.lt = LoopThread()
+        self.balancer = Balancer(self.loaded, self.lt.loop)
+        self.lt.run(self.balancer.start())
+        self.ports = {lst.name: self.balancer.bound_port(lst.name)
+                      for lst in self.balancer.listeners}
+
+    @property
+    def port(self) -> int:
+        return next(iter(self.ports.values()))
+
+    def url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def member(self, pool: str, index: int) -> Any:
+        return self.balancer.pools[pool].members[index]
+
+    def state(self, fn: Callable[[], Any]) -> Any:
+        return self.lt.call(fn)
+
+    def close(self) -> None:
+        self.lt.run(self.balancer.stop(0))
+        self.lt.stop()
+
+
+def proxy_config(members: list[str], **listener: Any) -> dict[str, Any]:
+    pool = listener.pop("pool_options", {})
+    return {
+        "listeners": [{"name": "web", "listen": f"127.0.0.1:{free_port()}", "pool": "app",
+                       **listener}],
+        "pools": [{"name": "app", "members": members, **pool}],
+    }
+
+
+# ---- backends ------------------------------------------------------------------------------
+
+class Backend:
+    """An aiohttp application instance with the endpoints the tests need."""
+
+    def __init__(self, lt: LoopThread, name: str) -> None:
+        self.name = name
+        self.lt = lt
+        self.requests = 0
+        self.bytes_sent = 0
+        self.connections = 0
+        self.app = self._make_app()
+        self.runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True)
+        lt.run(self.runner.setup())
+        self.site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        lt.run(self.site.start())
+        self.port = int(self.site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.lt.run(self.runner.cleanup())
+
+    def _make_app(self) -> web.Application:
+        backend = self
+
+        async def count(request: web.Request, handler: Any) -> web.StreamResponse:
+            backend.requests += 1
+            return await handler(request)
+
+        async def name(request: web.Request) -> web.Response:
+            return web.Response(text=backend.name)
+
+        async def echo(request: web.Request) -> web.Response:
+            body = await request.read()
+            return web.json_response({
+                "name": backend.name, "method": request.method,
+                "raw_path": request.raw_path, "version": f"{request.version.major}."
+                f"{request.version.minor}",
+                "headers": [[k.decode("latin-1"), v.decode("latin-1")]
+                            for k, v in request.raw_headers],
+                "body_len": len(body), "body_sha256": hashlib.sha256(body).hexdigest(),
+            })
+
+        async def sink(request: web.Request) -> web.Response:
+            n = 0
+            digest = hashlib.sha256()
+            async for chunk in request.content.iter_any():
+                n += len(chunk)
+                digest.update(chunk)
+            return web.json_response({"received": n, "sha256": digest.hexdigest()})
+
+        async def stream(request: web.Request) -> web.StreamResponse:
+            total = int(request.query.get("n", "1024"))
+            chunk = int(request.query.get("chunk", "65536"))
+            resp = web.StreamResponse()
+            if request.query.get("chunked") != "1":
+                resp.content_length = total
+            await resp.prepare(request)
+            block = b"x" * chunk
+            left = total
+            while left > 0:
+                piece = block if left >= chunk else block[:left]
+                await resp.write(piece)
+                backend.bytes_sent += len(piece)
+                left -= len(piece)
+            await resp.write_eof()
+            return resp
+
+        async def slow(request: web.Request) -> web.Response:
+            await asyncio.sleep(float(request.query.get("delay", "1")))
+            return web.Response(text=f"slow {backend.name}")
+
+        async def status(request: web.Request) -> web.Response:
+            code = int(request.match_info["code"])
+            return web.Response(status=code, body=None if code in (204, 304) else b"s")
+
+        async def cookies(request: web.Request) -> web.Response:
+            resp = web.Response(text="cookies")
+            resp.headers.add("Set-Cookie", "a=1; Path=/")
+            resp.headers.add("Set-Cookie", "b=2; Path=/")
+            return resp
+
+        async def ws(request: web.Request) -> web.WebSocketResponse:
+            sock = web.WebSocketResponse()
+            await sock.prepare(request)
+            async for msg in sock:
+                await sock.send_str(f"{backend.name}: {msg.data}")
+            return sock
+
+        app = web.Application(middlewares=[web.middleware(count)],
+                              client_max_size=2**40)
+        app.router.add_route("*", "/echo", echo)
+        app.router.add_route("*", "/echo/{tail:.*}", echo)
+        app.router.add_post("/sink", sink)
+        app.router.add_put("/sink", sink)
+        app.router.add_get("/stream", stream)
+        app.router.add_get("/slow", slow)
+        app.router.add_route("*", "/status/{code}", status)
+        app.router.add_get("/cookies", cookies)
+        app.router.add_get("/ws", ws)
+        app.router.add_route("*", "/{tail:.*}", name)
+        return app
+
+
+class RawBackend:
+    """A backend that answers with whatever bytes `respond(request_head)` returns, for
+    behaviours no well-behaved server library would produce."""
+
+    def __init__(self, lt: LoopThread,
+                 respond: Callable[[bytes, asyncio.StreamWriter], Awaitable[None]]) -> None:
+        self.lt = lt
+        self.respond = respond
+        self.heads: list[bytes] = []
+        self.connections = 0
+        self.server = lt.run(asyncio.start_server(self._handle, "127.0.0.1", 0))
+        self.port = int(self.server.sockets[0].getsockname()[1])
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.heads.append(head)
+                await self.respond(head, writer)
+                if writer.is_closing():
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+# ---- a raw HTTP client -----------------------------------------------------------------------
+
+def raw_request(port: int, data: bytes, timeout: float = 10.0) -> bytes:
+    """Send bytes, read until the server closes; return everything it sent."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        chunks = []
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def read_response(sock: socket.socket, buf: bytearray,
+                  bodyless: bool = False) -> tuple[int, dict[str, str], bytes]:
+    """Read one Content-Length or chunked response from `sock` (leftover stays in buf)."""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed before a response head")
+        buf += chunk
+    end = buf.index(b"\r\n\r\n")
+    head = bytes(buf[:end]).decode("latin-1")
+    del buf[:end + 4]
+    lines = head.split("\r\n")
+    status = int(lines[0].split()[1])
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+
+    def need(n: int) -> None:
+        while len(buf) < n:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed mid-body")
+            buf.extend(chunk)
+
+    body = b""
+    if bodyless or status in (204, 304) or 100 <= status < 200:
+        pass
+    elif "content-length" in headers:
+        n = int(headers["content-length"])
+        need(n)
+        body = bytes(buf[:n])
+        del buf[:n]
+    elif headers.get("transfer-encoding") == "chunked":
+        parts = []
+        while True:
+            while b"\r\n" not in buf:
+                need(len(buf) + 1)
+            line_end = buf.index(b"\r\n")
+            size = int(bytes(buf[:line_end]).split(b";")[0], 16)
+            del buf[:line_end + 2]
+            need(size + 2)
+            parts.append(bytes(buf[:size]))
+            del buf[:size + 2]
+            if size == 0:
+                break
+        body = b"".join(parts)
+    return status, headers, body
+
+
+def json_body(body: bytes) -> Any:
+    return json.loads(body)

@@ -1,0 +1,252 @@
+"""proxy mode against real backends: rotation, header rules, bodies, framing, pipelining."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+
+import httpx
+from helpers import (
+    RawBackend,
+    json_body,
+    proxy_config,
+    raw_request,
+    read_response,
+    wait_until,
+)
+
+
+def test_round_robin_is_exact_over_3000_requests(backends, croupier):
+    c = croupier(proxy_config([b.address for b in backends]))
+    seen = []
+    with httpx.Client() as client:
+        for _ in range(3000):
+            r = client.get(c.url("/get-classes"))
+            assert r.status_code == 200
+            seen.append(r.text)
+    assert seen[:6] == ["a", "b", "c", "a", "b", "c"]
+    assert {n: seen.count(n) for n in "abc"} == {"a": 1000, "b": 1000, "c": 1000}
+    assert [b.requests for b in backends] == [1000, 1000, 1000]
+
+
+def test_weights_interleave_smoothly(backends, croupier):
+    config = proxy_config([])
+    config["pools"][0]["members"] = [
+        {"address": "127.0.0.1", "port": backends[0].port, "weight": 5},
+        {"address": "127.0.0.1", "port": backends[1].port, "weight": 1},
+    ]
+    c = croupier(config)
+    with httpx.Client() as client:
+        seen = "".join(client.get(c.url()).text for _ in range(60))
+    assert seen.count("a") == 50 and seen.count("b") == 10
+    assert "aaaaaa" not in seen          # never more than five in a row
+
+
+def test_upstream_connections_are_kept_alive_and_reused(backends, croupier):
+    c = croupier(proxy_config([backends[0].address]))
+    with httpx.Client() as client:
+        for _ in range(50):
+            assert client.get(c.url()).status_code == 200
+    member = c.member("app", 0)
+    assert c.state(lambda: member.upstream.open) == 1
+    assert backends[0].requests == 50
+
+
+def test_forwarding_headers_and_host_are_set(backends, croupier):
+    c = croupier(proxy_config([backends[0].address]))
+    r = httpx.get(c.url("/echo"), headers={"Host": "shop.example:8443",
+                                             "X-Forwarded-For": "10.1.2.3",
+                                             "Via": "1.0 edge"})
+    got = json_body(r.content)
+    headers = {k.lower(): v for k, v in got["headers"]}
+    assert headers["host"] == "shop.example:8443"
+    assert headers["x-forwarded-for"] == "10.1.2.3, 127.0.0.1"
+    assert headers["x-forwarded-proto"] == "http"
+    assert headers["x-forwarded-host"] == "shop.example:8443"
+    assert headers["via"] == "1.0 edge, 1.1 croupier"
+    assert got["version"] == "1.1"
+
+
+def test_hop_by_hop_headers_are_removed_and_connection_tokens_honoured(backends, croupier):
+    c = croupier(proxy_config([backends[0].address]))
+    req = (b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, X-Secret\r\n"
+           b"X-Secret: s3cret\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\n"
+           b"Proxy-Connection: keep-alive\r\nX-Kept: yes\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", c.port)) as s:
+        s.sendall(req)
+        status, _, body = read_response(s, bytearray())
+    assert status == 200
+    names = {k.lower() for k, _ in json_body(body)["headers"]}
+    assert "x-kept" in names
+    for gone in ("x-secret", "keep-alive", "te", "proxy-connection", "connection"):
+        assert gone not in names, gone
+
+
+def test_query_and_percent_encoding_pass_byte_for_byte(backends, croupier):
+    c = croupier(proxy_config([backends[0].address]))
+    path = b"/echo/a%2Fb%20c/%E2%82%AC?q=%41%2b+x&empty=&q=2&raw=%zz"
+    with socket.create_connection(("127.0.0.1", c.port)) as s:
+        s.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, _, body = read_response(s, bytearray())
+    assert status == 200
+    assert json_body(body)["raw_path"] == path.decode()
+
+
+def test_repeated_response_headers_are_kept(backends, croupier):
+    c = croupier(proxy_config([backends[0].address]))
+    r = httpx.get(c.url("/cookies"))
+    assert r.headers.get_list("set-cookie") == ["a=1; Path=/", "b=2; Path=/"]
+
+
+def test_post_body_with_content_length_and_chunked(backends, croupier):
+    c = croupier(proxy_config([backends[0].address]))
+    payload = bytes(range(256)) * 1000
+    r = httpx.post(c.url("/echo"), content=payload)
+    got = json_body(r.content)
+    assert got["body_len"] == len(payload)
+    assert got["body_sha256"] == hashlib.sha256(payload).hexdigest()
+
+    def gen():
+        for i in range(0, len(payload), 7000):
+            yield payload[i:i + 7000]
+    r = httpx.post(c.url("/echo"), content=gen())       # a generator is sent chunked
+    got = json_body(r.content)
+    assert got["body_sha256"] == hashlib.sha256(payload).hexdigest()
+    headers = {k.lower(): v for k, v in got["headers"]}
+    assert headers["transfer-encoding"] == "chunked"
+
+
+def test_chunked_response_is_reframed(backends, croupier):
+    c = croupier(proxy_config([backends[0].address]))
+    with socket.create_connection(("127.0.0.1", c.port)) as s:
+        s.sendall(b"GET /stream?n=100000&chunk=3000&chunked=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, headers, body = read_response(s, bytearray())
+    assert status == 200
+    assert headers["transfer-encoding"] == "chunked"
+    assert body == b"x" * 100000
+
+
+def test_head_204_304_are_bodiless_and_connection_stays_usable(backends, croupier):
+    c = croupier(proxy_config([backends[0].address]))
+    with socket.create_connection(("127.0.0.1", c.port)) as s:
+        buf = bytearray()
+        s.sendall(b"HEAD /stream?n=5000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, headers, _ = read_response(s, buf, bodyless=True)
+        assert status == 200 and headers["content-length"] == "5000"
+        s.sendall(b"GET /status/204 HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, headers, _ = read_response(s, buf)
+        assert status == 204 and "content-length" not in headers
+        s.sendall(b"GET /status/304 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(s, buf)[0] == 304
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, _, body = read_response(s, buf)
+        assert (status, body) == (200, b"a")
+        assert buf == b""
+
+
+def test_head_answered_with_content_length_does_not_desync_upstream(backend_loop, croupier):
+    """httptools issue 47: the response parser would wait for a HEAD response's body."""
+    async def respond(head, writer):
+        if head.startswith(b"HEAD"):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+    raw = RawBackend(backend_loop, respond)
+    c = croupier(proxy_config([raw.address]))
+    with socket.create_connection(("127.0.0.1", c.port), timeout=5) as s:
+        buf = bytearray()
+        s.sendall(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(s, buf, bodyless=True)[1]["content-length"] == "100"
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(s, buf)[2] == b"ok"
+    assert raw.connections == 1          # the connection was reused, in sync
+
+
+def test_close_delimited_response_is_reframed_chunked(backend_loop, croupier):
+    async def respond(head, writer):
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil-close body")
+        await writer.drain()
+        writer.close()
+    raw = RawBackend(backend_loop, respond)
+    c = croupier(proxy_config([raw.address]))
+    with socket.create_connection(("127.0.0.1", c.port), timeout=5) as s:
+        buf = bytearray()
+        for _ in range(2):                  # and the client connection stays usable
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, headers, body = read_response(s, buf)
+            assert headers["transfer-encoding"] == "chunked"
+            assert body == b"until-close body"
+    # An HTTP/1.0 client cannot take chunked: the body ends with the connection.
+    out = raw_request(c.port, b"GET / HTTP/1.0\r\n\r\n")
+    assert out.endswith(b"\r\n\r\nuntil-close body")
+    assert b"chunked" not in out.lower()
+
+
+def test_http10_client_gets_host_added_and_keep_alive_when_asked(backends, croupier):
+    c = croupier(proxy_config([backends[0].address]))
+    with socket.create_connection(("127.0.0.1", c.port), timeout=5) as s:
+        buf = bytearray()
+        s.sendall(b"GET /echo HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        status, headers, body = read_response(s, buf)
+        assert headers["connection"].lower() == "keep-alive"
+        got = {k.lower(): v for k, v in json_body(body)["headers"]}
+        assert got["host"] == backends[0].address
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        status, headers, body = read_response(s, buf)
+        assert body == b"a" and headers["connection"].lower() == "close"
+        assert s.recv(10) == b""            # closed, as HTTP/1.0 without keep-alive asks
+
+
+def test_pipelined_requests_are_answered_in_order(backends, croupier):
+    c = croupier(proxy_config([b.address for b in backends]))
+    reqs = b"".join(b"GET /echo/%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(10))
+    reqs += b"POST /echo/post HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+    with socket.create_connection(("127.0.0.1", c.port), timeout=5) as s:
+        s.sendall(reqs)
+        buf = bytearray()
+        paths = []
+        for _ in range(11):
+            status, _, body = read_response(s, buf)
+            assert status == 200
+            got = json_body(body)
+            paths.append(got["raw_path"])
+        assert got["body_len"] == 5
+    assert paths == [f"/echo/{i}" for i in range(10)] + ["/echo/post"]
+
+
+def test_too_many_pipelined_requests_answers_the_first_then_closes(backends, croupier):
+    c = croupier(proxy_config([backends[0].address], max_pipelined=4))
+    reqs = b"GET /slow?delay=0.2 HTTP/1.1\r\nHost: x\r\n\r\n" * 20
+    out = raw_request(c.port, reqs)
+    answered = out.count(b"HTTP/1.1 200")
+    assert 1 <= answered <= 5
+    wait_until(lambda: c.state(lambda: c.member("app", 0).in_flight) == 0)
+
+
+def test_expect_100_continue_is_relayed(backends, croupier):
+    c = croupier(proxy_config([backends[0].address]))
+    with socket.create_connection(("127.0.0.1", c.port), timeout=5) as s:
+        s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+                  b"Expect: 100-continue\r\n\r\n")
+        buf = bytearray()
+        status, _, _ = read_response(s, buf)
+        assert status == 100                 # the member's interim answer, relayed
+        s.sendall(b"data")
+        status, _, body = read_response(s, buf)
+        assert status == 200 and json_body(body)["body_len"] == 4
+
+
+def test_websocket_upgrade_tunnels_both_ways(backends, croupier, backend_loop):
+    import aiohttp
+    c = croupier(proxy_config([backends[0].address]))
+
+    async def talk():
+        async with aiohttp.ClientSession() as session, session.ws_connect(c.url("/ws")) as ws:
+            replies = []
+            for word in ("one", "two", "three"):
+                await ws.send_str(word)
+                replies.append((await ws.receive()).data)
+            return replies
+    assert backend_loop.run(talk()) == ["a: one", "a: two", "a: three"]
+    wait_until(lambda: c.state(lambda: c.member("app", 0).in_flight) == 0)
