@@ -1,0 +1,226 @@
+"""Errors and limits: every bad shape gets its status and a closed connection; nothing leaks."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import httpx
+import pytest
+from helpers import RawBackend, dead_port, proxy_config, raw_request, read_response, wait_until
+
+
+def _in_flight(c):
+    return c.state(lambda: [m.in_flight for p in c.balancer.pools.values() for m in p.members])
+
+
+def _status(out: bytes) -> int:
+    return int(out.split(b" ", 2)[1])
+
+
+def test_dead_member_gives_502_naming_pool_and_member(croupier):
+    with dead_port() as port:
+        c = croupier(proxy_config([f"127.0.0.1:{port}"]))
+        r = httpx.get(c.url())
+    assert r.status_code == 502
+    assert "pool 'app'" in r.text and f"127.0.0.1:{port}" in r.text and "refused" in r.text
+    assert _in_flight(c) == [0]
+    assert c.state(lambda: c.member("app", 0).failures) == 1
+
+
+def test_no_eligible_member_gives_503_with_retry_after(backends, croupier):
+    c = croupier(proxy_config([backends[0].address]))
+    member = c.member("app", 0)
+
+    def down():
+        member.health = "down"
+        member.pool.refresh()
+    c.state(down)
+    r = httpx.get(c.url())
+    assert r.status_code == 503
+    assert r.headers["retry-after"] == "1"
+    assert "pool 'app'" in r.text and "1 down" in r.text
+    assert backends[0].requests == 0
+
+
+def test_slow_member_gives_504(backends, croupier):
+    c = croupier(proxy_config([backends[0].address],
+                              pool_options={"response_timeout": "300ms"}))
+    r = httpx.get(c.url("/slow?delay=3"))
+    assert r.status_code == 504
+    assert "no response within 0.3s" in r.text
+    assert _in_flight(c) == [0]
+    # The next request is served normally on a fresh connection.
+    assert httpx.get(c.url("/")).text == "a"
+
+
+def test_hanging_member_that_accepts_but_never_answers_gives_504(backend_loop, croupier):
+    async def never(head, writer):
+        await asyncio.sleep(3600)
+    raw = RawBackend(backend_loop, never)
+    c = croupier(proxy_config([raw.address], pool_options={"response_timeout": "300ms"}))
+    assert httpx.get(c.url()).status_code == 504
+    assert _in_flight(c) == [0]
+
+
+def test_member_that_closes_mid_body_cuts_the_client(backend_loop, croupier):
+    async def truncate(head, writer):
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial")
+        await writer.drain()
+        writer.close()
+    raw = RawBackend(backend_loop, truncate)
+    c = croupier(proxy_config([raw.address]))
+    out = raw_request(c.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200") and out.endswith(b"partial")   # cut, not padded
+    assert _in_flight(c) == [0]
+
+
+def test_member_sending_garbage_gives_502(backend_loop, croupier):
+    async def garbage(head, writer):
+        writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+        await writer.drain()
+    raw = RawBackend(backend_loop, garbage)
+    c = croupier(proxy_config([raw.address]))
+    r = httpx.get(c.url())
+    assert r.status_code == 502 and "invalid response" in r.text
+
+
+SMUGGLING = {
+    "content-length and transfer-encoding": (
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+    "two content-lengths": (
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde"),
+    "bad chunk size": (
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n"),
+    "obs-fold": b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n",
+    "bare LF": b"GET / HTTP/1.1\nHost: x\n\n",
+    "transfer-encoding not ending in chunked": (
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\nabc"),
+    "space before colon": b"GET / HTTP/1.1\r\nHost : x\r\n\r\n",
+    "content-length with sign": b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +4\r\n\r\nabcd",
+    "NUL in a header": b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n",
+    "two Host headers": b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+    "HTTP/1.1 without Host": b"GET / HTTP/1.1\r\nX-A: 1\r\n\r\n",
+    "bad Host": b"GET / HTTP/1.1\r\nHost: a b/c\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(SMUGGLING))
+def test_smuggling_shapes_get_400_and_a_closed_connection(name, backends, croupier):
+    c = croupier(proxy_config([backends[0].address]))
+    # Each bad request is followed by a clean one on the same connection: it must not run.
+    out = raw_request(c.port, SMUGGLING[name] + b"GET /second HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert _status(out) == 400, out
+    assert b"Connection: close" in out
+    assert out.count(b"\r\nHTTP/1.1 ") == 0    # the smuggled second request got nothing
+    assert backends[0].requests == 0
+    # The next clean request on a new connection is served.
+    assert httpx.get(c.url()).text == "a"
+    assert _in_flight(c) == [0]
+
+
+def test_oversized_headers_get_431(backends, croupier):
+    c = croupier(proxy_config([backends[0].address], max_header_size="4KiB"))
+    big = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-Big: " + b"a" * 5000 + b"\r\n\r\n"
+    out = raw_request(c.port, big)
+    assert _status(out) == 431 and b"Connection: close" in out
+    many = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(
+        b"X-H%d: v\r\n" % i for i in range(1000)) + b"\r\n"
+    assert _status(raw_request(c.port, many)) == 431
+    assert httpx.get(c.url()).text == "a"
+
+
+def test_unending_header_is_cut_off_without_buffering_it(backends, croupier):
+    c = croupier(proxy_config([backends[0].address], max_header_size="4KiB"))
+    with socket.create_connection(("127.0.0.1", c.port), timeout=10) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Endless: ")
+        sent = 0
+        try:
+            while sent < 50 * 1024 * 1024:
+                s.sendall(b"a" * 65536)
+                sent += 65536
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        assert sent < 50 * 1024 * 1024     # croupier closed long before 50 MiB
+
+
+def test_body_over_limit_gets_413(backends, croupier):
+    c = croupier(proxy_config([backends[0].address], max_body_size="1KiB"))
+    out = raw_request(c.port, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n")
+    assert _status(out) == 413
+    chunked = (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+               + b"400\r\n" + b"a" * 1024 + b"\r\n" + b"400\r\n" + b"a" * 1024 + b"\r\n0\r\n\r\n")
+    out = raw_request(c.port, chunked)
+    assert _status(out) == 413
+    assert _in_flight(c) == [0]
+
+
+def test_slow_header_client_is_cut_off_with_408(backends, croupier):
+    """A client sending one header byte a second (slowloris) is cut off by header_timeout."""
+    c = croupier(proxy_config([backends[0].address], header_timeout="1s"))
+    with socket.create_connection(("127.0.0.1", c.port), timeout=10) as s:
+        start = time.monotonic()
+        data = b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100
+        got = b""
+        for byte in data:
+            try:
+                s.sendall(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            s.settimeout(0.3)   # one byte every 0.3 s, reading what comes back meanwhile
+            try:
+                chunk = s.recv(1000)
+                if not chunk:
+                    break
+                got += chunk
+            except TimeoutError:
+                pass
+        elapsed = time.monotonic() - start
+    assert got.startswith(b"HTTP/1.1 408"), got
+    assert elapsed < 5
+
+
+def test_slow_body_client_gets_408(backends, croupier):
+    c = croupier(proxy_config([backends[0].address], body_timeout="500ms"))
+    with socket.create_connection(("127.0.0.1", c.port), timeout=10) as s:
+        s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
+        out = s.recv(1000)
+    assert out.startswith(b"HTTP/1.1 408")
+    wait_until(lambda: _in_flight(c) == [0], message="in-flight back to 0")
+
+
+def test_idle_keepalive_connection_is_closed(backends, croupier):
+    c = croupier(proxy_config([backends[0].address], keepalive_timeout="500ms"))
+    with socket.create_connection(("127.0.0.1", c.port), timeout=10) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        buf = bytearray()
+        assert read_response(s, buf)[2] == b"a"
+        assert s.recv(10) == b""             # closed by croupier, not by our timeout
+
+
+def test_connect_is_refused_and_405(backends, croupier):
+    c = croupier(proxy_config([backends[0].address]))
+    out = raw_request(c.port, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    assert _status(out) == 405
+
+
+def test_clients_that_vanish_leak_nothing(backends, croupier):
+    c = croupier(proxy_config([b.address for b in backends]))
+    for i in range(30):
+        s = socket.create_connection(("127.0.0.1", c.port))
+        if i % 3 == 0:
+            s.sendall(b"GET /slow?delay=0.2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        elif i % 3 == 1:
+            s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nab")
+        else:
+            s.sendall(b"GET /stream?n=10000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.recv(100)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        s.close()                            # RST, mid-request
+    wait_until(lambda: _in_flight(c) == [0, 0, 0], message="in-flight back to 0")
+    wait_until(lambda: c.state(lambda: sum(
+        1 for x in c.balancer.connections if type(x).__name__ == "ClientConnection")) == 0,
+        message="client connections released")
+    assert [httpx.get(c.url()).status_code for _ in range(3)] == [200, 200, 200]
