@@ -1,0 +1,40 @@
+"""The header helpers of the data plane."""
+
+from __future__ import annotations
+
+from croupier.proxy.http import (
+    HOP_BY_HOP,
+    connection_tokens,
+    host_without_port,
+    simple_response,
+    valid_host,
+)
+
+
+def test_hop_by_hop_fields_per_rfc9110():
+    assert {b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding",
+            b"upgrade", b"proxy-connection"} == set(HOP_BY_HOP)
+
+
+def test_connection_tokens_are_lowercased_and_trimmed():
+    assert connection_tokens(b"Keep-Alive , X-Foo,,close") == [b"keep-alive", b"x-foo", b"close"]
+
+
+def test_host_without_port():
+    assert host_without_port(b"Example.COM:8080") == b"example.com"
+    assert host_without_port(b"[::1]:80") == b"[::1]"
+    assert host_without_port(b"a.b") == b"a.b"
+
+
+def test_valid_host_refuses_paths_and_userinfo():
+    assert valid_host(b"example.com:80")
+    for bad in (b"", b"a b", b"a/b", b"user@host", b"a?b", b"x" * 300):
+        assert not valid_host(bad)
+
+
+def test_simple_response_is_well_framed():
+    out = simple_response(503, "no member\n", close=True, extra=((b"Retry-After", b"1"),))
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    assert b"Content-Length: 10" in head and b"Retry-After: 1" in head
+    assert b"Connection: close" in head and body == b"no member\n"
