@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import Backend, Croupier, LoopThread  # noqa: E402
+from helpers import Backend, Croupier, LoopThread
 
 
 @pytest.fixture

@@ -174,7 +174,7 @@ def test_close_delimited_response_is_reframed_chunked(backend_loop, croupier):
         buf = bytearray()
         for _ in range(2):                  # and the client connection stays usable
             s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            status, headers, body = read_response(s, buf)
+            _status, headers, body = read_response(s, buf)
             assert headers["transfer-encoding"] == "chunked"
             assert body == b"until-close body"
     # An HTTP/1.0 client cannot take chunked: the body ends with the connection.
@@ -188,12 +188,12 @@ def test_http10_client_gets_host_added_and_keep_alive_when_asked(backends, croup
     with socket.create_connection(("127.0.0.1", c.port), timeout=5) as s:
         buf = bytearray()
         s.sendall(b"GET /echo HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
-        status, headers, body = read_response(s, buf)
+        _, headers, body = read_response(s, buf)
         assert headers["connection"].lower() == "keep-alive"
         got = {k.lower(): v for k, v in json_body(body)["headers"]}
         assert got["host"] == backends[0].address
         s.sendall(b"GET / HTTP/1.0\r\n\r\n")
-        status, headers, body = read_response(s, buf)
+        _status, headers, body = read_response(s, buf)
         assert body == b"a" and headers["connection"].lower() == "close"
         assert s.recv(10) == b""            # closed, as HTTP/1.0 without keep-alive asks
 

@@ -82,7 +82,8 @@ def test_bad_config_names_key_and_reason(mutate, key, reason):
 def test_errors_name_the_file_and_every_problem(tmp_path: Path):
     path = tmp_path / "croupier.toml"
     path.write_text('[[listeners]]\nname = "web"\nlisten = "127.0.0.1:1"\npool = "x"\n'
-                    'typo = 1\nheader_timeout = "soon"\n[[pools]]\nname = "y"\nmembers = ["127.0.0.1:9"]\n')
+                    'typo = 1\nheader_timeout = "soon"\n'
+                    '[[pools]]\nname = "y"\nmembers = ["127.0.0.1:9"]\n')
     with pytest.raises(ConfigError) as e:
         load_config(path)
     text = e.value.render()

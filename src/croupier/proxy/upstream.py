@@ -47,9 +47,9 @@ class _StopAtHead(Exception):
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("_close_delimited", "_feeding", "_final", "_head_done", "_headers", "_in_head",
-                 "_interim", "_keep_alive", "_message_done", "_out", "_tunnel_rest", "client", "closed",
-                 "deadline", "idle", "out_mode", "parser", "pool", "req", "response_started",
-                 "reused", "transport", "tunnel")
+                 "_interim", "_keep_alive", "_message_done", "_out", "_tunnel_rest", "client",
+                 "closed", "deadline", "idle", "out_mode", "parser", "pool", "req",
+                 "response_started", "reused", "transport", "tunnel")
 
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool

@@ -1,0 +1,229 @@
+"""`croupier` as a user runs it: a subprocess, driven only through its ports."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from helpers import Backend, free_port, json_body, wait_for_port, wait_until
+
+CROUPIER = str(Path(sys.executable).parent / "croupier")
+GiB = 1024**3
+
+
+def write_config(tmp_path: Path, members: list[str], port: int, extra: str = "") -> Path:
+    path = tmp_path / "croupier.toml"
+    quoted = ", ".join(f'"{m}"' for m in members)
+    path.write_text(f"""
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:{port}"
+pool = "app"
+{extra}
+
+[[pools]]
+name = "app"
+members = [{quoted}]
+""")
+    return path
+
+
+class Running:
+    def __init__(self, config: Path, port: int) -> None:
+        self.port = port
+        self.proc = subprocess.Popen([CROUPIER, "run", "-c", str(config)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        wait_for_port(port)
+
+    def url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def peak_rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError("no VmHWM")
+
+    def stop(self) -> tuple[int, str]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=20)
+        return self.proc.returncode, out.decode()
+
+
+@pytest.fixture
+def run_croupier(tmp_path: Path) -> Iterator:
+    started: list[Running] = []
+
+    def start(members: list[str], extra: str = "") -> Running:
+        port = free_port()
+        r = Running(write_config(tmp_path, members, port, extra), port)
+        started.append(r)
+        return r
+    yield start
+    for r in started:
+        if r.proc.poll() is None:
+            r.proc.kill()
+            r.proc.wait()
+
+
+def test_run_serves_round_robin_and_stops_cleanly_on_sigterm(backends, run_croupier):
+    c = run_croupier([b.address for b in backends])
+    with httpx.Client() as client:
+        assert [client.get(c.url()).text for _ in range(6)] == list("abcabc")
+    code, out = c.stop()
+    assert code == 0, out
+    assert "listener web on 127.0.0.1" in out
+
+
+def test_check_prints_what_would_be_served(tmp_path: Path):
+    path = write_config(tmp_path, ["127.0.0.1:9001", "127.0.0.1:9002"], 8080)
+    r = subprocess.run([CROUPIER, "check", "-c", str(path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "listener web: 127.0.0.1:8080 (proxy) -> pool app" in r.stdout
+    assert "member 127.0.0.1:9002" in r.stdout
+
+
+def test_bad_config_exits_nonzero_naming_file_and_key_before_listening(tmp_path: Path):
+    port = free_port()
+    path = write_config(tmp_path, ["127.0.0.1:9001"], port, extra='header_timeout = "10"')
+    for cmd in ("check", "run"):
+        r = subprocess.run([CROUPIER, cmd, "-c", str(path)], capture_output=True, text=True,
+                           timeout=20)
+        assert r.returncode == 1
+        assert f"{path}: listeners[0] (web).header_timeout: bad duration '10'" in r.stderr
+    with socket.socket() as s:             # nothing was left listening
+        assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_port_in_use_is_a_clear_error(tmp_path: Path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        path = write_config(tmp_path, ["127.0.0.1:9001"], port)
+        r = subprocess.run([CROUPIER, "run", "-c", str(path)], capture_output=True, text=True,
+                           timeout=20)
+    assert r.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port} (listener 'web')" in r.stderr
+
+
+def _download(port: int, path: str) -> int:
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        buf = bytearray(1024 * 1024)
+        view = memoryview(buf)
+        total = 0
+        head_end = -1
+        first = bytearray()
+        while True:
+            n = s.recv_into(view)
+            if n == 0:
+                break
+            if head_end < 0:
+                first += view[:n]
+                head_end = first.find(b"\r\n\r\n")
+                if head_end >= 0:
+                    assert first.startswith(b"HTTP/1.1 200")
+                    total = len(first) - head_end - 4
+                continue
+            total += n
+        return total
+
+
+def test_1gib_response_and_upload_stream_in_bounded_memory(backend_loop, run_croupier):
+    backend = Backend(backend_loop, "big")
+    c = run_croupier([backend.address])
+    assert _download(c.port, f"/stream?n={GiB}&chunk=262144") == GiB
+
+    with socket.create_connection(("127.0.0.1", c.port)) as s:
+        s.sendall(b"POST /sink HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % GiB)
+        block = b"u" * (1024 * 1024)
+        for _ in range(1024):
+            s.sendall(block)
+        resp = b""
+        while b"}" not in resp:
+            chunk = s.recv(65536)
+            assert chunk, resp
+            resp += chunk
+    assert json_body(resp.split(b"\r\n\r\n", 1)[1])["received"] == GiB
+
+    rss = c.peak_rss_mib()
+    print(f"croupier peak RSS after 1 GiB each way: {rss:.1f} MiB")
+    assert rss < 100
+
+
+def test_slow_reader_makes_croupier_stop_reading_from_the_member(backend_loop, run_croupier):
+    backend = Backend(backend_loop, "big")
+    c = run_croupier([backend.address])
+    with socket.create_connection(("127.0.0.1", c.port)) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        s.sendall(f"GET /stream?n={GiB} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        # Read nothing. Wait until the member's sending has stalled (the same count twice,
+        # 300 ms apart), then check that only socket buffers' worth left it.
+        last = [-1]
+
+        def stalled() -> bool:
+            now = backend.bytes_sent
+            same = now == last[0] and now > 0
+            last[0] = now
+            return same
+        wait_until(stalled, timeout=30, interval=0.3, message="the member to stall")
+        sent = backend.bytes_sent
+        assert sent < 64 * 1024 * 1024, f"member sent {sent} bytes to a client that reads none"
+        # Reading again lets it continue: backpressure, not a dead transfer.
+        got = 0
+        while got < 4 * sent:
+            got += len(s.recv(1024 * 1024))
+        assert backend.bytes_sent > sent
+    assert c.peak_rss_mib() < 100
+
+
+def test_demo_rotates_through_three_instances(tmp_path: Path):
+    port, app_port = free_port(), free_port()
+    ports_free = all(_free(app_port + i) for i in range(3))
+    if not ports_free:
+        app_port = 20000 + (port % 20000)
+    proc = subprocess.Popen([CROUPIER, "demo", "--port", str(port), "--app-port", str(app_port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, timeout=30)
+        with httpx.Client() as client:
+            seen = [client.get(f"http://127.0.0.1:{port}/get-classes").text.strip()
+                    for _ in range(6)]
+        assert sorted(seen) == sorted([f"classes from instance-{i}" for i in (1, 2, 3)] * 2)
+        assert seen[:3] == seen[3:]                 # strict rotation
+        assert len(set(seen[:3])) == 3
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    for i in range(3):                               # the demo's instances went with it
+        wait_until(lambda i=i: _free(app_port + i), timeout=10, message="demo instances to stop")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_many_sequential_connections_do_not_leak_file_descriptors(backends, run_croupier):
+    c = run_croupier([b.address for b in backends])
+    fd_dir = Path(f"/proc/{c.proc.pid}/fd")
+    with httpx.Client() as client:
+        client.get(c.url())
+    before = len(list(fd_dir.iterdir()))
+    for _ in range(300):
+        with httpx.Client() as client:        # a new connection each time
+            assert client.get(c.url()).status_code == 200
+    wait_until(lambda: len(list(fd_dir.iterdir())) <= before + 3, timeout=10,
+               message="file descriptors to settle")
