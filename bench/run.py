@@ -175,7 +175,7 @@ def wrk(port: int, connections: int, duration: int) -> dict[str, float]:
 def _raise_fd_limit() -> None:
     """HAProxy refuses to start when it cannot raise its FD limit to 2 x maxconn."""
     import resource
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     for want in (200000, 65536, hard):
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(want, hard)))
