@@ -67,8 +67,12 @@ def host_without_port(host: bytes) -> bytes:
     return host[:colon] if colon >= 0 else host
 
 
+_NOT_IN_HOST = b" \t/\\@?#"
+
+
 def valid_host(host: bytes) -> bool:
     """A Host value a proxy may act on: uri-host [":" port], no spaces, no userinfo or path."""
     if not host or len(host) > 255:
         return False
-    return not any(c in host for c in (b" ", b"\t", b"/", b"\\", b"@", b"?", b"#"))
+    # translate() deleting the forbidden bytes is one C call; a changed length means one was there
+    return len(host.translate(None, _NOT_IN_HOST)) == len(host)

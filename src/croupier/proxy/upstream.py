@@ -48,7 +48,7 @@ class _StopAtHead(Exception):
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("_close_delimited", "_feeding", "_final", "_head_done", "_headers", "_in_head",
                  "_interim", "_keep_alive", "_message_done", "_out", "_tunnel_rest", "client",
-                 "closed", "deadline", "idle", "out_mode", "parser", "pool", "req",
+                 "closed", "deadline", "idle", "out_mode", "parser", "paused", "pool", "req",
                  "response_started", "reused", "transport", "tunnel")
 
     def __init__(self, pool: UpstreamPool) -> None:
@@ -61,6 +61,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle = False
         self.reused = False
         self.tunnel = False
+        self.paused = False
         self.deadline = 0.0
         self._reset_response()
         self._out: list[bytes] | None = None
@@ -322,8 +323,8 @@ class UpstreamConnection(asyncio.Protocol):
     def _finish(self, reusable: bool) -> None:
         client, req = self.client, self.req
         self.client = self.req = None
-        if self.transport is not None and self.transport.is_reading() is False:
-            self.transport.resume_reading()
+        if self.paused:
+            self.resume_reading()
         if req is not None and not req.body_done:
             reusable = False    # the member answered before it had the whole request
         if reusable and not self.closed:
@@ -354,10 +355,12 @@ class UpstreamConnection(asyncio.Protocol):
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.closed:
+            self.paused = True
             self.transport.pause_reading()
             self.deadline = 0.0     # a client that reads slowly is not the member's fault
 
     def resume_reading(self) -> None:
+        self.paused = False
         if self.transport is not None and not self.closed:
             self.transport.resume_reading()
             if not self.tunnel:
