@@ -224,3 +224,41 @@ def test_clients_that_vanish_leak_nothing(backends, croupier):
         1 for x in c.balancer.connections if type(x).__name__ == "ClientConnection")) == 0,
         message="client connections released")
     assert [httpx.get(c.url()).status_code for _ in range(3)] == [200, 200, 200]
+
+
+def test_garbage_and_mutated_requests_never_break_the_balancer(backends, croupier):
+    """Seeded random mutations of valid requests, and plain noise: each connection gets an
+    answer or a close, never a hang; afterwards nothing is in flight and clean requests work."""
+    import random
+    rng = random.Random(1234)
+    c = croupier(proxy_config([b.address for b in backends], header_timeout="1s",
+                              body_timeout="1s"))
+    seeds = [b"GET /echo?a=1 HTTP/1.1\r\nHost: x\r\nX-A: b\r\n\r\n",
+             b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+             b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+             b"5\r\nhello\r\n0\r\n\r\n",
+             b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"]
+    for i in range(150):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 4)):
+            op = rng.random()
+            pos = rng.randrange(len(data))
+            if op < 0.4:
+                data[pos] = rng.randrange(256)
+            elif op < 0.7:
+                del data[pos:pos + rng.randint(1, 8)]
+            else:
+                data[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
+        if i % 10 == 0:
+            data = bytearray(rng.randbytes(rng.randint(1, 3000)))
+        with socket.create_connection(("127.0.0.1", c.port), timeout=10) as s:
+            s.sendall(bytes(data))
+            s.shutdown(socket.SHUT_WR)
+            try:
+                while s.recv(65536):
+                    pass
+            except ConnectionResetError:
+                pass
+    wait_until(lambda: _in_flight(c) == [0, 0, 0], message="in-flight back to 0")
+    with httpx.Client() as client:
+        assert [client.get(c.url()).status_code for _ in range(3)] == [200, 200, 200]
