@@ -10,7 +10,14 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -117,9 +124,30 @@ class ListenerConfig(_Strict):
         return v
 
 
+class HostCheckConfig(_Strict):
+    """A host's own check: a TCP connect to a port, or an HTTP GET of a URL."""
+
+    type: Literal["tcp", "http"] = "tcp"
+    port: Port | None = None            # tcp: the port to connect to
+    url: str | None = None              # http: the URL to GET; 2xx/3xx passes
+    interval: Duration = 2.0
+    timeout: Duration = 1.0
+    rise: int = Field(default=2, ge=1)
+    fall: int = Field(default=2, ge=1)
+
+    @model_validator(mode="after")
+    def _target(self) -> HostCheckConfig:
+        if self.type == "tcp" and self.port is None:
+            raise ValueError("a tcp host check needs port")
+        if self.type == "http" and not (self.url or "").startswith("http://"):
+            raise ValueError("an http host check needs url = \"http://...\"")
+        return self
+
+
 class HostConfig(_Strict):
     name: Name
     address: str = Field(min_length=1)
+    check: HostCheckConfig | None = None
 
 
 class MemberConfig(_Strict):
@@ -130,13 +158,73 @@ class MemberConfig(_Strict):
     name: str | None = None
 
 
+def _status_set(value: object) -> frozenset[int]:
+    """200, "200-399", or a list of those -> the set of statuses that pass."""
+    items = value if isinstance(value, list) else [value]
+    out: set[int] = set()
+    for item in items:
+        if isinstance(item, int) and not isinstance(item, bool) and 100 <= item <= 599:
+            out.add(item)
+            continue
+        m = re.match(r"^\s*(\d{3})\s*-\s*(\d{3})\s*$", item) if isinstance(item, str) else None
+        if m and 100 <= int(m.group(1)) <= int(m.group(2)) <= 599:
+            out.update(range(int(m.group(1)), int(m.group(2)) + 1))
+            continue
+        raise ValueError(f"bad status {item!r}: expected a status such as 200 or a range "
+                         f"such as \"200-399\"")
+    return frozenset(out)
+
+
+StatusSet = Annotated[frozenset[int], BeforeValidator(_status_set)]
+
+
 class HealthConfig(_Strict):
+    """Active checks of every member of a pool."""
+
     type: Literal["http", "tcp"] = "http"
+    method: Literal["GET", "HEAD", "OPTIONS"] = "GET"
     path: str = "/"
+    host: str | None = None             # the Host header; default: the member's address:port
+    port: Port | None = None            # check another port than the member's
+    expect_status: StatusSet = frozenset(range(200, 400))
+    body_regex: str | None = None
     interval: Duration = 2.0
+    fast_interval: Duration | None = None   # while a member is changing state; default interval/2
     timeout: Duration = 1.0
     rise: int = Field(default=2, ge=1)
     fall: int = Field(default=3, ge=1)
+    jitter: float = Field(default=0.1, ge=0.0, le=0.5)   # +- share of the interval
+    # How a member counts before its first check: members present at start default to "up"
+    # (a restart must not black out a pool), members added later to "down".
+    initial: Literal["up", "down"] | None = None
+
+    @field_validator("body_regex")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as e:
+                raise ValueError(f"bad regular expression: {e}") from None
+        return v
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError(f"path {v!r} must start with \"/\"")
+        return v
+
+
+class OutlierConfig(_Strict):
+    """Passive ejection: live traffic that keeps failing takes a member out for a while."""
+
+    enabled: bool = True
+    consecutive_failures: int = Field(default=5, ge=1)
+    include_5xx: bool = True            # a 5xx answer counts as a failure
+    base_ejection: Duration = 10.0      # the first ejection; doubles on each repeat
+    max_ejection: Duration = 300.0
+    max_ejected_percent: int = Field(default=50, ge=0, le=100)
 
 
 class PoolConfig(_Strict):
@@ -144,12 +232,16 @@ class PoolConfig(_Strict):
     algorithm: Literal["round_robin"] = "round_robin"
     members: list[str | MemberConfig] = Field(min_length=1)
     health: HealthConfig | None = None
+    outlier: OutlierConfig = OutlierConfig()
     connect_timeout: Duration = 3.0
     response_timeout: Duration = 30.0    # request sent -> response, and between response reads
     # Kept below the usual backend keep-alive (uvicorn, node: 5s) so the backend never closes
     # a connection that we are about to reuse (DESIGN.md, known pitfalls).
     idle_timeout: Duration = 4.0
     max_idle: int = Field(default=64, ge=0)
+    retries: int = Field(default=2, ge=0, le=10)     # other members tried after a failure
+    retry_body_limit: Size = 65536      # bodies up to this size are kept for a replay
+    retry_budget_percent: int = Field(default=20, ge=0, le=100)  # retries per 100 requests
 
 
 class Config(_Strict):

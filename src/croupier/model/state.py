@@ -12,12 +12,16 @@ The data plane only reads `pool.policy`.
 
 from __future__ import annotations
 
+import logging
+import time
+from collections import deque
 from typing import TYPE_CHECKING, Literal
 
 from croupier.balancing import make_policy
 
 if TYPE_CHECKING:
     from croupier.balancing.base import Policy
+    from croupier.config.schema import PoolConfig
     from croupier.proxy.upstream import UpstreamPool
 
 Health = Literal["up", "down", "unknown"]
@@ -25,6 +29,37 @@ AdminState = Literal["ready", "drain", "maint"]
 Origin = Literal["config", "api", "schedule", "host"]
 
 _RANK: dict[str, int] = {"ready": 0, "drain": 1, "maint": 2}
+HISTORY = 32        # state changes kept per member and per host, for the admin API
+
+log = logging.getLogger("croupier.state")
+
+
+class Event:
+    """One state change: when, what changed, and why."""
+
+    __slots__ = ("cause", "change", "when")
+
+    def __init__(self, change: str, cause: str) -> None:
+        self.when = time.time()
+        self.change = change
+        self.cause = cause
+
+    def as_dict(self) -> dict[str, object]:
+        return {"time": self.when, "change": self.change, "cause": self.cause}
+
+
+class _Recorded:
+    """Something whose state changes are logged once and kept in a short history."""
+
+    __slots__ = ()
+    history: deque[Event]
+
+    def label(self) -> str:
+        raise NotImplementedError
+
+    def record(self, change: str, cause: str) -> None:
+        self.history.append(Event(change, cause))
+        log.warning("%s: %s (%s)", self.label(), change, cause)
 
 
 def strongest(states: dict[str, str]) -> str:
@@ -36,8 +71,8 @@ def strongest(states: dict[str, str]) -> str:
     return best
 
 
-class Host:
-    __slots__ = ("address", "admin", "health", "members", "name")
+class Host(_Recorded):
+    __slots__ = ("address", "admin", "health", "history", "members", "name")
 
     def __init__(self, name: str, address: str) -> None:
         self.name = name
@@ -45,17 +80,29 @@ class Host:
         self.health: Health = "up"
         self.admin: dict[str, str] = {}
         self.members: list[Member] = []
+        self.history: deque[Event] = deque(maxlen=HISTORY)
+
+    def label(self) -> str:
+        return f"host {self.name}"
+
+    def pools(self) -> list[Pool]:
+        """The pools with a member on this host (each needs a refresh when the host changes)."""
+        seen: dict[str, Pool] = {}
+        for m in self.members:
+            seen.setdefault(m.pool.name, m.pool)
+        return list(seen.values())
 
     @property
     def admin_state(self) -> str:
         return strongest(self.admin)
 
 
-class Member:
+class Member(_Recorded):
     """One application instance. Counters are plain ints: the data plane bumps them."""
 
-    __slots__ = ("address", "admin", "failures", "health", "host", "in_flight", "name", "pool",
-                 "port", "requests", "upstream", "weight")
+    __slots__ = ("address", "admin", "consecutive_failures", "ejected_until", "ejections",
+                 "failures", "health", "history", "host", "in_flight", "initial_up", "name",
+                 "pool", "port", "requests", "retries", "upstream", "weight")
 
     def __init__(self, pool: Pool, name: str, host: Host, address: str, port: int,
                  weight: int) -> None:
@@ -66,11 +113,24 @@ class Member:
         self.port = port
         self.weight = weight
         self.health: Health = "unknown"
+        self.initial_up = True          # how `unknown` counts: the pool's `initial` setting
         self.admin: dict[str, str] = {}
         self.in_flight = 0
         self.requests = 0
         self.failures = 0
+        self.retries = 0
+        self.consecutive_failures = 0   # live traffic, for passive ejection
+        self.ejected_until = 0.0        # loop time; 0 when not ejected
+        self.ejections = 0              # how often in a row: the back-off grows with it
+        self.history: deque[Event] = deque(maxlen=HISTORY)
         self.upstream: UpstreamPool | None = None
+
+    def label(self) -> str:
+        return f"pool {self.pool.name} member {self.name}"
+
+    @property
+    def ejected(self) -> bool:
+        return self.ejected_until > 0.0
 
     @property
     def admin_state(self) -> str:
@@ -85,26 +145,46 @@ class Member:
             return False
         if self.admin_state != "ready":
             return False
-        if self.host.health == "down":
+        if self.host.health == "down" or self.ejected:
             return False
-        # `unknown` counts as up: members present at start serve at once (no black-out on
-        # restart); health checks (when configured) mark them down on the first failures.
-        return self.health != "down"
+        health = self.health
+        # `unknown` (no check has finished yet) counts as the pool's `initial` says: up for
+        # members present at start, so that a restart does not black out a pool.
+        return health == "up" or (health == "unknown" and self.initial_up)
 
     def __repr__(self) -> str:
         return f"<Member {self.pool.name}/{self.name}>"
 
 
 class Pool:
-    __slots__ = ("algorithm", "config", "eligible", "members", "name", "policy")
+    __slots__ = ("_retry_seen", "_retry_tokens", "algorithm", "config", "eligible", "members",
+                 "name", "policy")
 
-    def __init__(self, name: str, algorithm: str, config: object = None) -> None:
+    RETRY_BURST = 10.0      # retries a quiet pool may make before the budget's share applies
+
+    def __init__(self, name: str, algorithm: str, config: PoolConfig | None = None) -> None:
         self.name = name
         self.algorithm = algorithm
         self.config = config
         self.members: list[Member] = []
         self.eligible: list[Member] = []
         self.policy: Policy = make_policy(algorithm, [])
+        self._retry_tokens = self.RETRY_BURST
+        self._retry_seen = 0
+
+    def take_retry(self) -> bool:
+        """The retry budget: retries may add at most `retry_budget_percent` to the requests
+        (plus a small burst), so that retries never multiply an outage. A token bucket fed
+        by requests, settled only when a retry is wanted: nothing is counted per request."""
+        percent = self.config.retry_budget_percent if self.config is not None else 20
+        seen = sum(m.requests for m in self.members)
+        tokens = self._retry_tokens + (seen - self._retry_seen) * percent / 100.0
+        self._retry_seen = seen
+        if tokens < 1.0:
+            self._retry_tokens = tokens
+            return False
+        self._retry_tokens = min(tokens - 1.0, self.RETRY_BURST)
+        return True
 
     def refresh(self) -> None:
         """Recompute who may take requests and hand that list to a fresh policy."""
@@ -121,7 +201,9 @@ class Pool:
                 why = m.admin_state
             elif m.host.health == "down":
                 why = "host down"
-            elif m.health == "down":
+            elif m.ejected:
+                why = "ejected"
+            elif m.health == "down" or (m.health == "unknown" and not m.initial_up):
                 why = "down"
             elif m.weight <= 0:
                 why = "weight 0"

@@ -25,6 +25,7 @@ import httptools
 
 from croupier.proxy.http import (
     CONNECTION_OPTIONS,
+    IDEMPOTENT,
     connection_tokens,
     simple_response,
     valid_host,
@@ -55,9 +56,10 @@ class _Reject(Exception):
 class Request:
     """One request from parse to answer. Plain slots: one of these per request, nothing else."""
 
-    __slots__ = ("body", "body_done", "body_size", "chunked", "close_after", "content_length",
-                 "discard", "expect", "headers", "host", "http11", "member", "method",
-                 "response_done", "response_started", "sink", "upgrade", "url")
+    __slots__ = ("attempts", "body", "body_done", "body_size", "chunked", "close_after",
+                 "content_length", "discard", "expect", "headers", "host", "http11", "member",
+                 "method", "pool", "replay", "replay_limit", "response_done",
+                 "response_started", "sink", "status", "tried", "upgrade", "url")
 
     def __init__(self) -> None:
         self.url = b""
@@ -72,6 +74,14 @@ class Request:
         self.close_after = False
         self.body: list[bytes] = []     # request body bytes held until a member connection
         self.body_size = 0
+        # Body bytes already sent, kept while they fit `replay_limit` so that a failed
+        # attempt can be replayed on another member; None once they no longer fit.
+        self.replay: list[bytes] | None = []
+        self.replay_limit = 65536
+        self.attempts = 0
+        self.tried: list[Member] | None = None
+        self.pool: Pool | None = None
+        self.status = 0
         self.body_done = False
         self.discard = False            # answered without a member: drop the body
         self.sink: UpstreamConnection | None = None
@@ -281,9 +291,14 @@ class ClientConnection(asyncio.Protocol):
             pieces: tuple[bytes, ...] = (b"%x\r\n" % len(body), body, b"\r\n")
         else:
             pieces = (body,)
+        replay = req.replay
+        if replay is not None and req.body_size > req.replay_limit:
+            req.replay = replay = None
         sink = req.sink
         if sink is not None:
             self._send_up(sink, pieces)
+            if replay is not None:
+                replay.extend(pieces)
         else:
             req.body.extend(pieces)
             if req is self.current and req.body_size > _CONNECT_BUFFER:
@@ -299,6 +314,8 @@ class ClientConnection(asyncio.Protocol):
         if not req.discard and req.chunked:
             if req.sink is not None:
                 self._send_up(req.sink, (b"0\r\n\r\n",))
+                if req.replay is not None:
+                    req.replay.append(b"0\r\n\r\n")
             else:
                 req.body.append(b"0\r\n\r\n")
         if req is self.current:
@@ -349,12 +366,21 @@ class ClientConnection(asyncio.Protocol):
         if mode != "proxy":
             self._answer_without_proxy(req, pool, member, mode)
             return
+        req.pool = pool
+        config = pool.config
+        if config is not None:
+            req.replay_limit = config.retry_body_limit
+        self._send_to(req, member, fresh=False)
+
+    def _send_to(self, req: Request, member: Member, fresh: bool) -> None:
+        """One attempt: `member` takes `req`, on a kept-alive connection unless `fresh`."""
         member.in_flight += 1
         member.requests += 1
         req.member = member
+        req.attempts += 1
         upstream = member.upstream
         assert upstream is not None
-        conn = upstream.acquire()
+        conn = None if fresh else upstream.acquire()
         if conn is not None:
             self._attach(req, conn)
         else:
@@ -366,8 +392,13 @@ class ClientConnection(asyncio.Protocol):
         member = req.member
         assert member is not None
         pieces = [self._request_head(req, member)]
+        replay = req.replay
+        if replay:
+            pieces += replay            # a retry: what the failed attempt had sent
         if req.body:
             pieces += req.body
+            if replay is not None:
+                replay += req.body
             req.body = []
         self._send_up(conn, pieces)
         if self.write_paused:
@@ -380,27 +411,86 @@ class ClientConnection(asyncio.Protocol):
             return
         self._attach(req, conn)
 
-    def upstream_failed(self, req: Request, why: str, response_started: bool) -> None:
+    def upstream_failed(self, req: Request, why: str, *, status: int = 502,
+                        sent_to_client: bool = False, stale: bool = False,
+                        connect: bool = False) -> None:
+        """An attempt failed. Retry it where that is safe, else answer `status` (or, when part
+        of the response is already out, cut the connection: nothing else can say so)."""
         member = req.member
         req.sink = None
-        if member is not None:
-            log.warning("pool %s member %s failed: %s", member.pool.name, member.name, why)
-        self._release_member(req, failed=True)
+        self._release_member(req, failed=not stale)
+        if member is not None and not stale:
+            self.listener.balancer.outlier.failure(member, why)
         if self.transport is None or req is not self.current:
             return
-        if response_started:
-            self.transport.abort()      # part of a response is out: only a cut shows the error
+        where = f"pool {member.pool.name!r} member {member.name}" if member else "?"
+        if sent_to_client:
+            log.warning("%s failed mid-response, client cut: %s", where, why)
+            self.transport.abort()
             return
-        status = 504 if "within" in why or "timed out" in why else 502
-        pool_name = member.pool.name if member is not None else "?"
-        member_name = member.name if member is not None else "?"
+        refused = self._retry(req, member, why, connect=connect, stale=stale)
+        if refused is None:
+            return
+        log.warning("%s failed: %s; not retried: %s", where, why, refused)
         req.close_after = req.close_after or not req.body_done
-        req.discard = True
-        self._answer(req, status, f"croupier: pool {pool_name!r} member {member_name} "
-                                  f"failed: {why}\n")
+        self._answer(req, status, f"croupier: {where} failed: {why}\n")
+
+    def _retry(self, req: Request, failed: Member | None, why: str, *, connect: bool,
+               stale: bool) -> str | None:
+        """Send `req` again if that is safe; None if it was, else why not.
+
+        Safe: a connect that failed sent nothing, so any method may go elsewhere; once the
+        request may have reached a member, only idempotent methods are replayed (RFC 9110
+        9.2.2), and only while their body is still held whole. Never the same member twice,
+        except after a stale kept-alive connection, which is retried once on a fresh one."""
+        pool = req.pool
+        if pool is None or failed is None:
+            return "no pool"
+        if not connect and req.method not in IDEMPOTENT:
+            return f"{req.method.decode('latin-1')} is not idempotent and may have been processed"
+        if req.replay is None:
+            return f"the body is larger than retry_body_limit ({req.replay_limit} bytes)"
+        config = pool.config
+        retries = config.retries if config is not None else 0
+        if stale and req.attempts <= retries + 1 and failed.may_take_request():
+            log.info("pool %r member %s: kept-alive connection was closed (%s); "
+                     "retrying on a new connection", pool.name, failed.name, why)
+            self._send_to(req, failed, fresh=True)
+            return None
+        if req.attempts > retries:
+            return f"{retries} retries already made" if retries else "retries = 0"
+        tried = req.tried
+        if tried is None:
+            tried = req.tried = []
+        tried.append(failed)
+        member = None
+        for _ in range(len(pool.eligible)):
+            candidate = pool.policy.pick()
+            if candidate is None:
+                break
+            if candidate not in tried:
+                member = candidate
+                break
+        if member is None:
+            return "no other member may take it"
+        if not pool.take_retry():
+            return "the pool's retry budget is spent"
+        member.retries += 1
+        log.info("pool %r member %s failed (%s); retrying on %s", pool.name, failed.name, why,
+                 member.name)
+        self._send_to(req, member, fresh=False)
+        return None
 
     def response_done(self, req: Request) -> None:
         """The member's response was passed on whole."""
+        member = req.member
+        if member is not None:
+            if req.status >= 500:
+                outlier = member.pool.config.outlier if member.pool.config else None
+                if outlier is not None and outlier.include_5xx:
+                    self.listener.balancer.outlier.failure(member, f"status {req.status}")
+            elif member.consecutive_failures:
+                member.consecutive_failures = 0
         self._release_member(req, failed=False)
         req.sink = None
         if req is not self.current or self.transport is None:

@@ -47,7 +47,8 @@ class _StopAtHead(Exception):
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("_close_delimited", "_feeding", "_final", "_head_done", "_headers", "_in_head",
-                 "_interim", "_keep_alive", "_message_done", "_out", "_tunnel_rest", "client",
+                 "_interim", "_keep_alive", "_message_done", "_out", "_received", "_to_client",
+                 "_tunnel_rest", "client",
                  "closed", "deadline", "idle", "out_mode", "parser", "paused", "pool", "req",
                  "response_started", "reused", "transport", "tunnel")
 
@@ -77,6 +78,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._message_done = False
         self._keep_alive = False
         self._close_delimited = False
+        self._received = False          # any byte from the member for this exchange
+        self._to_client = False         # any byte of this exchange passed to the client
         self.response_started = False
         self.out_mode = OUT_NONE
 
@@ -99,6 +102,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._abandon()
             return
         self.deadline = self.pool.balancer.loop.time() + self.pool.response_timeout
+        self._received = True
         out: list[bytes] = []
         self._out = out
         self._feeding = True
@@ -196,6 +200,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._final = True
         self.response_started = True
         req.response_started = True
+        req.status = status
         if status == 101:
             self.tunnel = True
             upgrade = b""
@@ -289,6 +294,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._out = None
         if not out:
             return
+        self._to_client = True
         client = self.client
         transport = client.transport if client is not None else None
         if transport is None:
@@ -334,12 +340,15 @@ class UpstreamConnection(asyncio.Protocol):
         if client is not None and req is not None:
             client.response_done(req)
 
-    def _fail(self, why: str) -> None:
+    def _fail(self, why: str, status: int = 502) -> None:
         client, req = self.client, self.req
         self.client = self.req = None
         self._abandon()
         if client is not None and req is not None:
-            client.upstream_failed(req, why, self.response_started)
+            # Stale: a kept-alive connection the member closed as we reused it. Nothing came
+            # back, so the member never answered; the connection, not the member, failed.
+            client.upstream_failed(req, why, status=status, sent_to_client=self._to_client,
+                                   stale=self.reused and not self._received)
 
     def _abandon(self) -> None:
         """Close without reuse; connection_lost does the bookkeeping."""
@@ -351,7 +360,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self.idle:
             self.transport.close() if self.transport is not None else None
             return
-        self._fail(f"no response within {self.pool.response_timeout:g}s")
+        self._fail(f"no response within {self.pool.response_timeout:g}s", status=504)
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.closed:
@@ -428,10 +437,10 @@ class UpstreamPool:
         except TimeoutError:
             self.open -= 1
             client.upstream_failed(req, f"connect timed out after {self.connect_timeout:g}s",
-                                   False)
+                                   status=504, connect=True)
             return
         except OSError as e:
             self.open -= 1
-            client.upstream_failed(req, f"connect failed: {e.strerror or e}", False)
+            client.upstream_failed(req, f"connect failed: {e.strerror or e}", connect=True)
             return
         client.upstream_connected(req, conn)

@@ -14,7 +14,9 @@ import socket
 from typing import Protocol
 
 from croupier.config.load import LoadedConfig
-from croupier.config.schema import split_address
+from croupier.config.schema import HostCheckConfig, split_address
+from croupier.health.checks import Checker
+from croupier.health.outlier import Outlier
 from croupier.model.state import Host, Member, Pool
 from croupier.proxy.client import ClientConnection
 from croupier.proxy.listener import Listener
@@ -43,9 +45,14 @@ class Balancer:
         self.listeners: list[Listener] = []
         self._servers: list[asyncio.AbstractServer] = []
         self._sweeper: asyncio.TimerHandle | None = None
+        self.outlier = Outlier(self)
+        self.checker = Checker(self)
+        self.host_checks: dict[str, HostCheckConfig] = {}
         config = loaded.config
         for h in config.hosts:
             self.hosts[h.name] = Host(h.name, h.address)
+            if h.check is not None:
+                self.host_checks[h.name] = h.check
         for pc in config.pools:
             pool = Pool(pc.name, pc.algorithm, pc)
             for spec in loaded.members[pc.name]:
@@ -53,6 +60,11 @@ class Balancer:
                 if host is None:     # a member named by address gets a host of that name
                     host = self.hosts[spec.host] = Host(spec.host, spec.address)
                 member = Member(pool, spec.name, host, spec.address, spec.port, spec.weight)
+                if pc.health is None:
+                    member.health = "up"        # nothing checks it: it is up until it fails
+                else:
+                    # Present at start: serve at once unless the pool says otherwise.
+                    member.initial_up = pc.health.initial != "down"
                 member.upstream = UpstreamPool(self, member, pc.connect_timeout,
                                                pc.response_timeout, pc.idle_timeout, pc.max_idle)
                 host.members.append(member)
@@ -81,6 +93,7 @@ class Balancer:
             raise OSError(e.errno, f"cannot listen on {listener.config.listen} "
                                    f"(listener {listener.name!r}): {e.strerror}") from None
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+        self.checker.start()
 
     def bound_port(self, listener_name: str) -> int:
         """The port a listener got (useful when the config asked for port 0)."""
@@ -110,6 +123,7 @@ class Balancer:
             await asyncio.sleep(0.05)
         if self._sweeper is not None:
             self._sweeper.cancel()
+        await self.checker.stop()
         for conn in list(self.connections):
             transport = getattr(conn, "transport", None)
             if transport is not None:
