@@ -337,3 +337,85 @@ def read_response(sock: socket.socket, buf: bytearray,
 
 def json_body(body: bytes) -> Any:
     return json.loads(body)
+
+
+# ---- backends as processes (they can be killed, stopped and restarted for real) -------------
+
+class ProcBackend:
+    """A demo application instance in its own process: `croupier demo-app`."""
+
+    def __init__(self, name: str, port: int | None = None) -> None:
+        import subprocess
+        import sys
+        self.name = name
+        self.port = port or free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "croupier", "demo-app", "--name", name, "--port",
+             str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.port)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def restart(self) -> None:
+        self.__init__(self.name, self.port)  # type: ignore[misc]
+
+    def close(self) -> None:
+        import signal as _signal
+        if self.proc.poll() is None:
+            self.proc.send_signal(_signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+class Load:
+    """`clients` threads sending keep-alive GETs to `url` until stopped (bounded by `limit` s).
+    Counts answers by status, failures (anything but 200) with their reason, and per-body."""
+
+    def __init__(self, url: str, clients: int = 20, limit: float = 30.0) -> None:
+        import collections
+        import threading
+        self.url = url
+        self.ok = 0
+        self.failed: list[str] = []
+        self.bodies: collections.Counter[str] = collections.Counter()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._deadline = time.monotonic() + limit
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+        for t in self._threads:
+            t.start()
+
+    def _run(self) -> None:
+        import httpx
+        with httpx.Client(timeout=20) as client:
+            while not self._stop.is_set() and time.monotonic() < self._deadline:
+                try:
+                    r = client.get(self.url)
+                    outcome = None if r.status_code == 200 else f"{r.status_code} {r.text!r}"
+                    body = r.text
+                except httpx.HTTPError as e:
+                    outcome, body = f"{type(e).__name__}: {e}", ""
+                with self._lock:
+                    if outcome is None:
+                        self.ok += 1
+                        self.bodies[body.strip()] += 1
+                    else:
+                        self.failed.append(outcome)
+
+    def total(self) -> int:
+        with self._lock:
+            return self.ok + len(self.failed)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(30)

@@ -241,7 +241,9 @@ class PoolConfig(_Strict):
     max_idle: int = Field(default=64, ge=0)
     retries: int = Field(default=2, ge=0, le=10)     # other members tried after a failure
     retry_body_limit: Size = 65536      # bodies up to this size are kept for a replay
-    retry_budget_percent: int = Field(default=20, ge=0, le=100)  # retries per 100 requests
+    # Retries may add at most this share to the pool's requests of the last 10 s...
+    retry_budget_percent: int = Field(default=20, ge=0, le=100)
+    retry_burst: int = Field(default=10, ge=0)     # ...or this many, whichever is more
 
 
 class Config(_Strict):

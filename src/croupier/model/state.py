@@ -157,10 +157,10 @@ class Member(_Recorded):
 
 
 class Pool:
-    __slots__ = ("_retry_seen", "_retry_tokens", "algorithm", "config", "eligible", "members",
-                 "name", "policy")
+    __slots__ = ("_retry_seen", "_retry_tokens", "_window", "algorithm", "config", "eligible",
+                 "members", "name", "policy", "retry_cap")
 
-    RETRY_BURST = 10.0      # retries a quiet pool may make before the budget's share applies
+    WINDOW = 10         # seconds of requests the retry budget is measured against
 
     def __init__(self, name: str, algorithm: str, config: PoolConfig | None = None) -> None:
         self.name = name
@@ -169,21 +169,43 @@ class Pool:
         self.members: list[Member] = []
         self.eligible: list[Member] = []
         self.policy: Policy = make_policy(algorithm, [])
-        self._retry_tokens = self.RETRY_BURST
+        burst = float(config.retry_burst) if config is not None else 10.0
+        self._retry_tokens = burst
         self._retry_seen = 0
+        self._window: deque[int] = deque(maxlen=self.WINDOW + 1)
+        self.retry_cap = burst
+
+    def requests(self) -> int:
+        return sum(m.requests for m in self.members)
+
+    def tick_retry_budget(self) -> None:
+        """Once a second (control plane): the most retries the budget may hold now, which is
+        `retry_budget_percent` of the last WINDOW seconds' requests, or `retry_burst`."""
+        config = self.config
+        if config is None:
+            return
+        window = self._window
+        window.append(self.requests())
+        recent = window[-1] - window[0]
+        self.retry_cap = max(float(config.retry_burst),
+                             recent * config.retry_budget_percent / 100.0)
 
     def take_retry(self) -> bool:
-        """The retry budget: retries may add at most `retry_budget_percent` to the requests
-        (plus a small burst), so that retries never multiply an outage. A token bucket fed
-        by requests, settled only when a retry is wanted: nothing is counted per request."""
-        percent = self.config.retry_budget_percent if self.config is not None else 20
-        seen = sum(m.requests for m in self.members)
-        tokens = self._retry_tokens + (seen - self._retry_seen) * percent / 100.0
+        """The retry budget: a token bucket that requests fill by `retry_budget_percent` each,
+        settled only when a retry is wanted (nothing is counted per request). It holds at most
+        `retry_cap`, or the pool's requests in flight if more: what one member had in flight
+        when it died can all be retried at once, while a pool whose every member keeps
+        failing gets at most `retry_budget_percent` added to its load."""
+        config = self.config
+        percent = config.retry_budget_percent if config is not None else 20
+        seen = self.requests()
+        cap = max(self.retry_cap, float(sum(m.in_flight for m in self.members)))
+        tokens = min(cap, self._retry_tokens + (seen - self._retry_seen) * percent / 100.0)
         self._retry_seen = seen
         if tokens < 1.0:
             self._retry_tokens = tokens
             return False
-        self._retry_tokens = min(tokens - 1.0, self.RETRY_BURST)
+        self._retry_tokens = tokens - 1.0
         return True
 
     def refresh(self) -> None:

@@ -45,6 +45,7 @@ class Balancer:
         self.listeners: list[Listener] = []
         self._servers: list[asyncio.AbstractServer] = []
         self._sweeper: asyncio.TimerHandle | None = None
+        self._sweeps = 0
         self.outlier = Outlier(self)
         self.checker = Checker(self)
         self.host_checks: dict[str, HostCheckConfig] = {}
@@ -105,6 +106,10 @@ class Balancer:
 
     def _sweep(self) -> None:
         now = self.loop.time()
+        self._sweeps += 1
+        if self._sweeps % 4 == 0:           # once a second
+            for pool in self.pools.values():
+                pool.tick_retry_budget()
         for conn in [c for c in self.connections if 0.0 < c.deadline <= now]:
             try:
                 conn.on_timeout()
