@@ -68,6 +68,8 @@ def test_sigkill_under_load_fails_no_request_and_member_goes_down_in_time(member
         wait_until(lambda: load.total() > served_after + 300, message="load after the kill")
     finally:
         load.stop()
+    print(f"SIGKILL: {load.total()} requests, {len(load.failed)} failed, "
+          f"marked down after {took:.2f}s (bound {DOWN_WITHIN:.2f}s)")
     assert load.failed == [], load.failed[:5]
     assert took <= DOWN_WITHIN, f"marked down after {took:.2f}s"
     history = c.state(lambda: [e.as_dict() for e in c.member("app", 1).history])
@@ -91,6 +93,8 @@ def test_sigstop_hang_fails_no_request_and_member_goes_down_in_time(members, cro
         members[2].signal(signal.SIGCONT)
     # A hung member accepted requests and never answered: they were retried elsewhere after
     # response_timeout, as GETs may be. None had a response begun, so none may fail.
+    print(f"SIGSTOP: {load.total()} requests, {len(load.failed)} failed, "
+          f"marked down after {took:.2f}s (bound {DOWN_WITHIN:.2f}s)")
     assert load.failed == [], load.failed[:5]
     assert took <= DOWN_WITHIN, f"marked down after {took:.2f}s"
 
