@@ -90,8 +90,10 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
 class Croupier:
     """A Balancer on its own loop thread, built from a config dict."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
-        self.loaded = validate_config(config)
+    def __init__(self, config: dict[str, Any], path: str = "<config>") -> None:
+        # No admin API unless a test asks for one (with its own port, token and state file).
+        config.setdefault("admin", {"enabled": False})
+        self.loaded = validate_config(config, path)
         self.lt = LoopThread()
         self.balancer = Balancer(self.loaded, self.lt.loop)
         self.lt.run(self.balancer.start())

@@ -8,6 +8,7 @@ are checked in `croupier.config.load`, where the error can name the key that ref
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -73,8 +74,12 @@ def split_address(value: str) -> tuple[str, int]:
 
 
 class AdminConfig(_Strict):
+    enabled: bool = True
     listen: str = "127.0.0.1:9900"
-    token_file: str = "admin.token"
+    token_file: str = "admin.token"     # beside the config; created (mode 0600) if missing
+    # Admin states, added and removed members, weights and windows set at run time are kept
+    # here (beside the config) so that they survive a restart.
+    state_file: str = "croupier.state.json"
 
     @field_validator("listen")
     @classmethod
@@ -246,8 +251,39 @@ class PoolConfig(_Strict):
     retry_burst: int = Field(default=10, ge=0)     # ...or this many, whichever is more
 
 
+class MaintenanceConfig(_Strict):
+    """A maintenance window: drain `lead` before `start`, maint until `end`, then back."""
+
+    target: str = Field(min_length=1)   # "pool/member", "address:port" or "host:NAME"
+    start: datetime
+    end: datetime | None = None
+    duration: Duration | None = None
+    lead: Duration = 0.0
+    reason: str = ""
+    id: str | None = None
+
+    @model_validator(mode="after")
+    def _span(self) -> MaintenanceConfig:
+        if self.start.tzinfo is None:
+            raise ValueError("start needs a timezone offset, such as 2026-12-01T02:00:00Z")
+        if (self.end is None) == (self.duration is None):
+            raise ValueError("give exactly one of end and duration")
+        if self.end is not None:
+            if self.end.tzinfo is None:
+                raise ValueError("end needs a timezone offset")
+            if self.end <= self.start:
+                raise ValueError("end must be after start")
+        return self
+
+    def span(self) -> tuple[float, float]:
+        start = self.start.timestamp()
+        end = self.end.timestamp() if self.end is not None else start + (self.duration or 0.0)
+        return start, end
+
+
 class Config(_Strict):
     admin: AdminConfig = AdminConfig()
     listeners: list[ListenerConfig] = Field(min_length=1)
     hosts: list[HostConfig] = []
     pools: list[PoolConfig] = Field(min_length=1)
+    maintenance: list[MaintenanceConfig] = []

@@ -100,9 +100,10 @@ class Host(_Recorded):
 class Member(_Recorded):
     """One application instance. Counters are plain ints: the data plane bumps them."""
 
-    __slots__ = ("address", "admin", "consecutive_failures", "ejected_until", "ejections",
-                 "failures", "health", "history", "host", "in_flight", "initial_up", "name",
-                 "pool", "port", "requests", "retries", "upstream", "weight")
+    __slots__ = ("address", "admin", "answered", "consecutive_failures", "ejected_until",
+                 "ejections", "failures", "health", "history", "host", "in_flight",
+                 "initial_up", "latency_total", "name", "pool", "port", "requests", "retries",
+                 "upstream", "weight")
 
     def __init__(self, pool: Pool, name: str, host: Host, address: str, port: int,
                  weight: int) -> None:
@@ -119,6 +120,8 @@ class Member(_Recorded):
         self.requests = 0
         self.failures = 0
         self.retries = 0
+        self.answered = 0               # whole responses passed on
+        self.latency_total = 0.0        # seconds from request sent to response passed on
         self.consecutive_failures = 0   # live traffic, for passive ejection
         self.ejected_until = 0.0        # loop time; 0 when not ejected
         self.ejections = 0              # how often in a row: the back-off grows with it

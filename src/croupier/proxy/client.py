@@ -56,10 +56,33 @@ class _Reject(Exception):
 class Request:
     """One request from parse to answer. Plain slots: one of these per request, nothing else."""
 
-    __slots__ = ("attempts", "body", "body_done", "body_size", "chunked", "close_after",
-                 "content_length", "discard", "expect", "headers", "host", "http11", "member",
-                 "method", "pool", "replay", "replay_limit", "response_done",
-                 "response_started", "sink", "status", "tried", "upgrade", "url")
+    __slots__ = (
+        "attempts",
+        "body",
+        "body_done",
+        "body_size",
+        "chunked",
+        "close_after",
+        "content_length",
+        "discard",
+        "expect",
+        "headers",
+        "host",
+        "http11",
+        "member",
+        "method",
+        "pool",
+        "replay",
+        "replay_limit",
+        "response_done",
+        "response_started",
+        "sent_at",
+        "sink",
+        "status",
+        "tried",
+        "upgrade",
+        "url",
+    )
 
     def __init__(self) -> None:
         self.url = b""
@@ -81,6 +104,7 @@ class Request:
         self.attempts = 0
         self.tried: list[Member] | None = None
         self.pool: Pool | None = None
+        self.sent_at = 0.0
         self.status = 0
         self.body_done = False
         self.discard = False            # answered without a member: drop the body
@@ -97,7 +121,7 @@ class ClientConnection(asyncio.Protocol):
 
     __slots__ = ("_feeding", "_out", "_out_sink", "current", "deadline", "error", "head_bytes",
                  "in_head", "listener", "parser", "parser_dead", "parsing", "paused", "peer",
-                 "queue", "transport", "tunnel", "write_paused", "xff")
+                 "queue", "transport", "tunnel", "tunnel_req", "write_paused", "xff")
 
     def __init__(self, listener: Listener) -> None:
         self.listener = listener
@@ -113,6 +137,7 @@ class ClientConnection(asyncio.Protocol):
         self.error: tuple[int, str] | None = None
         self.parser_dead = False
         self.tunnel: UpstreamConnection | None = None
+        self.tunnel_req: Request | None = None
         self.deadline = 0.0
         self.peer = b""
         self.xff = b""
@@ -186,6 +211,9 @@ class ClientConnection(asyncio.Protocol):
             tunnel.client = None
             tunnel.req = None
             tunnel._abandon()
+        tunnel_req, self.tunnel_req = self.tunnel_req, None
+        if tunnel_req is not None:
+            self._release_member(tunnel_req, failed=False)
         for req in (self.current, *self.queue):
             if req is not None:
                 self._release_member(req, failed=False)
@@ -378,6 +406,7 @@ class ClientConnection(asyncio.Protocol):
         member.requests += 1
         req.member = member
         req.attempts += 1
+        req.sent_at = self.listener.balancer.loop.time()
         upstream = member.upstream
         assert upstream is not None
         conn = None if fresh else upstream.acquire()
@@ -485,6 +514,8 @@ class ClientConnection(asyncio.Protocol):
         """The member's response was passed on whole."""
         member = req.member
         if member is not None:
+            member.answered += 1
+            member.latency_total += self.listener.balancer.loop.time() - req.sent_at
             if req.status >= 500:
                 outlier = member.pool.config.outlier if member.pool.config else None
                 if outlier is not None and outlier.include_5xx:
@@ -655,8 +686,8 @@ class ClientConnection(asyncio.Protocol):
         """The member switched protocols: from now on bytes are copied both ways."""
         req = self.current
         self.tunnel = conn
+        self.tunnel_req = req           # its member stays in flight while the tunnel is open
         if req is not None:
-            self._release_member(req, failed=False)
             req.sink = None
         self.current = None
         self.resume_reading(self.PAUSE_QUEUE | self.PAUSE_CONNECT)
@@ -670,6 +701,9 @@ class ClientConnection(asyncio.Protocol):
 
     def tunnel_closed(self) -> None:
         self.tunnel = None
+        req, self.tunnel_req = self.tunnel_req, None
+        if req is not None:
+            self._release_member(req, failed=False)
         if self.transport is not None:
             self.transport.close()
 

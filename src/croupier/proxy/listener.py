@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from croupier.proxy.http import host_without_port
@@ -53,13 +54,18 @@ class Listener:
 
     def __init__(self, balancer: Balancer, config: ListenerConfig, pools: dict[str, Pool]) -> None:
         self.balancer = balancer
-        self.config = config
         self.name = config.name
+        self.open_connections = 0
+        self.server: asyncio.Server | None = None
+        self.update(config, pools)
+
+    def update(self, config: ListenerConfig, pools: dict[str, Pool]) -> None:
+        """Take a new config in place (a reload): open connections see it on their next
+        request, and none is dropped."""
+        self.config = config
         self.mode = config.mode
         self.default_pool = pools[config.pool]
         self.routes = [Route(pools[r.pool], r.path_prefix, r.host) for r in config.routes]
-        self.open_connections = 0
-        self.server: object | None = None
 
     def route(self, req: Request) -> Pool:
         routes = self.routes

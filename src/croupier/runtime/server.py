@@ -1,20 +1,37 @@
-"""The running balancer: the model built from a config, its listeners, and the timeout sweep.
+"""The running balancer: the model built from a config, its listeners, the admin API, and the
+timeout sweep.
 
-Timeouts are deadlines on each connection (a float, 0 for none) swept four times a second,
-rather than a timer handle per request: setting a deadline on the hot path is one attribute
-write, and a 250 ms granularity is well inside every timeout we offer.
+- Timeouts are deadlines on each connection (a float, 0 for none) swept four times a second,
+  rather than a timer handle per request: setting a deadline on the hot path is one attribute
+  write, and a 250 ms granularity is well inside every timeout we offer.
+- What operators change at run time (admin states, added and removed members, weights,
+  maintenance windows) is an overlay on the config, kept in the state file (written
+  atomically) and applied again after every start and reload.
+- A reload builds the new model in place: pools, members and hosts that are still there keep
+  their objects, so their health, admin state, counters and requests in flight carry over;
+  a listener whose address is unchanged keeps its socket, so no connection is dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
+import os
+import secrets
 import signal
 import socket
-from typing import Protocol
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
 
-from croupier.config.load import LoadedConfig
-from croupier.config.schema import HostCheckConfig, split_address
+from croupier.admin.ops import OpError
+from croupier.admin.schedule import Scheduler
+from croupier.config.load import ConfigError, LoadedConfig, MemberSpec, load_config
+from croupier.config.schema import HostCheckConfig, PoolConfig, split_address
 from croupier.health.checks import Checker
 from croupier.health.outlier import Outlier
 from croupier.model.state import Host, Member, Pool
@@ -25,12 +42,26 @@ from croupier.proxy.upstream import UpstreamPool
 log = logging.getLogger("croupier")
 
 SWEEP_INTERVAL = 0.25
+STATE_VERSION = 1
 
 
 class _HasDeadline(Protocol):
     deadline: float
 
     def on_timeout(self) -> None: ...
+
+
+def _bind(address: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((address, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
 
 
 class Balancer:
@@ -43,64 +74,345 @@ class Balancer:
         self.hosts: dict[str, Host] = {}
         self.pools: dict[str, Pool] = {}
         self.listeners: list[Listener] = []
-        self._servers: list[asyncio.AbstractServer] = []
+        self.host_checks: dict[str, HostCheckConfig] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._sweeps = 0
+        self._admin_server: Any = None
+        self._admin_task: asyncio.Task[None] | None = None
+        self.admin_port: int | None = None
         self.outlier = Outlier(self)
         self.checker = Checker(self)
-        self.host_checks: dict[str, HostCheckConfig] = {}
+        self.scheduler = Scheduler(self)
+        self.overlay = self._empty_overlay()
+        admin = loaded.config.admin
+        self.state_file = self._beside(admin.state_file) if admin.enabled else None
+        if self.state_file is not None and self.state_file.exists():
+            self.overlay = self._read_state(self.state_file)
+        self._apply(loaded, first=True)
+
+    # ---- building the model ---------------------------------------------------------------
+
+    def _beside(self, name: str) -> Path:
+        """A path from the config: relative ones are beside the config file."""
+        path = Path(name)
+        if path.is_absolute():
+            return path
+        base = self.loaded.path.parent if self.loaded.path.name.endswith(".toml") else Path()
+        return base / path
+
+    @staticmethod
+    def _empty_overlay() -> dict[str, Any]:
+        return {"version": STATE_VERSION, "member_admin": {}, "host_admin": {}, "added": [],
+                "removed": [], "weights": {}, "windows": []}
+
+    def _apply(self, loaded: LoadedConfig, first: bool) -> None:
+        """Make the model match `loaded` plus the overlay, keeping what is still there."""
         config = loaded.config
+        overlay = self.overlay
+        self.host_checks = {h.name: h.check for h in config.hosts if h.check is not None}
         for h in config.hosts:
-            self.hosts[h.name] = Host(h.name, h.address)
-            if h.check is not None:
-                self.host_checks[h.name] = h.check
+            host = self.hosts.get(h.name)
+            if host is None:
+                self.hosts[h.name] = Host(h.name, h.address)
+            else:
+                host.address = h.address
+        wanted_pools: dict[str, Pool] = {}
         for pc in config.pools:
-            pool = Pool(pc.name, pc.algorithm, pc)
-            for spec in loaded.members[pc.name]:
-                host = self.hosts.get(spec.host)
-                if host is None:     # a member named by address gets a host of that name
-                    host = self.hosts[spec.host] = Host(spec.host, spec.address)
-                member = Member(pool, spec.name, host, spec.address, spec.port, spec.weight)
-                if pc.health is None:
-                    member.health = "up"        # nothing checks it: it is up until it fails
+            pool = self.pools.get(pc.name) or Pool(pc.name, pc.algorithm, pc)
+            pool.config = pc
+            pool.algorithm = pc.algorithm
+            specs = [s for s in loaded.members[pc.name]
+                     if f"{pc.name}/{s.name}" not in overlay["removed"]]
+            names = {s.name for s in specs}
+            for added in overlay["added"]:
+                if added["pool"] == pc.name and added["name"] not in names:
+                    specs.append(MemberSpec(pc.name, added["name"], added["host"],
+                                            added["address"], added["port"], added["weight"]))
+                    names.add(added["name"])
+            old = {m.name: m for m in pool.members}
+            members = []
+            for spec in specs:
+                member = old.pop(spec.name, None)
+                if member is None:
+                    member = self._new_member(pool, pc, spec, present_at_start=first)
                 else:
-                    # Present at start: serve at once unless the pool says otherwise.
-                    member.initial_up = pc.health.initial != "down"
-                member.upstream = UpstreamPool(self, member, pc.connect_timeout,
-                                               pc.response_timeout, pc.idle_timeout, pc.max_idle)
-                host.members.append(member)
-                pool.members.append(member)
+                    member.weight = spec.weight
+                    self._configure_upstream(member, pc)
+                weight = overlay["weights"].get(f"{pc.name}/{spec.name}")
+                if weight is not None:
+                    member.weight = weight
+                member.admin.pop("api", None)
+                state = overlay["member_admin"].get(f"{pc.name}/{spec.name}")
+                if state is not None:
+                    member.admin["api"] = state
+                members.append(member)
+            for gone in old.values():
+                self._retire(gone)
+            pool.members = members
+            wanted_pools[pc.name] = pool
+        for name, pool in self.pools.items():
+            if name not in wanted_pools:
+                for m in pool.members:
+                    self._retire(m)
+        self.pools = wanted_pools
+        for host in self.hosts.values():
+            host.members = [m for p in self.pools.values() for m in p.members if m.host is host]
+            host.admin.pop("api", None)
+            state = overlay["host_admin"].get(host.name)
+            if state is not None:
+                host.admin["api"] = state
+        for pool in self.pools.values():
             pool.refresh()
-            self.pools[pc.name] = pool
-        for lc in config.listeners:
-            self.listeners.append(Listener(self, lc, self.pools))
+        # Maintenance windows: the config's, replaced on each load, and the API's, kept.
+        self.scheduler.windows = [w for w in self.scheduler.windows if w.origin == "api"]
+        if first:
+            now = time.time()
+            for w in overlay["windows"]:
+                if w["end"] > now:
+                    with contextlib.suppress(OpError):
+                        self.scheduler.add(w["target"], w["start"], w["end"], w["lead"], "api",
+                                           w.get("reason", ""), w["id"])
+        for i, mc in enumerate(config.maintenance):
+            start, end = mc.span()
+            if end > time.time():
+                try:
+                    self.scheduler.add(mc.target, start, end, mc.lead, "config", mc.reason,
+                                       mc.id or f"config-{i + 1}")
+                except OpError as e:
+                    raise ConfigError(loaded.path, [(f"maintenance[{i}]", e.message)]) from None
+
+    def _new_member(self, pool: Pool, pc: PoolConfig, spec: MemberSpec,
+                    present_at_start: bool) -> Member:
+        host = self.hosts.get(spec.host)
+        if host is None:     # a member named by address gets a host of that name
+            host = self.hosts[spec.host] = Host(spec.host, spec.address)
+        member = Member(pool, spec.name, host, spec.address, spec.port, spec.weight)
+        if pc.health is None:
+            member.health = "up"        # nothing checks it: it is up until it fails
+        elif pc.health.initial is not None:
+            member.initial_up = pc.health.initial == "up"
+        else:
+            # Present at start: serve at once, so a restart does not black out a pool.
+            # Added later: down until its first check passes.
+            member.initial_up = present_at_start
+        self._configure_upstream(member, pc)
+        return member
+
+    def _configure_upstream(self, member: Member, pc: PoolConfig) -> None:
+        if member.upstream is None:
+            member.upstream = UpstreamPool(self, member, pc.connect_timeout, pc.response_timeout,
+                                           pc.idle_timeout, pc.max_idle)
+        else:
+            up = member.upstream
+            up.connect_timeout = pc.connect_timeout
+            up.response_timeout = pc.response_timeout
+            up.idle_timeout = pc.idle_timeout
+            up.max_idle = pc.max_idle
+
+    def _retire(self, member: Member) -> None:
+        """A member leaves: no new requests; those in flight finish on their own."""
+        self.checker.unwatch(member)
+        if member.upstream is not None:
+            member.upstream.max_idle = 0
+            member.upstream.close_idle()
+        member.record("removed", f"{member.in_flight} request(s) in flight finish")
 
     def members(self) -> list[Member]:
         return [m for p in self.pools.values() for m in p.members]
 
-    async def start(self) -> None:
-        """Bind every listener, or bind none: a config never starts half way."""
+    # ---- runtime changes (the admin API) -------------------------------------------------
+
+    def add_member(self, pool_name: str, host_name: str | None, address: str | None, port: int,
+                   weight: int) -> Member:
+        pool = self.pools.get(pool_name)
+        if pool is None or pool.config is None:
+            raise OpError(404, f"no pool named {pool_name!r}")
+        if (host_name is None) == (address is None):
+            raise OpError(422, "give exactly one of host and address")
+        if host_name is not None:
+            host = self.hosts.get(host_name)
+            if host is None:
+                raise OpError(404, f"no host named {host_name!r}")
+            spec = MemberSpec(pool.name, f"{host_name}:{port}", host_name, host.address, port,
+                              weight)
+        else:
+            assert address is not None
+            known = next((h.name for h in self.hosts.values() if h.address == address), address)
+            spec = MemberSpec(pool.name, f"{address}:{port}", known, address, port, weight)
+        if any(m.name == spec.name for m in pool.members):
+            raise OpError(409, f"pool {pool.name!r} already has member {spec.name}")
+        key = f"{pool.name}/{spec.name}"
+        if key in self.overlay["removed"]:
+            self.overlay["removed"].remove(key)
+        if not any(m.name == spec.name for m in self._config_specs(pool.name)):
+            self.overlay["added"].append({"pool": pool.name, "name": spec.name,
+                                          "host": spec.host, "address": spec.address,
+                                          "port": port, "weight": weight})
+        self.overlay["weights"][key] = weight
+        member = self._new_member(pool, pool.config, spec, present_at_start=False)
+        pool.members.append(member)
+        member.host.members.append(member)
+        member.record("added", "by the admin API")
+        pool.refresh()
+        if pool.config.health is not None:
+            self.checker.watch_member(member, pool.config.health)
+        return member
+
+    def _config_specs(self, pool: str) -> list[MemberSpec]:
+        return self.loaded.members.get(pool, [])
+
+    def remove_member(self, member: Member) -> None:
+        pool = member.pool
+        key = f"{pool.name}/{member.name}"
+        self.overlay["added"] = [a for a in self.overlay["added"]
+                                 if not (a["pool"] == pool.name and a["name"] == member.name)]
+        if any(s.name == member.name for s in self._config_specs(pool.name)):
+            self.overlay["removed"].append(key)
+        self.overlay["weights"].pop(key, None)
+        self.overlay["member_admin"].pop(key, None)
+        pool.members.remove(member)
+        if member in member.host.members:
+            member.host.members.remove(member)
+        self._retire(member)
+        pool.refresh()
+
+    def set_weight(self, member: Member, weight: int) -> None:
+        before = member.weight
+        member.weight = weight
+        self.overlay["weights"][f"{member.pool.name}/{member.name}"] = weight
+        member.record(f"weight {before} -> {weight}", "by the admin API")
+        member.pool.refresh()
+
+    # ---- the state file --------------------------------------------------------------------
+
+    def _snapshot_overlay(self) -> dict[str, Any]:
+        overlay = self.overlay
+        overlay["member_admin"] = {f"{m.pool.name}/{m.name}": m.admin["api"]
+                                   for m in self.members() if "api" in m.admin}
+        overlay["host_admin"] = {h.name: h.admin["api"] for h in self.hosts.values()
+                                 if "api" in h.admin}
+        overlay["windows"] = [{"id": w.id, "target": w.target, "start": w.start, "end": w.end,
+                               "lead": w.lead, "reason": w.reason}
+                              for w in self.scheduler.windows if w.origin == "api"]
+        return overlay
+
+    def save_state(self) -> None:
+        """Write the runtime overlay atomically: a crash mid-write leaves the old file whole."""
+        overlay = self._snapshot_overlay()
+        path = self.state_file
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         try:
-            for listener in self.listeners:
-                address, port = split_address(listener.config.listen)
-                server = await self.loop.create_server(
-                    lambda lst=listener: ClientConnection(lst),
-                    address, port, reuse_address=True, backlog=4096,
-                    family=socket.AF_INET6 if ":" in address else socket.AF_INET)
-                listener.server = server
-                self._servers.append(server)
+            with os.fdopen(fd, "w") as f:
+                json.dump(overlay, f, indent=1, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def _read_state(self, path: Path) -> dict[str, Any]:
+        try:
+            data = json.loads(path.read_text())
+            if data.get("version") != STATE_VERSION:
+                raise ValueError(f"unknown version {data.get('version')!r}")
+        except (OSError, ValueError) as e:
+            raise ConfigError(path, [("(state file)", f"cannot be read: {e}; move it aside to "
+                                                      "start from the config alone")]) from None
+        overlay = self._empty_overlay()
+        overlay.update({k: data[k] for k in overlay if k in data})
+        log.info("runtime state from %s: %d member and %d host admin state(s), %d added, "
+                 "%d removed, %d window(s)", path, len(overlay["member_admin"]),
+                 len(overlay["host_admin"]), len(overlay["added"]), len(overlay["removed"]),
+                 len(overlay["windows"]))
+        return overlay
+
+    # ---- serving ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind every listener and the admin API, or bind none: a config never starts half way."""
+        try:
+            for listener in self.listeners_for(self.loaded):
+                await self._listen(listener)
+            if self.loaded.config.admin.enabled:
+                await self._start_admin()
         except OSError as e:
             await self.stop(0)
-            raise OSError(e.errno, f"cannot listen on {listener.config.listen} "
-                                   f"(listener {listener.name!r}): {e.strerror}") from None
+            raise e from None
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
         self.checker.start()
+        self.scheduler.start()
+
+    def listeners_for(self, loaded: LoadedConfig) -> Iterator[Listener]:
+        for lc in loaded.config.listeners:
+            listener = Listener(self, lc, self.pools)
+            self.listeners.append(listener)
+            yield listener
+
+    async def _listen(self, listener: Listener) -> None:
+        address, port = split_address(listener.config.listen)
+        try:
+            sock = _bind(address, port)
+        except OSError as e:
+            raise OSError(e.errno, f"cannot listen on {listener.config.listen} "
+                                   f"(listener {listener.name!r}): {e.strerror}") from None
+        listener.server = await self.loop.create_server(
+            lambda: ClientConnection(listener), sock=sock, backlog=4096)
+
+    async def _start_admin(self) -> None:
+        import uvicorn
+
+        from croupier.admin.api import build_app
+
+        admin = self.loaded.config.admin
+        token = self._admin_token()
+        address, port = split_address(admin.listen)
+        try:
+            sock = _bind(address, port)
+        except OSError as e:
+            raise OSError(e.errno, f"cannot listen on {admin.listen} ([admin].listen): "
+                                   f"{e.strerror}") from None
+        self.admin_port = sock.getsockname()[1]
+
+        class EmbeddedServer(uvicorn.Server):
+            """uvicorn on croupier's loop; croupier, not uvicorn, owns the signals."""
+
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:
+                yield
+
+        self._admin_server = EmbeddedServer(uvicorn.Config(
+            build_app(self, token), log_level="warning", lifespan="off", access_log=False,
+            timeout_graceful_shutdown=2))
+        self._admin_task = self.loop.create_task(self._admin_server.serve(sockets=[sock]))
+        while not self._admin_server.started:
+            if self._admin_task.done():
+                self._admin_task.result()
+                raise OSError(0, "the admin API did not start")
+            await asyncio.sleep(0.01)
+
+    def _admin_token(self) -> str:
+        path = self._beside(self.loaded.config.admin.token_file)
+        if path.exists():
+            token = path.read_text().strip()
+            if token:
+                return token
+        token = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        log.info("admin token written to %s (mode 0600)", path)
+        return token
 
     def bound_port(self, listener_name: str) -> int:
         """The port a listener got (useful when the config asked for port 0)."""
         for listener in self.listeners:
             if listener.name == listener_name and listener.server is not None:
-                sock = listener.server.sockets[0]  # type: ignore[attr-defined]
+                sock = listener.server.sockets[0]
                 return int(sock.getsockname()[1])
         raise KeyError(listener_name)
 
@@ -117,10 +429,68 @@ class Balancer:
                 log.exception("timeout handling failed")
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the config file. Nothing in flight is dropped; on error nothing changes."""
+        try:
+            loaded = load_config(self.loaded.path)
+        except ConfigError as e:
+            log.error("reload refused, the running config stays:\n%s", e.render())
+            return {"reloaded": False, "errors": [f"{k}: {r}" for k, r in e.problems]}
+        old = {lst.name: lst for lst in self.listeners}
+        new_listen = {lc.name: lc.listen for lc in loaded.config.listeners}
+        busy = [lc for lc in loaded.config.listeners
+                if lc.name not in old or old[lc.name].config.listen != lc.listen]
+        # Bind new addresses first, so a reload that cannot listen changes nothing.
+        socks: dict[str, socket.socket] = {}
+        try:
+            for lc in busy:
+                address, port = split_address(lc.listen)
+                socks[lc.name] = _bind(address, port)
+        except OSError as e:
+            for s in socks.values():
+                s.close()
+            return {"reloaded": False, "errors": [f"cannot listen: {e.strerror}"]}
+        await self.checker.stop()
+        self._snapshot_overlay()
+        previous = self.loaded
+        self.loaded = loaded
+        try:
+            self._apply(loaded, first=False)
+        except ConfigError as e:
+            self.loaded = previous
+            for s in socks.values():
+                s.close()
+            self.checker.start()
+            return {"reloaded": False, "errors": [f"{k}: {r}" for k, r in e.problems]}
+        listeners = []
+        for lc in loaded.config.listeners:
+            listener = old.pop(lc.name, None)
+            if listener is not None and listener.config.listen == lc.listen:
+                listener.update(lc, self.pools)
+            else:
+                if listener is not None and listener.server is not None:
+                    listener.server.close()         # open connections finish on their own
+                listener = Listener(self, lc, self.pools)
+                listener.server = await self.loop.create_server(
+                    lambda lst=listener: ClientConnection(lst),  # type: ignore[misc]
+                    sock=socks[lc.name], backlog=4096)
+            listeners.append(listener)
+        for gone in old.values():
+            if gone.server is not None:
+                gone.server.close()
+        self.listeners = listeners
+        self.checker.start()
+        self.save_state()
+        log.warning("config reloaded from %s: %d listener(s), %d pool(s), %d member(s)",
+                    loaded.path, len(listeners), len(self.pools), len(self.members()))
+        return {"reloaded": True, "listeners": sorted(new_listen),
+                "pools": sorted(self.pools), "members": len(self.members())}
+
     async def stop(self, grace: float = 10.0) -> None:
         """Stop accepting; let requests in flight finish (up to `grace` s); close the rest."""
-        for server in self._servers:
-            server.close()
+        for listener in self.listeners:
+            if listener.server is not None:
+                listener.server.close()
         deadline = self.loop.time() + grace
         while self.loop.time() < deadline and any(
                 isinstance(c, ClientConnection) and (c.current is not None or c.tunnel)
@@ -129,17 +499,23 @@ class Balancer:
         if self._sweeper is not None:
             self._sweeper.cancel()
         await self.checker.stop()
+        await self.scheduler.stop()
+        if self._admin_server is not None:
+            self._admin_server.should_exit = True
+            if self._admin_task is not None:
+                with contextlib.suppress(Exception):
+                    await self._admin_task
         for conn in list(self.connections):
             transport = getattr(conn, "transport", None)
             if transport is not None:
                 transport.close()
-        for server in self._servers:
-            await server.wait_closed()
-        self._servers.clear()
+        for listener in self.listeners:
+            if listener.server is not None:
+                await listener.server.wait_closed()
 
 
 def run(loaded: LoadedConfig) -> None:
-    """Serve until SIGTERM or SIGINT, then stop gracefully."""
+    """Serve until SIGTERM or SIGINT, then stop gracefully; SIGHUP reloads the config."""
     import uvloop
 
     async def main() -> None:
@@ -149,9 +525,13 @@ def run(loaded: LoadedConfig) -> None:
         for listener in balancer.listeners:
             log.info("listener %s on %s (%s) -> pool %s", listener.name, listener.config.listen,
                      listener.mode, listener.default_pool.name)
+        if balancer.admin_port is not None:
+            log.info("admin API on %s", loaded.config.admin.listen)
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP,
+                                lambda: loop.create_task(balancer.reload()) and None)
         await stop.wait()
         log.info("stopping: letting requests in flight finish")
         await balancer.stop()

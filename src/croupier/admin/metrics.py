@@ -1,0 +1,83 @@
+"""Prometheus metrics, read from the model at scrape time: nothing is counted for them on the
+hot path. Names follow the Prometheus conventions (`_total` counters, base units, labels)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from croupier.runtime.server import Balancer
+
+
+class BalancerCollector(Collector):
+    def __init__(self, balancer: Balancer) -> None:
+        self.balancer = balancer
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["pool", "member", "host"]
+        requests = CounterMetricFamily("croupier_member_requests",
+                                       "Requests sent to a member (attempts).", labels=labels)
+        failures = CounterMetricFamily("croupier_member_failures",
+                                       "Attempts that failed (connect, reset, timeout).",
+                                       labels=labels)
+        retries = CounterMetricFamily("croupier_member_retries",
+                                      "Retries this member took for another.", labels=labels)
+        in_flight = GaugeMetricFamily("croupier_member_in_flight",
+                                      "Requests (and tunnels) in flight.", labels=labels)
+        up = GaugeMetricFamily("croupier_member_up", "1 if health checks say up (or unknown "
+                               "counted as up).", labels=labels)
+        eligible = GaugeMetricFamily("croupier_member_eligible",
+                                     "1 if the member may take new requests.", labels=labels)
+        ejected = GaugeMetricFamily("croupier_member_ejected",
+                                    "1 while passively ejected.", labels=labels)
+        admin = GaugeMetricFamily("croupier_member_admin_state",
+                                  "1 for the member's admin state in force.",
+                                  labels=[*labels, "state"])
+        weight = GaugeMetricFamily("croupier_member_weight", "Balancing weight.", labels=labels)
+        latency = SummaryMetricFamily("croupier_member_response_seconds",
+                                      "Time from sending a request to its whole response.",
+                                      labels=labels)
+        for pool in self.balancer.pools.values():
+            for m in pool.members:
+                lv = [pool.name, m.name, m.host.name]
+                requests.add_metric(lv, m.requests)
+                failures.add_metric(lv, m.failures)
+                retries.add_metric(lv, m.retries)
+                in_flight.add_metric(lv, m.in_flight)
+                up.add_metric(lv, 1.0 if m.health == "up" or (
+                    m.health == "unknown" and m.initial_up) else 0.0)
+                eligible.add_metric(lv, 1.0 if m.may_take_request() else 0.0)
+                ejected.add_metric(lv, 1.0 if m.ejected else 0.0)
+                for state in ("ready", "drain", "maint"):
+                    admin.add_metric([*lv, state], 1.0 if m.admin_state == state else 0.0)
+                weight.add_metric(lv, m.weight)
+                latency.add_metric(lv, m.answered, m.latency_total)
+        yield from (requests, failures, retries, in_flight, up, eligible, ejected, admin,
+                    weight, latency)
+        hosts = GaugeMetricFamily("croupier_host_up", "1 if the host's check passes.",
+                                  labels=["host"])
+        for h in self.balancer.hosts.values():
+            hosts.add_metric([h.name], 1.0 if h.health != "down" else 0.0)
+        yield hosts
+        conns = GaugeMetricFamily("croupier_listener_connections",
+                                  "Open client connections.", labels=["listener"])
+        for lst in self.balancer.listeners:
+            conns.add_metric([lst.name], lst.open_connections)
+        yield conns
+
+
+def render_metrics(balancer: Balancer) -> tuple[bytes, str]:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(BalancerCollector(balancer))
+    return generate_latest(registry), CONTENT_TYPE_LATEST
