@@ -100,6 +100,19 @@ class Croupier:
         self.ports = {lst.name: self.balancer.bound_port(lst.name)
                       for lst in self.balancer.listeners}
 
+    @classmethod
+    def from_file(cls, path: Any) -> Croupier:
+        """From a TOML file on disk (what reload re-reads), admin API as the file says."""
+        from croupier.config import load_config
+        self = cls.__new__(cls)
+        self.loaded = load_config(path)
+        self.lt = LoopThread()
+        self.balancer = Balancer(self.loaded, self.lt.loop)
+        self.lt.run(self.balancer.start())
+        self.ports = {lst.name: self.balancer.bound_port(lst.name)
+                      for lst in self.balancer.listeners}
+        return self
+
     @property
     def port(self) -> int:
         return next(iter(self.ports.values()))

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from croupier.config import ConfigError, LoadedConfig, load_config
+
+if TYPE_CHECKING:
+    from croupier.admin.client import AdminClient
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _load(path: Path) -> LoadedConfig:
@@ -88,3 +95,283 @@ def demo_app(name: str, port: int) -> None:
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# ---- talking to a running instance (the admin API) ------------------------------------------
+
+def _admin_options(fn: F) -> F:
+    fn = click.option("--token", envvar="CROUPIER_TOKEN", default=None,
+                      help="The admin token [env CROUPIER_TOKEN].")(fn)
+    fn = click.option("--admin", "admin_url", envvar="CROUPIER_ADMIN", default=None,
+                      help="The admin API's URL [env CROUPIER_ADMIN].")(fn)
+    fn = click.option("-c", "--config", "config_path", type=click.Path(path_type=Path),
+                      default=None, help="Find the admin API from this config's [admin].")(fn)
+    return fn
+
+
+def _client(config_path: Path | None, admin_url: str | None,
+            token: str | None) -> AdminClient:
+    from croupier.admin.client import find_admin
+    return find_admin(config_path, admin_url, token)
+
+
+@main.command()
+@_admin_options
+@click.option("--json", "as_json", is_flag=True, help="Print the raw status as JSON.")
+def status(config_path: Path | None, admin_url: str | None, token: str | None,
+           as_json: bool) -> None:
+    """Show listeners, members, hosts and maintenance windows of a running instance."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    data = _client(config_path, admin_url, token).call("GET", "/api/v1/status")
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    console = Console()
+    for lst in data["listeners"]:
+        console.print(f"listener [bold]{lst['name']}[/] {lst['listen']} ({lst['mode']}) -> "
+                      f"pool {lst['pool']}, {lst['open_connections']} connection(s)")
+    table = Table(title="members")
+    for col in ("pool", "member", "host", "health", "admin", "eligible", "in flight",
+                "requests", "failures", "mean ms"):
+        table.add_column(col, justify="right" if col in (
+            "in flight", "requests", "failures", "mean ms") else "left")
+    for pool in data["pools"]:
+        for m in pool["members"]:
+            admin = m["admin_state"]
+            if m["admin_origins"]:
+                admin += " (" + ", ".join(f"{o}: {s}" for o, s in m["admin_origins"].items()) + ")"
+            if m["admin_state"] != "ready" and m["drained"]:
+                admin += " drained"
+            health = m["health"] + (" ejected" if m["ejected"] else "") + (
+                " host down" if m["host_health"] == "down" else "")
+            table.add_row(pool["name"], m["name"], m["host"], health, admin,
+                          "yes" if m["eligible"] else "no", str(m["in_flight"]),
+                          str(m["requests"]), str(m["failures"]),
+                          "" if m["mean_response_ms"] is None else f"{m['mean_response_ms']:.2f}")
+    console.print(table)
+    hosts = [h for h in data["hosts"] if h["admin_state"] != "ready" or h["health"] != "up"]
+    for h in hosts:
+        console.print(f"host {h['name']}: health {h['health']}, admin {h['admin_state']}")
+    for w in data["schedules"]:
+        console.print(f"window {w['id']} {w['target']}: {w['status']}, "
+                      f"{_when(w['start'])} to {_when(w['end'])}, drain {w['lead']:g}s before")
+
+
+def _when(epoch: float) -> str:
+    import time
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(epoch))
+
+
+def _set_state(state: str, target: str, reason: str, config_path: Path | None,
+               admin_url: str | None, token: str | None) -> dict[str, Any]:
+    client = _client(config_path, admin_url, token)
+    data = client.call("PUT", client.target_path(target, "/state"),
+                       {"state": state, "reason": reason})
+    for m in data["members"]:
+        still = "" if m["admin_state"] == state or (state == "ready" and m["admin_state"] == \
+            "ready") else f" (still {m['admin_state']}: " + ", ".join(
+                f"{o} {s}" for o, s in m["admin_origins"].items()) + ")"
+        click.echo(f"{m['pool']}/{m['name']}: {m['admin_state']}{still}, "
+                   f"{m['in_flight']} in flight")
+    return data
+
+
+@main.command()
+@click.argument("target")
+@click.option("--wait", is_flag=True, help="Return once nothing is in flight on the target.")
+@click.option("--timeout", default=300.0, show_default=True, help="Seconds --wait may take.")
+@click.option("--reason", default="", help="Kept in the target's history.")
+@_admin_options
+def drain(target: str, wait: bool, timeout: float, reason: str, config_path: Path | None,
+          admin_url: str | None, token: str | None) -> None:
+    """Send no new requests to TARGET; what is in flight finishes.
+
+    TARGET is pool/member, a member's address:port, or host:NAME."""
+    import time
+
+    data = _set_state("drain", target, reason, config_path, admin_url, token)
+    if not wait:
+        return
+    client = _client(config_path, admin_url, token)
+    deadline = time.monotonic() + timeout
+    last = None
+    while not data["drained"]:
+        in_flight = sum(m["in_flight"] for m in data["members"])
+        if in_flight != last:
+            click.echo(f"draining {target}: {in_flight} in flight")
+            last = in_flight
+        if time.monotonic() > deadline:
+            raise click.ClickException(f"{target} still has {in_flight} in flight after "
+                                       f"{timeout:g}s")
+        time.sleep(0.1)
+        data = client.call("GET", client.target_path(target))
+    click.echo(f"{target} is drained: safe to stop")
+
+
+@main.command()
+@click.argument("target")
+@click.option("--reason", default="", help="Kept in the target's history.")
+@_admin_options
+def maint(target: str, reason: str, config_path: Path | None, admin_url: str | None,
+          token: str | None) -> None:
+    """Put TARGET in maintenance: no traffic and no health checks."""
+    _set_state("maint", target, reason, config_path, admin_url, token)
+
+
+@main.command()
+@click.argument("target")
+@click.option("--reason", default="", help="Kept in the target's history.")
+@_admin_options
+def ready(target: str, reason: str, config_path: Path | None, admin_url: str | None,
+          token: str | None) -> None:
+    """Take TARGET back: clear the drain or maint an operator set."""
+    _set_state("ready", target, reason, config_path, admin_url, token)
+
+
+def _time_arg(text: str) -> float:
+    """"+10s" (from now), an ISO 8601 time with a timezone, or epoch seconds."""
+    import time
+    from datetime import datetime
+
+    from croupier.config import parse_duration
+    if text.startswith("+"):
+        try:
+            return time.time() + parse_duration(text[1:])
+        except ValueError as e:
+            raise click.BadParameter(str(e)) from None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: give +DURATION (+10m), an ISO 8601 time, "
+                                 "or epoch seconds") from None
+    if when.tzinfo is None:
+        raise click.BadParameter(f"{text!r} needs a timezone, such as 2026-12-01T02:00:00Z")
+    return when.timestamp()
+
+
+@main.command()
+@click.argument("target")
+@click.option("--start", required=True, help="+10m, an ISO 8601 time, or epoch seconds.")
+@click.option("--end", default=None, help="+2h, an ISO 8601 time, or epoch seconds.")
+@click.option("--duration", default=None, help="How long, instead of --end: \"2h\".")
+@click.option("--lead", default="0s", show_default=True, help="Drain this long before --start.")
+@click.option("--reason", default="")
+@_admin_options
+def schedule(target: str, start: str, end: str | None, duration: str | None, lead: str,
+             reason: str, config_path: Path | None, admin_url: str | None,
+             token: str | None) -> None:
+    """Schedule a maintenance window for TARGET: drain --lead before --start, maint until
+    --end, then back."""
+    from croupier.config import parse_duration
+    body: dict[str, object] = {"target": target, "start": _time_arg(start),
+                               "lead": lead, "reason": reason}
+    if (end is None) == (duration is None):
+        raise click.UsageError("give exactly one of --end and --duration")
+    if end is not None:
+        body["end"] = _time_arg(end)
+    else:
+        assert duration is not None
+        try:
+            parse_duration(duration)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--duration") from None
+        body["duration"] = duration
+    w = _client(config_path, admin_url, token).call("POST", "/api/v1/schedules", body)
+    click.echo(f"window {w['id']} for {w['target']}: {_when(w['start'])} to {_when(w['end'])}, "
+               f"drain {w['lead']:g}s before ({w['status']})")
+
+
+@main.command()
+@_admin_options
+def schedules(config_path: Path | None, admin_url: str | None, token: str | None) -> None:
+    """List maintenance windows, soonest first."""
+    for w in _client(config_path, admin_url, token).call("GET", "/api/v1/schedules"):
+        click.echo(f"{w['id']} {w['target']}: {w['status']}, {_when(w['start'])} to "
+                   f"{_when(w['end'])}, drain {w['lead']:g}s before ({w['origin']})")
+
+
+@main.command()
+@click.argument("window_id")
+@_admin_options
+def unschedule(window_id: str, config_path: Path | None, admin_url: str | None,
+               token: str | None) -> None:
+    """Cancel a maintenance window (the target goes back at once if it was in it)."""
+    w = _client(config_path, admin_url, token).call("DELETE", f"/api/v1/schedules/{window_id}")
+    click.echo(f"window {w['id']} for {w['target']} cancelled")
+
+
+@main.group()
+def members() -> None:
+    """Add or remove pool members at run time (kept across restarts)."""
+
+
+@members.command("add")
+@click.argument("pool")
+@click.argument("member")
+@click.option("--weight", default=1, show_default=True, type=click.IntRange(0, 1000))
+@_admin_options
+def members_add(pool: str, member: str, weight: int, config_path: Path | None,
+                admin_url: str | None, token: str | None) -> None:
+    """Add MEMBER (address:port, or host-name:port) to POOL."""
+    import ipaddress
+    where, _, port = member.rpartition(":")
+    if not where or not port.isdigit():
+        raise click.BadParameter(f"{member!r}: expected address:port or host:port")
+    try:
+        ipaddress.ip_address(where.strip("[]"))
+        body: dict[str, object] = {"address": where.strip("[]")}
+    except ValueError:
+        body = {"host": where}
+    body |= {"port": int(port), "weight": weight}
+    m = _client(config_path, admin_url, token).call("POST", f"/api/v1/pools/{pool}/members",
+                                                    body)
+    click.echo(f"added {m['pool']}/{m['name']} (health {m['health']}, weight {m['weight']})")
+
+
+@members.command("remove")
+@click.argument("target")
+@_admin_options
+def members_remove(target: str, config_path: Path | None, admin_url: str | None,
+                   token: str | None) -> None:
+    """Remove a member (pool/member); requests in flight on it finish."""
+    pool, _, member = target.partition("/")
+    if not member:
+        raise click.BadParameter("expected pool/member")
+    r = _client(config_path, admin_url, token).call(
+        "DELETE", f"/api/v1/pools/{pool}/members/{member}")
+    click.echo(f"removed {r['removed']} ({r['in_flight']} in flight finish)")
+
+
+@main.command()
+@click.argument("target")
+@click.argument("weight", type=click.IntRange(0, 1000))
+@_admin_options
+def weight(target: str, weight: int, config_path: Path | None, admin_url: str | None,
+           token: str | None) -> None:
+    """Set the weight of a member (pool/member)."""
+    pool, _, member = target.partition("/")
+    if not member:
+        raise click.BadParameter("expected pool/member")
+    m = _client(config_path, admin_url, token).call(
+        "PUT", f"/api/v1/pools/{pool}/members/{member}/weight", {"weight": weight})
+    click.echo(f"{m['pool']}/{m['name']}: weight {m['weight']}")
+
+
+@main.command()
+@_admin_options
+def reload(config_path: Path | None, admin_url: str | None, token: str | None) -> None:
+    """Re-read the running instance's config file (as SIGHUP does)."""
+    r = _client(config_path, admin_url, token).call("POST", "/api/v1/reload")
+    if not r["reloaded"]:
+        raise click.ClickException("reload refused, the running config stays:\n" +
+                                   "\n".join(r["errors"]))
+    click.echo(f"reloaded: {len(r['listeners'])} listener(s), {len(r['pools'])} pool(s), "
+               f"{r['members']} member(s)")

@@ -57,6 +57,11 @@ class NewWindow(BaseModel):
     id: str | None = None
 
 
+# Module level: annotations are strings here (PEP 563), and FastAPI resolves them against the
+# module's names, never a function's locals.
+_bearer = HTTPBearer(auto_error=False)
+
+
 def _epoch(value: datetime | float) -> float:
     if isinstance(value, datetime):
         if value.tzinfo is None:
@@ -68,17 +73,15 @@ def _epoch(value: datetime | float) -> float:
 def build_app(balancer: Balancer, token: str) -> FastAPI:
     app = FastAPI(title="croupier admin API", version="1",
                   description="State, maintenance and metrics of a running croupier.")
-    bearer = HTTPBearer(auto_error=False)
-
     async def authorized(
-        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> None:
         if creds is None or not hmac.compare_digest(creds.credentials.encode(), token.encode()):
             raise HTTPException(401, "a change needs the admin token: "
                                      "Authorization: Bearer <token>",
                                 headers={"WWW-Authenticate": "Bearer"})
 
-    Change = Annotated[None, Depends(authorized)]
+    change = [Depends(authorized)]      # every route that changes anything carries this
 
     @app.exception_handler(ops.OpError)
     async def op_error(request: Request, exc: ops.OpError) -> JSONResponse:
@@ -109,33 +112,37 @@ def build_app(balancer: Balancer, token: str) -> FastAPI:
         return {"name": p.name, "algorithm": p.algorithm, "eligible": len(p.eligible),
                 "members": [ops.member_view(m) for m in p.members]}
 
-    @app.get("/api/v1/targets/{target}", summary="Members (and host) a target names")
+    @app.get("/api/v1/targets/{target:path}", summary="Members (and host) a target names")
     async def target(target: str) -> dict[str, Any]:
         return target_view(ops.resolve(balancer, target))
 
-    @app.put("/api/v1/targets/{target}/state", summary="Set a member's or host's admin state")
-    async def set_state(target: str, change: StateChange, _: Change) -> dict[str, Any]:
+    @app.put("/api/v1/targets/{target:path}/state", summary="Set a member's or host's admin state",
+              dependencies=change)
+    async def set_state(target: str, change: StateChange) -> dict[str, Any]:
         t = ops.resolve(balancer, target)
         ops.set_state(balancer, t, change.state, "api", change.reason)
         changed()
         return target_view(t)
 
-    @app.post("/api/v1/pools/{pool}/members", status_code=201, summary="Add a member")
-    async def add_member(pool: str, new: NewMember, _: Change) -> dict[str, Any]:
+    @app.post("/api/v1/pools/{pool}/members", status_code=201, summary="Add a member",
+              dependencies=change)
+    async def add_member(pool: str, new: NewMember) -> dict[str, Any]:
         member = balancer.add_member(pool, new.host, new.address, new.port, new.weight)
         changed()
         return ops.member_view(member)
 
-    @app.delete("/api/v1/pools/{pool}/members/{member}", summary="Remove a member")
-    async def remove_member(pool: str, member: str, _: Change) -> dict[str, Any]:
+    @app.delete("/api/v1/pools/{pool}/members/{member}", summary="Remove a member",
+              dependencies=change)
+    async def remove_member(pool: str, member: str) -> dict[str, Any]:
         t = ops.resolve(balancer, f"{pool}/{member}")
         balancer.remove_member(t.members[0])
         changed()
         return {"removed": f"{pool}/{t.members[0].name}",
                 "in_flight": t.members[0].in_flight}
 
-    @app.put("/api/v1/pools/{pool}/members/{member}/weight", summary="Change a weight")
-    async def set_weight(pool: str, member: str, change: WeightChange, _: Change) -> dict[str, Any]:
+    @app.put("/api/v1/pools/{pool}/members/{member}/weight", summary="Change a weight",
+              dependencies=change)
+    async def set_weight(pool: str, member: str, change: WeightChange) -> dict[str, Any]:
         t = ops.resolve(balancer, f"{pool}/{member}")
         balancer.set_weight(t.members[0], change.weight)
         changed()
@@ -145,8 +152,9 @@ def build_app(balancer: Balancer, token: str) -> FastAPI:
     async def schedules() -> list[dict[str, Any]]:
         return balancer.scheduler.listing()
 
-    @app.post("/api/v1/schedules", status_code=201, summary="Schedule a maintenance window")
-    async def add_schedule(new: NewWindow, _: Change) -> dict[str, Any]:
+    @app.post("/api/v1/schedules", status_code=201, summary="Schedule a maintenance window",
+              dependencies=change)
+    async def add_schedule(new: NewWindow) -> dict[str, Any]:
         start = _epoch(new.start)
         if (new.end is None) == (new.duration is None):
             raise HTTPException(422, "give exactly one of end and duration")
@@ -156,14 +164,16 @@ def build_app(balancer: Balancer, token: str) -> FastAPI:
         changed()
         return window.view(time.time())
 
-    @app.delete("/api/v1/schedules/{window_id}", summary="Cancel a maintenance window")
-    async def remove_schedule(window_id: str, _: Change) -> dict[str, Any]:
+    @app.delete("/api/v1/schedules/{window_id}", summary="Cancel a maintenance window",
+              dependencies=change)
+    async def remove_schedule(window_id: str) -> dict[str, Any]:
         window = balancer.scheduler.remove(window_id)
         changed()
         return window.view(time.time())
 
-    @app.post("/api/v1/reload", summary="Re-read the config file")
-    async def reload(_: Change) -> dict[str, Any]:
+    @app.post("/api/v1/reload", summary="Re-read the config file",
+              dependencies=change)
+    async def reload() -> dict[str, Any]:
         return await balancer.reload()
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")

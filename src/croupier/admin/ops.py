@@ -66,12 +66,13 @@ def set_state(balancer: Balancer, target: Target, state: str, origin: str,
     pools = set()
     for obj in objects:
         before = obj.admin_state
+        held = obj.admin.get(origin, "ready")
         if state == "ready":
             obj.admin.pop(origin, None)
         else:
             obj.admin[origin] = state
         after = obj.admin_state
-        if after != before or state != "ready":
+        if held != state:        # asking again for what an origin already holds records nothing
             obj.record(f"admin {before} -> {after}" if after != before else f"admin {after}",
                        f"{state} by {origin}" + (f": {cause}" if cause else ""))
         members = obj.members if isinstance(obj, Host) else [obj]
