@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -227,3 +228,62 @@ def test_many_sequential_connections_do_not_leak_file_descriptors(backends, run_
             assert client.get(c.url()).status_code == 200
     wait_until(lambda: len(list(fd_dir.iterdir())) <= before + 3, timeout=10,
                message="file descriptors to settle")
+
+
+def _admin_config(tmp_path: Path, members: list[str]) -> tuple[Path, int, int]:
+    port, admin_port = free_port(), free_port()
+    path = write_config(tmp_path, members, port)
+    path.write_text(f'[admin]\nlisten = "127.0.0.1:{admin_port}"\n' + path.read_text())
+    return path, port, admin_port
+
+
+def _cli(path: Path, *args: str) -> str:
+    r = subprocess.run([CROUPIER, *args, "-c", str(path)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+
+def test_admin_states_and_added_members_survive_a_kill_and_restart(backends, tmp_path):
+    path, port, admin_port = _admin_config(tmp_path, [b.address for b in backends[:2]])
+    first = Running(path, port)
+    try:
+        wait_for_port(admin_port)
+        _cli(path, "drain", f"app/{backends[0].address}")
+        _cli(path, "members", "add", "app", backends[2].address)
+        _cli(path, "maint", backends[1].address)
+        _cli(path, "ready", backends[1].address)
+    finally:
+        first.proc.kill()                       # no graceful stop: the state file must be whole
+        first.proc.wait()
+    state = json.loads((tmp_path / "croupier.state.json").read_text())
+    assert state["member_admin"] == {f"app/{backends[0].address}": "drain"}
+    second = Running(path, port)
+    try:
+        wait_for_port(admin_port)
+        with httpx.Client() as client:
+            assert {client.get(second.url()).text for _ in range(6)} == {"b", "c"}
+        status = json.loads(_cli(path, "status", "--json"))
+        members = {m["name"]: m for m in status["pools"][0]["members"]}
+        assert members[backends[0].address]["admin_origins"] == {"api": "drain"}
+        assert members[backends[2].address]["admin_state"] == "ready"
+    finally:
+        second.stop()
+
+
+def test_sighup_reloads_the_config_without_dropping_a_request(backend_loop, tmp_path):
+    bs = [Backend(backend_loop, n) for n in ("a", "b", "c")]
+    path, port, admin_port = _admin_config(tmp_path, [b.address for b in bs[:2]])
+    c = Running(path, port)
+    try:
+        with httpx.Client() as client:
+            assert {client.get(c.url()).text for _ in range(4)} == {"a", "b"}
+            path.write_text(path.read_text().replace(
+                f'"{bs[1].address}"]', f'"{bs[1].address}", "{bs[2].address}"]'))
+            c.proc.send_signal(signal.SIGHUP)
+            wait_until(lambda: client.get(c.url()).text == "c", message="the new member")
+            assert sorted(client.get(c.url()).text for _ in range(3)) == ["a", "b", "c"]
+    finally:
+        code, out = c.stop()
+    assert code == 0
+    assert "config reloaded" in out

@@ -521,17 +521,26 @@ def run(loaded: LoadedConfig) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         balancer = Balancer(loaded, loop)
+        # Signals first: a SIGHUP that lands while the listeners bind must not take the
+        # default action (which ends the process); it reloads once start() is done.
+        stop = asyncio.Event()
+        started = asyncio.Event()
+
+        async def reload_when_started() -> None:
+            await started.wait()
+            await balancer.reload()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP,
+                                lambda: loop.create_task(reload_when_started()) and None)
         await balancer.start()
+        started.set()
         for listener in balancer.listeners:
             log.info("listener %s on %s (%s) -> pool %s", listener.name, listener.config.listen,
                      listener.mode, listener.default_pool.name)
         if balancer.admin_port is not None:
             log.info("admin API on %s", loaded.config.admin.listen)
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP,
-                                lambda: loop.create_task(balancer.reload()) and None)
         await stop.wait()
         log.info("stopping: letting requests in flight finish")
         await balancer.stop()
