@@ -76,11 +76,12 @@ def check(config_path: Path) -> None:
 @click.option("--app-port", default=9001, show_default=True,
               help="The first demo instance's port; the others follow.")
 @click.option("--instances", default=3, show_default=True, type=click.IntRange(1, 20))
-def demo(port: int, app_port: int, instances: int) -> None:
+@click.option("--admin-port", default=9900, show_default=True, help="The admin API's port.")
+def demo(port: int, app_port: int, instances: int, admin_port: int) -> None:
     """Start demo application instances and a proxy listener in front of them."""
     _setup_logging("info")
     from croupier.demo import run_demo
-    run_demo(port, app_port, instances)
+    run_demo(port, app_port, instances, admin_port)
 
 
 @main.command("demo-app", hidden=True)
@@ -130,7 +131,8 @@ def status(config_path: Path | None, admin_url: str | None, token: str | None,
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
-    console = Console()
+    # Piped or captured, rich would assume 80 columns and cut member names short.
+    console = Console(width=None if sys.stdout.isatty() else 200)
     for lst in data["listeners"]:
         console.print(f"listener [bold]{lst['name']}[/] {lst['listen']} ({lst['mode']}) -> "
                       f"pool {lst['pool']}, {lst['open_connections']} connection(s)")

@@ -36,6 +36,9 @@ def serve_app(name: str, port: int) -> None:
 
 DEMO_CONFIG = """\
 # The demo: three instances of the "classes" application behind one proxy listener.
+[admin]
+listen = "127.0.0.1:{admin}"
+
 [[listeners]]
 name = "web"
 listen = "127.0.0.1:{listen}"
@@ -50,6 +53,12 @@ address = "127.0.0.1"
 name = "classes"
 algorithm = "round_robin"
 members = [{members}]
+  [pools.health]
+  path = "/healthz"
+  interval = "1s"
+  timeout = "500ms"
+  rise = 2
+  fall = 2
 """
 
 
@@ -65,7 +74,7 @@ def _wait_for_port(port: int, timeout: float = 10.0) -> bool:
     return False
 
 
-def run_demo(listen_port: int, first_app_port: int, instances: int) -> None:
+def run_demo(listen_port: int, first_app_port: int, instances: int, admin_port: int) -> None:
     from croupier.config import load_config
     from croupier.runtime.server import run
 
@@ -82,7 +91,8 @@ def run_demo(listen_port: int, first_app_port: int, instances: int) -> None:
         members = ", ".join(f'"local:{p}"' for p in ports)
         folder = Path(tempfile.mkdtemp(prefix="croupier-demo-"))
         path = folder / "croupier.toml"
-        path.write_text(DEMO_CONFIG.format(listen=listen_port, members=members))
+        path.write_text(DEMO_CONFIG.format(listen=listen_port, members=members,
+                                           admin=admin_port))
         print(f"croupier demo: {instances} instances of 'classes' on ports "
               f"{', '.join(map(str, ports))}, pids {', '.join(str(p.pid) for p in procs)}")
         print(f"config: {path}")
@@ -90,6 +100,9 @@ def run_demo(listen_port: int, first_app_port: int, instances: int) -> None:
         print(f"  for i in 1 2 3 4 5 6; do curl -s http://127.0.0.1:{listen_port}/get-classes; "
               "done")
         print(f"  kill {procs[0].pid}   # then curl again: the others carry on")
+        print(f"  croupier status -c {path}")
+        print(f"  croupier drain local:{ports[1]} --wait -c {path}   # planned maintenance")
+        print(f"  croupier ready local:{ports[1]} -c {path}")
         print("Ctrl-C stops the demo.", flush=True)
         run(load_config(path))
     finally:

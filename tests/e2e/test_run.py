@@ -192,7 +192,8 @@ def test_demo_rotates_through_three_instances(tmp_path: Path):
     ports_free = all(_free(app_port + i) for i in range(3))
     if not ports_free:
         app_port = 20000 + (port % 20000)
-    proc = subprocess.Popen([CROUPIER, "demo", "--port", str(port), "--app-port", str(app_port)],
+    proc = subprocess.Popen([CROUPIER, "demo", "--port", str(port), "--app-port", str(app_port),
+                             "--admin-port", str(free_port())],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         wait_for_port(port, timeout=30)
