@@ -274,7 +274,7 @@ def test_admin_states_and_added_members_survive_a_kill_and_restart(backends, tmp
 
 def test_sighup_reloads_the_config_without_dropping_a_request(backend_loop, tmp_path):
     bs = [Backend(backend_loop, n) for n in ("a", "b", "c")]
-    path, port, admin_port = _admin_config(tmp_path, [b.address for b in bs[:2]])
+    path, port, _admin_port = _admin_config(tmp_path, [b.address for b in bs[:2]])
     c = Running(path, port)
     try:
         with httpx.Client() as client:
