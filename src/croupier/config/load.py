@@ -35,6 +35,7 @@ class MemberSpec:
     address: str
     port: int
     weight: int
+    public_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,13 +181,13 @@ def _member_spec(pool: str, m: str | MemberConfig, hosts: dict[str, str],
         if m.host not in hosts:
             raise ValueError(f"no host named {m.host!r} in [[hosts]]")
         name = m.name or f"{m.host}:{m.port}"
-        return MemberSpec(pool, name, m.host, hosts[m.host], m.port, m.weight)
+        return MemberSpec(pool, name, m.host, hosts[m.host], m.port, m.weight, m.public_url)
     assert m.address is not None
     if not _looks_like_address(m.address):
         raise ValueError(f"address {m.address!r} is not an IP address")
     name = m.name or f"{m.address}:{m.port}"
     return MemberSpec(pool, name, host_addresses.get(m.address, m.address), m.address,
-                      m.port, m.weight)
+                      m.port, m.weight, m.public_url)
 
 
 def _looks_like_address(s: str) -> bool:

@@ -161,6 +161,23 @@ class MemberConfig(_Strict):
     port: Port
     weight: int = Field(default=1, ge=0, le=1000)
     name: str | None = None
+    # Where clients reach the member themselves (redirect and lookup modes), when that is
+    # not its address as croupier sees it: "https://shop-1.example.com".
+    public_url: str | None = None
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://[^/?#\s]+$", v):
+            raise ValueError(f"public_url {v!r} must be scheme://host[:port], no path")
+        return v
+
+
+class StickyConfig(_Strict):
+    """Cookie affinity on top of the pool's algorithm."""
+
+    cookie: str = Field(default="croupier_sticky", pattern=r"^[A-Za-z0-9_.-]+$")
+    max_age: Duration = 0.0             # 0: a session cookie
 
 
 def _status_set(value: object) -> frozenset[int]:
@@ -234,7 +251,11 @@ class OutlierConfig(_Strict):
 
 class PoolConfig(_Strict):
     name: Name
-    algorithm: Literal["round_robin"] = "round_robin"
+    algorithm: Literal["round_robin", "least_conn", "random", "two_choices", "hash"] = (
+        "round_robin")
+    hash_key: str = "client_ip"         # for hash: client_ip, path, header:NAME, cookie:NAME
+    sticky: StickyConfig | None = None
+    slow_start: Duration = 0.0          # a member that comes back ramps up over this long
     members: list[str | MemberConfig] = Field(min_length=1)
     health: HealthConfig | None = None
     outlier: OutlierConfig = OutlierConfig()
@@ -249,6 +270,11 @@ class PoolConfig(_Strict):
     # Retries may add at most this share to the pool's requests of the last 10 s...
     retry_budget_percent: int = Field(default=20, ge=0, le=100)
     retry_burst: int = Field(default=10, ge=0)     # ...or this many, whichever is more
+
+    @field_validator("hash_key")
+    @classmethod
+    def _hash_key(cls, v: str) -> str:
+        return _check_hash_key(v)
 
 
 class MaintenanceConfig(_Strict):
@@ -279,6 +305,16 @@ class MaintenanceConfig(_Strict):
         start = self.start.timestamp()
         end = self.end.timestamp() if self.end is not None else start + (self.duration or 0.0)
         return start, end
+
+
+def _check_hash_key(v: str) -> str:
+    if v in ("client_ip", "path"):
+        return v
+    kind, _, name = v.partition(":")
+    if kind in ("header", "cookie") and re.match(r"^[A-Za-z0-9_.-]+$", name.strip()):
+        return v
+    raise ValueError(f"bad hash_key {v!r}: expected client_ip, path, header:NAME or "
+                     "cookie:NAME")
 
 
 class Config(_Strict):

@@ -102,8 +102,8 @@ class Member(_Recorded):
 
     __slots__ = ("address", "admin", "answered", "consecutive_failures", "ejected_until",
                  "ejections", "failures", "health", "history", "host", "in_flight",
-                 "initial_up", "latency_total", "name", "pool", "port", "requests", "retries",
-                 "upstream", "weight")
+                 "initial_up", "latency_total", "name", "pool", "port", "public_url",
+                 "ramp_from", "requests", "retries", "upstream", "weight")
 
     def __init__(self, pool: Pool, name: str, host: Host, address: str, port: int,
                  weight: int) -> None:
@@ -127,9 +127,18 @@ class Member(_Recorded):
         self.ejections = 0              # how often in a row: the back-off grows with it
         self.history: deque[Event] = deque(maxlen=HISTORY)
         self.upstream: UpstreamPool | None = None
+        self.public_url: str | None = None  # where clients reach it (redirect, lookup)
+        self.ramp_from = 0.0                # slow start: when it came back (0: not ramping)
 
     def label(self) -> str:
         return f"pool {self.pool.name} member {self.name}"
+
+    def url_for(self, path: str) -> str:
+        """The member's own URL for `path`, as a client reaches it."""
+        if self.public_url is not None:
+            return self.public_url + path
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"http://{host}:{self.port}{path}"
 
     @property
     def ejected(self) -> bool:
@@ -155,13 +164,23 @@ class Member(_Recorded):
         # members present at start, so that a restart does not black out a pool.
         return health == "up" or (health == "unknown" and self.initial_up)
 
+    def may_take_sticky_request(self) -> bool:
+        """The same predicate for a request whose session is bound to this member: a drained
+        member keeps its existing sessions; maint, down, ejected or weight 0 do not."""
+        if self.weight <= 0 or self.admin_state == "maint":
+            return False
+        if self.host.health == "down" or self.ejected:
+            return False
+        health = self.health
+        return health == "up" or (health == "unknown" and self.initial_up)
+
     def __repr__(self) -> str:
         return f"<Member {self.pool.name}/{self.name}>"
 
 
 class Pool:
-    __slots__ = ("_retry_seen", "_retry_tokens", "_window", "algorithm", "config", "eligible",
-                 "members", "name", "policy", "retry_cap")
+    __slots__ = ("_retry_seen", "_retry_tokens", "_window", "algorithm", "built", "config",
+                 "eligible", "members", "name", "policy", "ramping", "retry_cap")
 
     WINDOW = 10         # seconds of requests the retry budget is measured against
 
@@ -172,6 +191,8 @@ class Pool:
         self.members: list[Member] = []
         self.eligible: list[Member] = []
         self.policy: Policy = make_policy(algorithm, [])
+        self.ramping = False        # some member is in slow start: refresh it every second
+        self.built = False
         burst = float(config.retry_burst) if config is not None else 10.0
         self._retry_tokens = burst
         self._retry_seen = 0
@@ -212,9 +233,34 @@ class Pool:
         return True
 
     def refresh(self) -> None:
-        """Recompute who may take requests and hand that list to a fresh policy."""
-        self.eligible = [m for m in self.members if m.may_take_request()]
-        self.policy = make_policy(self.algorithm, self.eligible)
+        """Recompute who may take requests, and their weights, and hand them to a fresh
+        policy. A member that comes back (health, admin, ejection, or added) while the pool
+        has `slow_start` ramps from 5% of its weight to all of it over that time."""
+        config = self.config
+        eligible = [m for m in self.members if m.may_take_request()]
+        slow = config.slow_start if config is not None else 0.0
+        now = time.monotonic()
+        if slow and self.built:
+            before = {id(m) for m in self.eligible}
+            for m in eligible:
+                if id(m) not in before:
+                    m.ramp_from = now
+        weights = []
+        ramping = False
+        for m in eligible:
+            w = m.weight * 100
+            if m.ramp_from:
+                share = (now - m.ramp_from) / slow if slow else 1.0
+                if share < 1.0:
+                    w = max(1, int(w * max(share, 0.05)))
+                    ramping = True
+                else:
+                    m.ramp_from = 0.0
+            weights.append(w)
+        self.eligible = eligible
+        self.ramping = ramping
+        self.built = True
+        self.policy = make_policy(self.algorithm, eligible, weights, config, self.members)
 
     def describe_unavailable(self) -> str:
         """Why no member may take a request, for the 503 body and the log."""

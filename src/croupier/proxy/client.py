@@ -71,12 +71,14 @@ class Request:
         "http11",
         "member",
         "method",
+        "peer",
         "pool",
         "replay",
         "replay_limit",
         "response_done",
         "response_started",
         "sent_at",
+        "set_cookie",
         "sink",
         "status",
         "tried",
@@ -84,7 +86,9 @@ class Request:
         "url",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, peer: bytes) -> None:
+        self.peer = peer                # the client's address: X-Forwarded-For, hash keys
+        self.set_cookie: bytes | None = None    # sticky sessions: a cookie for the response
         self.url = b""
         self.method = b""
         self.headers: list[tuple[bytes, bytes]] = []
@@ -252,7 +256,7 @@ class ClientConnection(asyncio.Protocol):
         if len(self.queue) >= self.listener.config.max_pipelined:
             self.error = (0, "too many pipelined requests")
             raise _Reject()
-        self.parsing = Request()
+        self.parsing = Request(self.peer)
         self.in_head = True
         self.head_bytes = 0
         self.deadline = self._now() + self.listener.config.header_timeout
@@ -385,7 +389,7 @@ class ClientConnection(asyncio.Protocol):
         listener = self.listener
         pool = listener.route(req)
         mode = listener.mode
-        member = pool.policy.pick()
+        member = pool.policy.pick(req)
         if member is None:
             self._answer(req, 503, f"croupier: no member of pool {pool.name!r} may take the "
                                    f"request ({pool.describe_unavailable()})\n",
@@ -494,7 +498,7 @@ class ClientConnection(asyncio.Protocol):
         tried.append(failed)
         member = None
         for _ in range(len(pool.eligible)):
-            candidate = pool.policy.pick()
+            candidate = pool.policy.pick(None)   # no key: a retry goes elsewhere
             if candidate is None:
                 break
             if candidate not in tried:
@@ -577,11 +581,10 @@ class ClientConnection(asyncio.Protocol):
 
     def _answer_without_proxy(self, req: Request, pool: Pool, member: Member,
                               mode: str) -> None:
-        host = member.address if ":" not in member.address else f"[{member.address}]"
         path = req.url.decode("latin-1")
         if not path.startswith("/"):
             path = "/" + path.split("/", 3)[-1] if path.count("/") >= 3 else "/"
-        url = f"http://{host}:{member.port}{path}"
+        url = member.url_for(path)
         member.requests += 1
         if mode == "redirect":
             self._answer(req, 307, f"croupier: {url}\n",

@@ -230,6 +230,8 @@ class UpstreamConnection(asyncio.Protocol):
             else:
                 self.out_mode = OUT_UNTIL_CLOSE
                 req.close_after = True
+        if req.set_cookie is not None:
+            framing += b"Set-Cookie: " + req.set_cookie + b"\r\n"
         if req.close_after:
             framing += b"Connection: close\r\n"
         elif not req.http11:

@@ -187,6 +187,7 @@ class Balancer:
         if host is None:     # a member named by address gets a host of that name
             host = self.hosts[spec.host] = Host(spec.host, spec.address)
         member = Member(pool, spec.name, host, spec.address, spec.port, spec.weight)
+        member.public_url = spec.public_url
         if pc.health is None:
             member.health = "up"        # nothing checks it: it is up until it fails
         elif pc.health.initial is not None:
@@ -422,6 +423,8 @@ class Balancer:
         if self._sweeps % 4 == 0:           # once a second
             for pool in self.pools.values():
                 pool.tick_retry_budget()
+                if pool.ramping:
+                    pool.refresh()          # slow start: the next step of the ramp
         for conn in [c for c in self.connections if 0.0 < c.deadline <= now]:
             try:
                 conn.on_timeout()
