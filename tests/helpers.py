@@ -149,6 +149,7 @@ class Backend:
         self.name = name
         self.lt = lt
         self.requests = 0
+        self.delay = 0.0            # seconds every plain answer waits: a slow member
         self.bytes_sent = 0
         self.connections = 0
         self.app = self._make_app()
@@ -173,6 +174,8 @@ class Backend:
             return await handler(request)
 
         async def name(request: web.Request) -> web.Response:
+            if backend.delay:
+                await asyncio.sleep(backend.delay)
             return web.Response(text=backend.name)
 
         async def echo(request: web.Request) -> web.Response:
