@@ -26,6 +26,7 @@ test: lint
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	bash bench/install.sh
 	$(PY) bench/run.py
 

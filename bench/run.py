@@ -1,16 +1,25 @@
 """Side-by-side benchmark: croupier, HAProxy and nginx in front of the same three backends.
 
-Each balancer is pinned to core 0; the backends (one nginx) and wrk share core 1. Contenders
-are interleaved and every cell is repeated; the median is reported. Results go to
-bench/results/latest.json and a table on stdout.
+Each balancer is pinned to core 0; the backends (three nginx processes) and the load (wrk)
+share core 1. Every cell is repeated, contenders interleaved, and the median is reported.
+Results go to bench/results/latest.json and latest.png, and a table is printed.
 
-    make bench                      # everything
-    .venv/bin/python bench/run.py --repeat 3 --duration 5
+Cases:
+  small     50 keep-alive connections, ~20-byte responses: req/s, p50, p99
+  close     a new connection per request (50 at once): req/s
+  large     1 MiB responses over 10 connections: MB/s
+  upload    1 MiB request bodies over 10 connections: MB/s
+  idle      IDLE open idle keep-alive client connections: balancer RSS per connection
+  failover  the small load while one backend is SIGKILLed: failed requests
+
+    make bench
+    .venv/bin/python bench/run.py --repeat 3 --duration 5 --cases small,close
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -25,13 +34,19 @@ import tempfile
 import time
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 BALANCER_CORE = "0"
 LOAD_CORE = "1"
 BACKEND_PORTS = (19101, 19102, 19103)
 PORTS = {"croupier": 18080, "haproxy": 18081, "nginx": 18082}
-BODY = "hello from backend\n"     # ~20 bytes: the `small` case
+NAMES = ("croupier", "haproxy", "nginx")
+BODY = "hello from backend\n"   # the `small` case's 19-byte answer
+MiB = 1024 * 1024
+# This sandbox cannot raise its 20000 file descriptor limit; HAProxy needs two per
+# connection (plus a margin) to start, so the idle case stays below 10000 for everyone.
+IDLE = 8000
 
 
 def wait_port(port: int, timeout: float = 10) -> None:
@@ -45,52 +60,66 @@ def wait_port(port: int, timeout: float = 10) -> None:
     raise SystemExit(f"port {port} did not open")
 
 
-def backend_conf(tmp: Path) -> str:
-    servers = "\n".join(
-        f'  server {{ listen 127.0.0.1:{p}; keepalive_requests 1000000; '
-        f'location / {{ return 200 "{BODY.strip()}\\n"; }} }}' for p in BACKEND_PORTS)
-    return f"""worker_processes 1; daemon off; pid {tmp}/backend.pid; error_log stderr error;
-events {{ worker_connections 20000; }}
-http {{ access_log off; default_type text/plain;
-{servers}
+# ---- configs: the same job for the three contenders ----------------------------------------
+
+def backend_conf(tmp: Path, port: int) -> str:
+    return f"""worker_processes 1; daemon off; pid {tmp}/backend-{port}.pid;
+error_log stderr error; worker_rlimit_nofile 4000;
+events {{ worker_connections 3000; }}
+http {{ access_log off; default_type text/plain; client_max_body_size 8m;
+  client_body_buffer_size 2m;
+  server {{ listen 127.0.0.1:{port}; keepalive_requests 1000000; keepalive_timeout 60s;
+    location / {{ return 200 "{BODY.strip()}\\n"; }}
+    location = /large {{ alias {tmp}/large.bin; }}
+    location = /upload {{ return 200 "ok\\n"; }}
+  }}
 }}
 """
 
 
 def nginx_lb_conf(tmp: Path) -> str:
-    members = "\n".join(f"    server 127.0.0.1:{p};" for p in BACKEND_PORTS)
-    return f"""worker_processes 1; daemon off; pid {tmp}/nginx-lb.pid; error_log stderr error;
-worker_rlimit_nofile 30000;
-events {{ worker_connections 20000; }}
+    members = "\n".join(f"    server 127.0.0.1:{p} max_fails=1 fail_timeout=10s;"
+                        for p in BACKEND_PORTS)
+    return f"""worker_processes 1; daemon off; pid {tmp}/nginx-lb.pid; error_log stderr crit;
+worker_rlimit_nofile 19000;
+events {{ worker_connections 18000; }}
 http {{ access_log off;
   upstream app {{
 {members}
     keepalive 128;
   }}
   server {{ listen 127.0.0.1:{PORTS['nginx']} reuseport; keepalive_requests 1000000;
+    keepalive_timeout 300s; client_max_body_size 8m;
     location / {{ proxy_pass http://app; proxy_http_version 1.1;
-                 proxy_set_header Connection ""; }} }}
+                 proxy_set_header Connection ""; proxy_request_buffering off;
+                 proxy_next_upstream error timeout; proxy_connect_timeout 1s; }} }}
 }}
 """
 
 
 def haproxy_conf() -> str:
-    members = "\n".join(f"    server s{i} 127.0.0.1:{p}" for i, p in enumerate(BACKEND_PORTS))
+    members = "\n".join(f"    server s{i} 127.0.0.1:{p} check inter 500ms fall 2 rise 2"
+                        for i, p in enumerate(BACKEND_PORTS))
     return f"""global
     nbthread 1
     maxconn 9000
+    log stderr format raw local0 emerg
 defaults
     mode http
-    timeout connect 3s
-    timeout client 60s
+    timeout connect 1s
+    timeout client 300s
     timeout server 30s
+    timeout http-keep-alive 300s
     http-reuse always
     option http-keep-alive
+    retries 2
+    option redispatch 1
 frontend web
     bind 127.0.0.1:{PORTS['haproxy']}
     default_backend app
 backend app
     balance roundrobin
+    option httpchk GET /
 {members}
 """
 
@@ -98,42 +127,90 @@ backend app
 def croupier_conf() -> str:
     members = ", ".join(f'"127.0.0.1:{p}"' for p in BACKEND_PORTS)
     return f"""[admin]
-listen = "127.0.0.1:18099"
+enabled = false
+
 [[listeners]]
 name = "web"
 listen = "127.0.0.1:{PORTS['croupier']}"
 pool = "app"
+keepalive_timeout = "300s"
+
 [[pools]]
 name = "app"
 members = [{members}]
+  [pools.health]
+  path = "/"
+  interval = "500ms"
+  timeout = "500ms"
+  rise = 2
+  fall = 2
 """
 
 
 class Contenders:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.procs: dict[str, subprocess.Popen] = {}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, name: str, argv: list[str], core: str, port: int) -> None:
         self.procs[name] = subprocess.Popen(["taskset", "-c", core, *argv],
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(port)
+
+    def start_backend(self, port: int) -> None:
+        conf = self.tmp / f"backend-{port}.conf"
+        conf.write_text(backend_conf(self.tmp, port))
+        self.start(f"backend-{port}", ["nginx", "-c", str(conf), "-p", str(self.tmp)],
+                   LOAD_CORE, port)
+
+    def kill_backend(self, port: int) -> None:
+        """SIGKILL the whole backend (master and worker), as an unplugged host would be."""
+        proc = self.procs.pop(f"backend-{port}")
+        pid = int((self.tmp / f"backend-{port}.pid").read_text())
+        subprocess.run(["pkill", "-KILL", "-P", str(pid)], check=False)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
 
     def start_all(self) -> None:
         t = self.tmp
-        (t / "backend.conf").write_text(backend_conf(t))
+        t.chmod(0o755)              # nginx workers run as nobody: they must read (and write) here
+        (t / "large.bin").write_bytes(b"L" * MiB)
+        (t / "large.bin").chmod(0o644)
+        for port in BACKEND_PORTS:
+            self.start_backend(port)
         (t / "nginx-lb.conf").write_text(nginx_lb_conf(t))
         (t / "haproxy.cfg").write_text(haproxy_conf())
         (t / "croupier.toml").write_text(croupier_conf())
-        self.start("backends", ["nginx", "-c", str(t / "backend.conf"), "-p", str(t)],
-                   LOAD_CORE, BACKEND_PORTS[-1])
         croupier = str(Path(sys.executable).parent / "croupier")
         self.start("croupier", [croupier, "run", "-c", str(t / "croupier.toml"),
-                                "--log-level", "warning"], BALANCER_CORE, PORTS["croupier"])
+                                "--log-level", "error"], BALANCER_CORE, PORTS["croupier"])
         self.start("haproxy", ["haproxy", "-f", str(t / "haproxy.cfg")], BALANCER_CORE,
                    PORTS["haproxy"])
         self.start("nginx", ["nginx", "-c", str(t / "nginx-lb.conf"), "-p", str(t)],
                    BALANCER_CORE, PORTS["nginx"])
+
+    def pids(self, name: str) -> list[int]:
+        """The balancer's processes (nginx: master and worker)."""
+        root = self.procs[name].pid
+        out = subprocess.run(["pgrep", "-P", str(root)], capture_output=True, text=True)
+        kids = [int(x) for x in out.stdout.split()]
+        grand = []
+        for k in kids:
+            more = subprocess.run(["pgrep", "-P", str(k)], capture_output=True, text=True)
+            grand += [int(x) for x in more.stdout.split()]
+        return [root, *kids, *grand]
+
+    def rss_kib(self, name: str) -> int:
+        total = 0
+        for pid in self.pids(name):
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            m = re.search(r"^VmRSS:\s+(\d+)", status, re.M)
+            if m and "taskset" not in Path(f"/proc/{pid}/comm").read_text():
+                total += int(m.group(1))
+        return total
 
     def stop_all(self) -> None:
         for p in self.procs.values():
@@ -146,6 +223,8 @@ class Contenders:
                 p.kill()
 
 
+# ---- load -------------------------------------------------------------------------------------
+
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 
@@ -155,25 +234,95 @@ def _ms(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def wrk(port: int, connections: int, duration: int) -> dict[str, float]:
-    out = subprocess.run(
-        ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{connections}", f"-d{duration}s",
-         "--latency", f"http://127.0.0.1:{port}/"],
-        capture_output=True, text=True, check=True).stdout
+def wrk(port: int, connections: int, duration: float, path: str = "/",
+        script: Path | None = None, close: bool = False) -> dict[str, float]:
+    argv = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{connections}", f"-d{duration:g}s",
+            "--latency", "--timeout", "5s"]
+    if script is not None:
+        argv += ["-s", str(script)]
+    if close:
+        argv += ["-H", "Connection: close"]
+    out = subprocess.run([*argv, f"http://127.0.0.1:{port}{path}"], capture_output=True,
+                         text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))                 # type: ignore[union-attr]
-    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))                 # type: ignore[union-attr]
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    sock_err = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
-                         out)
-    failed = int(errors.group(1)) if errors else 0
-    if sock_err:
-        failed += sum(int(x) for x in sock_err.groups())
-    return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "failed": failed}
+    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))      # type: ignore[union-attr]
+    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))      # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))         # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    failed = int(bad.group(1)) if bad else 0
+    if sock:
+        failed += sum(int(x) for x in sock.groups())
+    return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "failed": failed, "requests": total}
 
+
+async def _hold_idle(port: int, n: int, ready: asyncio.Event, release: asyncio.Event) -> int:
+    """Open n keep-alive connections, send one request on each, read its answer, then idle."""
+    sem = asyncio.Semaphore(200)
+    writers = []
+    ok = 0
+
+    async def one() -> None:
+        nonlocal ok
+        async with sem:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))  # type: ignore[union-attr]
+            await reader.readexactly(length)
+            writers.append(writer)
+            ok += 1
+    await asyncio.gather(*(one() for _ in range(n)), return_exceptions=True)
+    ready.set()
+    await release.wait()
+    for w in writers:
+        w.close()
+    return ok
+
+
+def idle_rss(contenders: Contenders, name: str, n: int) -> dict[str, float]:
+    before = contenders.rss_kib(name)
+    result: dict[str, float] = {}
+
+    async def main() -> None:
+        ready, release = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(_hold_idle(PORTS[name], n, ready, release))
+        await ready.wait()
+        await asyncio.sleep(1.0)          # let the balancer settle its buffers
+        after = contenders.rss_kib(name)
+        release.set()
+        opened = await task
+        result.update({"connections": opened, "rss_before_mib": before / 1024,
+                       "rss_after_mib": after / 1024,
+                       "kib_per_connection": (after - before) / max(opened, 1)})
+    asyncio.run(main())
+    time.sleep(1.0)                        # the closed connections leave before the next run
+    return result
+
+
+def failover(contenders: Contenders, name: str, duration: float) -> dict[str, float]:
+    """The small load; one backend SIGKILLed a third of the way in, restarted after."""
+    port = BACKEND_PORTS[1]
+    proc = subprocess.Popen(
+        ["taskset", "-c", LOAD_CORE, "wrk", "-t1", "-c50", f"-d{duration:g}s", "--timeout", "5s",
+         f"http://127.0.0.1:{PORTS[name]}/"], stdout=subprocess.PIPE, text=True)
+    time.sleep(duration / 3)
+    contenders.kill_backend(port)
+    out, _ = proc.communicate(timeout=duration + 30)
+    contenders.start_backend(port)
+    time.sleep(2.5)                        # every balancer sees it up again before the next run
+    total = int(re.search(r"(\d+) requests in", out).group(1))         # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    failed = (int(bad.group(1)) if bad else 0) + (sum(int(x) for x in sock.groups())
+                                                  if sock else 0)
+    return {"failed": failed, "requests": total}
+
+
+# ---- the run ----------------------------------------------------------------------------------
 
 def _raise_fd_limit() -> None:
-    """HAProxy refuses to start when it cannot raise its FD limit to 2 x maxconn."""
     import resource
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     for want in (200000, 65536, hard):
@@ -184,59 +333,159 @@ def _raise_fd_limit() -> None:
             continue
 
 
+def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--duration", type=int, default=5)
-    ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--duration", type=float, default=5)
+    ap.add_argument("--cases", default="small,close,large,upload,idle,failover")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "latest.json")
     args = ap.parse_args()
-    for tool in ("wrk", "nginx", "haproxy", "taskset"):
+    cases = args.cases.split(",")
+    for tool in ("wrk", "nginx", "haproxy", "taskset", "pgrep"):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is missing: run bench/install.sh (make bench does)")
-
     _raise_fd_limit()
     tmp = Path(tempfile.mkdtemp(prefix="croupier-bench-"))
+    upload_lua = tmp / "upload.lua"
+    upload_lua.write_text(f'wrk.method = "POST"\nwrk.body = string.rep("u", {MiB})\n'
+                          'wrk.headers["Content-Type"] = "application/octet-stream"\n')
     contenders = Contenders(tmp)
-    names = ["croupier", "haproxy", "nginx"]
-    runs: dict[str, list[dict[str, float]]] = {n: [] for n in names}
+    raw: dict[str, dict[str, list[dict[str, float]]]] = {c: {n: [] for n in NAMES}
+                                                         for c in cases}
+    d = args.duration
     try:
         contenders.start_all()
-        for name in names:                       # warm-up: connections and caches
-            wrk(PORTS[name], args.connections, 1)
+        for name in NAMES:                      # warm-up: connections, caches, first checks
+            wrk(PORTS[name], 50, 1)
         for i in range(args.repeat):
-            order = names[i % 3:] + names[:i % 3]    # interleave, rotating who goes first
-            for name in order:
-                runs[name].append(wrk(PORTS[name], args.connections, args.duration))
+            order = list(NAMES[i % 3:] + NAMES[:i % 3])     # interleaved, rotating first place
+            for case in cases:
+                for name in order:
+                    port = PORTS[name]
+                    if case == "small":
+                        r = wrk(port, 50, d)
+                    elif case == "close":
+                        r = wrk(port, 50, d, close=True)
+                    elif case == "large":
+                        r = wrk(port, 10, d, path="/large")
+                        r["mb_s"] = r["rps"] * MiB / 1e6
+                    elif case == "upload":
+                        r = wrk(port, 10, d, path="/upload", script=upload_lua)
+                        r["mb_s"] = r["rps"] * MiB / 1e6
+                    elif case == "idle":
+                        if i > 0:
+                            continue                # RSS is not noisy: once is enough
+                        r = idle_rss(contenders, name, IDLE)
+                    elif case == "failover":
+                        r = failover(contenders, name, d)
+                    else:
+                        raise SystemExit(f"unknown case {case!r}")
+                    raw[case][name].append(r)
+                    print(f"  {case:<8} {name:<9} " + ", ".join(
+                        f"{k}={v:.2f}" for k, v in r.items()), flush=True)
     finally:
         contenders.stop_all()
 
-    small = {n: {k: statistics.median(r[k] for r in runs[n]) for k in runs[n][0]}
-             for n in names}
-    best_other = max(("haproxy", "nginx"), key=lambda n: small[n]["rps"])
-    result = {
+    results = {c: {n: median_of(raw[c][n]) for n in NAMES if raw[c][n]} for c in cases}
+    ratios = ratios_of(results)
+    out: dict[str, Any] = {
         "date": date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+        "python": platform.python_version(),
         "command": "make bench",
-        "setup": f"wrk -t1 -c{args.connections} -d{args.duration}s, median of {args.repeat}, "
-                 f"each balancer pinned to core {BALANCER_CORE}, backends and wrk on core "
-                 f"{LOAD_CORE}, 3 nginx backends answering {len(BODY)} bytes",
-        "small": small,
-        "runs": runs,
-        "ratio_rps_vs_best_other": small["croupier"]["rps"] / small[best_other]["rps"],
-        "best_other": best_other,
+        "setup": (f"each balancer pinned to core {BALANCER_CORE}; 3 nginx backends and wrk on "
+                  f"core {LOAD_CORE}; {d:g} s per cell, median of {args.repeat}, contenders "
+                  f"interleaved"),
+        "results": results,
+        "ratios": ratios,
+        "runs": raw,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"small: {args.connections} keep-alive connections, {len(BODY)}-byte responses "
-          f"({result['setup']})")
-    print(f"{'contender':<10} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'failed':>7}")
-    for n in names:
-        s = small[n]
-        print(f"{n:<10} {s['rps']:>10.0f} {s['p50_ms']:>8.2f} {s['p99_ms']:>8.2f} "
-              f"{s['failed']:>7.0f}")
-    print(f"croupier / {best_other}: {result['ratio_rps_vs_best_other']:.2f}x req/s")
+    args.out.write_text(json.dumps(out, indent=2))
+    print_table(results, ratios)
+    png = args.out.with_suffix(".png")
+    if draw(results, ratios, png, out["date"]):
+        print(f"chart: {png}")
     print(f"results: {args.out}")
+
+
+# (case, metric, higher is better, label)
+METRICS = [
+    ("small", "rps", True, "small req/s"),
+    ("small", "p99_ms", False, "small p99 ms"),
+    ("close", "rps", True, "close req/s"),
+    ("large", "mb_s", True, "large MB/s"),
+    ("upload", "mb_s", True, "upload MB/s"),
+    ("idle", "kib_per_connection", False, "idle KiB/conn"),
+    ("failover", "failed", False, "failover failed"),
+]
+
+
+def ratios_of(results: dict[str, dict[str, dict[str, float]]]) -> dict[str, float]:
+    """croupier against the better of HAProxy and nginx: >1 means croupier is better for
+    throughput; for p99, memory and failures the ratio is croupier / best (lower is better)."""
+    ratios: dict[str, float] = {}
+    for case, metric, higher, label in METRICS:
+        if case not in results or "croupier" not in results[case]:
+            continue
+        others = [results[case][n][metric] for n in ("haproxy", "nginx") if n in results[case]]
+        if not others:
+            continue
+        best = max(others) if higher else min(others)
+        mine = results[case]["croupier"][metric]
+        ratios[label] = (mine / best) if best else (0.0 if mine == 0 else float("inf"))
+    return ratios
+
+
+def print_table(results: dict[str, dict[str, dict[str, float]]],
+                ratios: dict[str, float]) -> None:
+    print()
+    print(f"{'metric':<18}" + "".join(f"{n:>12}" for n in NAMES) + f"{'ratio':>10}")
+    for case, metric, _higher, label in METRICS:
+        if case not in results:
+            continue
+        row = f"{label:<18}"
+        for n in NAMES:
+            v = results[case].get(n, {}).get(metric)
+            row += f"{'' if v is None else f'{v:,.1f}':>12}"
+        ratio = ratios.get(label)
+        row += f"{'' if ratio is None else f'{ratio:.2f}x':>10}"
+        print(row)
+    print("ratio: croupier / the better of HAProxy and nginx (throughput: higher is better; "
+          "p99, KiB/conn, failures: lower is better)")
+
+
+def draw(results: dict[str, dict[str, dict[str, float]]], ratios: dict[str, float], path: Path,
+         when: str) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no chart (pip install -e '.[bench]')")
+        return False
+    shown = [m for m in METRICS if m[0] in results]
+    fig, axes = plt.subplots(1, len(shown), figsize=(3.0 * len(shown), 3.6))
+    if len(shown) == 1:
+        axes = [axes]
+    colours = {"croupier": "#2a7ab9", "haproxy": "#9a9a9a", "nginx": "#5a5a5a"}
+    for ax, (case, metric, _higher, label) in zip(axes, shown, strict=True):
+        names = [n for n in NAMES if n in results[case]]
+        values = [results[case][n][metric] for n in names]
+        ax.bar(names, values, color=[colours[n] for n in names])
+        ratio = ratios.get(label)
+        ax.set_title(f"{label}\n{'' if ratio is None else f'{ratio:.2f}x'}", fontsize=9)
+        ax.tick_params(axis="x", labelrotation=45, labelsize=8)
+        ax.tick_params(axis="y", labelsize=8)
+    fig.suptitle(f"croupier vs HAProxy and nginx, one core each ({when})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
 
 
 if __name__ == "__main__":

@@ -250,3 +250,44 @@ def test_websocket_upgrade_tunnels_both_ways(backends, croupier, backend_loop):
             return replies
     assert backend_loop.run(talk()) == ["a: one", "a: two", "a: three"]
     wait_until(lambda: c.state(lambda: c.member("app", 0).in_flight) == 0)
+
+
+def test_member_answering_before_the_body_ends_still_gets_it_and_is_reused(backend_loop,
+                                                                           croupier):
+    """nginx answers `return 200` before reading a body, then reads and discards it: the
+    rest of the body must still reach it, and both connections stay usable."""
+    import asyncio
+    received: list[int] = []
+    connections: list[int] = []
+
+    async def handle(reader, writer):
+        connections.append(1)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                await reader.readexactly(length)
+                received.append(length)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = backend_loop.run(asyncio.start_server(handle, "127.0.0.1", 0))
+    port = server.sockets[0].getsockname()[1]
+    c = croupier(proxy_config([f"127.0.0.1:{port}"]))
+    body = b"x" * 300_000
+    with socket.create_connection(("127.0.0.1", c.port), timeout=10) as s:
+        buf = bytearray()
+        for _ in range(3):
+            s.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+                      % len(body))
+            for i in range(0, len(body), 50_000):
+                s.sendall(body[i:i + 50_000])
+            assert read_response(s, buf)[2] == b"ok"
+    wait_until(lambda: received == [len(body)] * 3, message="every body delivered")
+    assert len(connections) == 1                  # one kept-alive member connection, reused
+    server.close()

@@ -353,6 +353,11 @@ class ClientConnection(asyncio.Protocol):
         if req is self.current:
             self.deadline = 0.0
             if req.response_done:
+                sink = req.sink
+                if sink is not None:        # the rest of an early-answered request is sent
+                    req.sink = None
+                    self._flush_up()
+                    sink.request_sent()
                 self._next()
 
     # ---- request inspection and dispatch -------------------------------------------------
@@ -527,16 +532,26 @@ class ClientConnection(asyncio.Protocol):
             elif member.consecutive_failures:
                 member.consecutive_failures = 0
         self._release_member(req, failed=False)
-        req.sink = None
+        sink = req.sink
+        if sink is not None and not sink.body_pending:
+            req.sink = sink = None
         if req is not self.current or self.transport is None:
             return
-        if not req.body_done:
-            req.close_after = True      # answered before the body arrived: do not read on
+        if not req.body_done and sink is None:
+            req.close_after = True      # answered early, nobody takes the rest: do not read on
         req.response_done = True
         if req.close_after:
             self._close_after_write()
         elif req.body_done:
             self._next()
+
+    def body_sink_lost(self, req: Request) -> None:
+        """The member that answered early stopped taking the rest of the body."""
+        req.sink = None
+        req.discard = True
+        if req is self.current and not req.body_done:
+            req.close_after = True
+            self._close_after_write()
 
     def _release_member(self, req: Request, failed: bool) -> None:
         member = req.member

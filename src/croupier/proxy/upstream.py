@@ -48,7 +48,7 @@ class _StopAtHead(Exception):
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("_close_delimited", "_feeding", "_final", "_head_done", "_headers", "_in_head",
                  "_interim", "_keep_alive", "_message_done", "_out", "_received", "_to_client",
-                 "_tunnel_rest", "client",
+                 "_tunnel_rest", "body_pending", "client",
                  "closed", "deadline", "idle", "out_mode", "parser", "paused", "pool", "req",
                  "response_started", "reused", "transport", "tunnel")
 
@@ -62,6 +62,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle = False
         self.reused = False
         self.tunnel = False
+        self.body_pending = False       # answered; still being sent the request's body
         self.paused = False
         self.deadline = 0.0
         self._reset_response()
@@ -97,9 +98,13 @@ class UpstreamConnection(asyncio.Protocol):
                 client.deadline = client.refresh_tunnel_deadline()
             return
         req = self.req
-        if req is None:
-            # Bytes on an idle connection: the member broke framing or is closing. Never reuse.
-            self._abandon()
+        if req is None or self.body_pending:
+            # Bytes on an idle connection, or after the answer to a request still being sent:
+            # the member broke framing or is closing. Never reuse.
+            if self.body_pending:
+                self._lose_pending_body()
+            else:
+                self._abandon()
             return
         self.deadline = self.pool.balancer.loop.time() + self.pool.response_timeout
         self._received = True
@@ -149,7 +154,9 @@ class UpstreamConnection(asyncio.Protocol):
         req = self.req
         if client is None or req is None:
             return
-        if self.tunnel:
+        if self.body_pending:
+            self._lose_pending_body()
+        elif self.tunnel:
             self.client = self.req = None
             client.tunnel_closed()
         elif self._close_delimited and self._final and not self._message_done:
@@ -330,6 +337,15 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _finish(self, reusable: bool) -> None:
         client, req = self.client, self.req
+        if (req is not None and client is not None and not req.body_done and reusable
+                and req.status < 400 and not self.closed):
+            # The member answered before it had the whole request, as nginx does when it
+            # reads and discards a body: keep sending it the rest; the connection goes back
+            # to the pool once the request is sent (`request_sent`).
+            self.body_pending = True
+            self.deadline = 0.0         # the client's body_timeout covers a slow sender now
+            client.response_done(req)
+            return
         self.client = self.req = None
         if self.paused:
             self.resume_reading()
@@ -341,6 +357,23 @@ class UpstreamConnection(asyncio.Protocol):
             self._abandon()
         if client is not None and req is not None:
             client.response_done(req)
+
+    def request_sent(self) -> None:
+        """The rest of a request answered early has been sent: the connection is free."""
+        self.body_pending = False
+        self.client = self.req = None
+        if not self.closed:
+            self.pool.release(self)
+
+    def _lose_pending_body(self) -> None:
+        """The member closed, or spoke, while it was still being sent an answered request's
+        body: that body has nowhere to go, and the connection cannot be trusted again."""
+        client, req = self.client, self.req
+        self.body_pending = False
+        self.client = self.req = None
+        self._abandon()
+        if client is not None and req is not None:
+            client.body_sink_lost(req)
 
     def _fail(self, why: str, status: int = 502) -> None:
         client, req = self.client, self.req
@@ -359,6 +392,9 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.abort()
 
     def on_timeout(self) -> None:
+        if self.body_pending:
+            self._lose_pending_body()
+            return
         if self.idle:
             self.transport.close() if self.transport is not None else None
             return
