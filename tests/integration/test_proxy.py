@@ -291,3 +291,20 @@ def test_member_answering_before_the_body_ends_still_gets_it_and_is_reused(backe
     wait_until(lambda: received == [len(body)] * 3, message="every body delivered")
     assert len(connections) == 1                  # one kept-alive member connection, reused
     server.close()
+
+
+def test_idle_connection_sheds_its_parser_and_still_serves_the_next_request(backends,
+                                                                          croupier):
+    c = croupier(proxy_config([backends[0].address]))
+
+    def parsers() -> list[object]:
+        return [x.parser for x in c.balancer.connections if type(x).__name__ ==
+                "ClientConnection"]
+    with socket.create_connection(("127.0.0.1", c.port), timeout=10) as s:
+        buf = bytearray()
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(s, buf)[2] == b"a"
+        wait_until(lambda: c.state(parsers) == [None], message="the parser to be shed")
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(s, buf)[2] == b"a"
+        assert c.state(lambda: all(p is not None for p in parsers()))
