@@ -101,7 +101,7 @@ class Member(_Recorded):
     """One application instance. Counters are plain ints: the data plane bumps them."""
 
     __slots__ = ("address", "admin", "answered", "consecutive_failures", "ejected_until",
-                 "ejections", "failures", "health", "history", "host", "in_flight",
+                 "ejections", "eligible", "failures", "health", "history", "host", "in_flight",
                  "initial_up", "latency_total", "name", "pool", "port", "public_url",
                  "ramp_from", "requests", "retries", "upstream", "weight")
 
@@ -116,6 +116,7 @@ class Member(_Recorded):
         self.health: Health = "unknown"
         self.initial_up = True          # how `unknown` counts: the pool's `initial` setting
         self.admin: dict[str, str] = {}
+        self.eligible = False           # set by Pool.refresh: a plain read for the hot path
         self.in_flight = 0
         self.requests = 0
         self.failures = 0
@@ -257,6 +258,9 @@ class Pool:
                 else:
                     m.ramp_from = 0.0
             weights.append(w)
+        chosen = {id(m) for m in eligible}
+        for m in self.members:
+            m.eligible = id(m) in chosen
         self.eligible = eligible
         self.ramping = ramping
         self.built = True

@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING
 import httptools
 
 from croupier.proxy.http import (
+    _NOT_IN_HOST,
     CONNECTION_OPTIONS,
     IDEMPOTENT,
     connection_tokens,
     simple_response,
-    valid_host,
 )
 
 if TYPE_CHECKING:
@@ -182,7 +182,7 @@ class ClientConnection(asyncio.Protocol):
         self.peer = (peer[0] if peer else "unknown").encode()
         self.listener.balancer.connections.add(self)
         self.listener.open_connections += 1
-        self.deadline = self._now() + self.listener.config.keepalive_timeout
+        self.deadline = self.listener.time() + self.listener.config.keepalive_timeout
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
@@ -223,7 +223,7 @@ class ClientConnection(asyncio.Protocol):
                 return
         parsing = self.parsing
         if parsing is not None and not parsing.body_done and not self.in_head:
-            self.deadline = self._now() + listener.config.body_timeout
+            self.deadline = self.listener.time() + listener.config.body_timeout
 
     def eof_received(self) -> bool | None:
         # A client that half-closes after a whole request still gets its answer; one that
@@ -265,7 +265,7 @@ class ClientConnection(asyncio.Protocol):
             req.sink.pause_reading()
         elif self.tunnel is not None:
             self.tunnel.pause_reading()
-        self.deadline = self._now() + self.listener.config.send_timeout
+        self.deadline = self.listener.time() + self.listener.config.send_timeout
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -288,7 +288,7 @@ class ClientConnection(asyncio.Protocol):
         self.parsing = Request(self.peer)
         self.in_head = True
         self.head_bytes = 0
-        self.deadline = self._now() + self.listener.config.header_timeout
+        self.deadline = self.listener.time() + self.listener.config.header_timeout
 
     def on_url(self, url: bytes) -> None:
         req = self.parsing
@@ -332,7 +332,7 @@ class ClientConnection(asyncio.Protocol):
             self.error = (413, f"request body of {req.content_length} bytes is over the "
                                f"limit of {limit}")
             raise _Reject()
-        self.deadline = self._now() + self.listener.config.body_timeout
+        self.deadline = self.listener.time() + self.listener.config.body_timeout
         if self.current is None:
             self._start(req)
         else:
@@ -414,7 +414,8 @@ class ClientConnection(asyncio.Protocol):
         if req.host is None:
             if req.http11:
                 return (400, "an HTTP/1.1 request needs a Host header")
-        elif not valid_host(req.host):
+        elif (not req.host or len(req.host) > 255
+              or len(req.host.translate(None, _NOT_IN_HOST)) != len(req.host)):
             return (400, "bad Host header")
         if req.method == b"CONNECT":
             return (405, "CONNECT is not supported by a reverse proxy")
@@ -447,7 +448,7 @@ class ClientConnection(asyncio.Protocol):
         member.requests += 1
         req.member = member
         req.attempts += 1
-        req.sent_at = self.listener.balancer.loop.time()
+        req.sent_at = self.listener.time()
         upstream = member.upstream
         assert upstream is not None
         conn = None if fresh else upstream.acquire()
@@ -473,7 +474,8 @@ class ClientConnection(asyncio.Protocol):
         self._send_up(conn, pieces)
         if self.write_paused:
             conn.pause_reading()
-        self.resume_reading(self.PAUSE_CONNECT)
+        if self.paused:
+            self.resume_reading(self.PAUSE_CONNECT)
 
     def upstream_connected(self, req: Request, conn: UpstreamConnection) -> None:
         if req is not self.current or self.transport is None:
@@ -556,7 +558,7 @@ class ClientConnection(asyncio.Protocol):
         member = req.member
         if member is not None:
             member.answered += 1
-            member.latency_total += self.listener.balancer.loop.time() - req.sent_at
+            member.latency_total += self.listener.time() - req.sent_at
             if req.status >= 500:
                 outlier = member.pool.config.outlier if member.pool.config else None
                 if outlier is not None and outlier.include_5xx:
@@ -747,7 +749,7 @@ class ClientConnection(asyncio.Protocol):
         conn.deadline = 0.0     # the client side's deadline covers both directions
 
     def refresh_tunnel_deadline(self) -> float:
-        return self._now() + self.listener.config.tunnel_timeout
+        return self.listener.time() + self.listener.config.tunnel_timeout
 
     def tunnel_closed(self) -> None:
         self.tunnel = None
@@ -835,7 +837,7 @@ class ClientConnection(asyncio.Protocol):
             transport.close()
 
     def _idle_deadline(self) -> float:
-        now = self._now()
+        now = self.listener.time()
         keepalive = self.listener.config.keepalive_timeout
         if keepalive > IDLE_SHED:
             self.idle_since = now           # wake first at IDLE_SHED to shed the parser
@@ -843,5 +845,3 @@ class ClientConnection(asyncio.Protocol):
         self.idle_since = 0.0
         return now + keepalive
 
-    def _now(self) -> float:
-        return self.listener.balancer.loop.time()

@@ -50,10 +50,11 @@ class Route:
 
 class Listener:
     __slots__ = ("balancer", "config", "default_pool", "mode", "name", "open_connections",
-                 "routes", "server")
+                 "routes", "server", "time")
 
     def __init__(self, balancer: Balancer, config: ListenerConfig, pools: dict[str, Pool]) -> None:
         self.balancer = balancer
+        self.time = balancer.loop.time     # bound once: the hot path reads the clock often
         self.name = config.name
         self.open_connections = 0
         self.server: asyncio.Server | None = None

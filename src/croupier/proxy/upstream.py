@@ -39,6 +39,8 @@ OUT_CHUNKED = 2    # chunked or close-delimited from the member, chunked to an H
 OUT_UNTIL_CLOSE = 3  # close-delimited to an HTTP/1.0 client
 
 _RESPONSE_DROP = HOP_BY_HOP | {b"content-length"}
+_STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason(code)) for code in range(100, 600)
+                 if reason(code) != b"Unknown"}
 
 
 class _StopAtHead(Exception):
@@ -106,7 +108,7 @@ class UpstreamConnection(asyncio.Protocol):
             else:
                 self._abandon()
             return
-        self.deadline = self.pool.balancer.loop.time() + self.pool.response_timeout
+        self.deadline = self.pool.time() + self.pool.response_timeout
         self._received = True
         out: list[bytes] = []
         self._out = out
@@ -279,7 +281,7 @@ class UpstreamConnection(asyncio.Protocol):
         """The response head for the client: hop-by-hop fields out, our framing in."""
         drop = HOP_BY_HOP if keep_length else _RESPONSE_DROP
         headers = self._headers
-        parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason(status))]
+        parts = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d %s\r\n" % (status, reason(status))]
         extra: list[bytes] = []
         for name, value in headers:
             lname = name.lower()
@@ -323,7 +325,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.req = req
         self.idle = False
         self._reset_response()
-        self.deadline = self.pool.balancer.loop.time() + self.pool.response_timeout
+        self.deadline = self.pool.time() + self.pool.response_timeout
 
     def _start_tunnel(self) -> None:
         client = self.client
@@ -411,18 +413,19 @@ class UpstreamConnection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.resume_reading()
             if not self.tunnel:
-                self.deadline = self.pool.balancer.loop.time() + self.pool.response_timeout
+                self.deadline = self.pool.time() + self.pool.response_timeout
 
 
 class UpstreamPool:
     """The kept-alive connections to one member, reused last-in first-out."""
 
     __slots__ = ("balancer", "connect_timeout", "idle", "idle_timeout", "max_idle", "member",
-                 "open", "response_timeout")
+                 "open", "response_timeout", "time")
 
     def __init__(self, balancer: Balancer, member: Member, connect_timeout: float,
                  response_timeout: float, idle_timeout: float, max_idle: int) -> None:
         self.balancer = balancer
+        self.time = balancer.loop.time
         self.member = member
         self.connect_timeout = connect_timeout
         self.response_timeout = response_timeout
@@ -442,11 +445,11 @@ class UpstreamPool:
         return None
 
     def release(self, conn: UpstreamConnection) -> None:
-        if len(self.idle) >= self.max_idle or self.member.admin_state != "ready":
+        if not self.member.eligible or len(self.idle) >= self.max_idle:
             conn.transport.close() if conn.transport is not None else None
             return
         conn.idle = True
-        conn.deadline = self.balancer.loop.time() + self.idle_timeout
+        conn.deadline = self.time() + self.idle_timeout
         self.idle.append(conn)
 
     def forget(self, conn: UpstreamConnection) -> None:
