@@ -126,7 +126,9 @@ backend app
 
 def croupier_conf() -> str:
     members = ", ".join(f'"127.0.0.1:{p}"' for p in BACKEND_PORTS)
-    return f"""[admin]
+    return f"""workers = 1     # one core each: the comparison is per core
+
+[admin]
 enabled = false
 
 [[listeners]]

@@ -39,14 +39,34 @@ def main() -> None:
               type=click.Choice(["debug", "info", "warning", "error"]))
 def run(config_path: Path, log_level: str) -> None:
     """Serve the listeners of a config until SIGTERM or Ctrl-C."""
+    import os
+
     loaded = _load(config_path)
     _setup_logging(log_level)
-    from croupier.runtime.server import run as serve
+    workers = loaded.config.workers
+    count = (os.cpu_count() or 1) if workers == "auto" else workers
     try:
-        serve(loaded)
+        if count == 1:
+            from croupier.runtime.server import run as serve
+            serve(loaded)
+        else:
+            from croupier.runtime.workers import run_supervised
+            run_supervised(loaded, count)
     except OSError as e:
         click.echo(f"croupier: {e.strerror or e}", err=True)
         sys.exit(1)
+
+
+@main.command(hidden=True)
+@click.option("-c", "--config", "config_path", required=True)
+@click.option("--channel-fd", required=True, type=int)
+@click.option("--index", required=True, type=int)
+@click.option("--log-level", default="info")
+def worker(config_path: str, channel_fd: int, index: int, log_level: str) -> None:
+    """One worker process (started by `croupier run` when workers > 1)."""
+    _setup_logging(log_level)
+    from croupier.runtime.workers import run_worker
+    run_worker(config_path, channel_fd, index)
 
 
 @main.command()

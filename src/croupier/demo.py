@@ -36,6 +36,9 @@ def serve_app(name: str, port: int) -> None:
 
 DEMO_CONFIG = """\
 # The demo: three instances of the "classes" application behind one proxy listener.
+# One worker, so that even separate curls see one strict rotation.
+workers = 1
+
 [admin]
 listen = "127.0.0.1:{admin}"
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,11 +47,20 @@ class Running:
     def url(self, path: str = "/") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
+    def pids(self) -> list[int]:
+        """croupier's processes: the supervisor and its workers (or the one process)."""
+        kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        return [self.proc.pid, *map(int, kids)]
+
     def peak_rss_mib(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        raise AssertionError("no VmHWM")
+        """The highest peak RSS of any of croupier's processes."""
+        peaks = []
+        for pid in self.pids():
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peaks.append(int(line.split()[1]) / 1024)
+        assert peaks, "no VmHWM"
+        return max(peaks)
 
     def stop(self) -> tuple[int, str]:
         if self.proc.poll() is None:
@@ -220,14 +231,17 @@ def _free(port: int) -> bool:
 
 def test_many_sequential_connections_do_not_leak_file_descriptors(backends, run_croupier):
     c = run_croupier([b.address for b in backends])
-    fd_dir = Path(f"/proc/{c.proc.pid}/fd")
+    fd_dirs = [Path(f"/proc/{pid}/fd") for pid in c.pids()]
+
+    def fds() -> int:
+        return sum(len(list(d.iterdir())) for d in fd_dirs)
     with httpx.Client() as client:
         client.get(c.url())
-    before = len(list(fd_dir.iterdir()))
+    before = fds()
     for _ in range(300):
         with httpx.Client() as client:        # a new connection each time
             assert client.get(c.url()).status_code == 200
-    wait_until(lambda: len(list(fd_dir.iterdir())) <= before + 3, timeout=10,
+    wait_until(lambda: fds() <= before + 3, timeout=10,
                message="file descriptors to settle")
 
 
@@ -288,3 +302,59 @@ def test_sighup_reloads_the_config_without_dropping_a_request(backend_loop, tmp_
         code, out = c.stop()
     assert code == 0
     assert "config reloaded" in out
+
+
+def _workers_config(tmp_path: Path, members: list[str]) -> tuple[Path, int, int]:
+    path, port, admin_port = _admin_config(tmp_path, members)
+    path.write_text("workers = 2\n" + path.read_text())
+    return path, port, admin_port
+
+
+def test_workers_share_state_within_100ms_and_add_up_their_counters(backend_loop, tmp_path):
+    bs = [Backend(backend_loop, n) for n in ("a", "b", "c")]
+    path, port, admin_port = _workers_config(tmp_path, [b.address for b in bs])
+    c = Running(path, port)
+    try:
+        wait_for_port(admin_port)
+        assert len(c.pids()) == 3                       # a supervisor and two workers
+        for _ in range(300):
+            with httpx.Client() as client:              # a new connection each time
+                assert client.get(c.url()).status_code == 200
+        counts = [b.requests for b in bs]
+        assert sum(counts) == 300
+        assert max(counts) - min(counts) <= 2, counts   # each worker rotates exactly
+        wait_until(lambda: sum(m["requests"] for m in json.loads(_cli(
+            path, "status", "--json"))["pools"][0]["members"]) == 300,
+            message="the supervisor to add up both workers' counters")
+        _cli(path, "drain", f"app/{bs[0].address}")
+        time.sleep(0.1)     # the promise under test is a time: every worker within 100 ms
+        before = bs[0].requests
+        for _ in range(60):
+            with httpx.Client() as client:
+                client.get(c.url())
+        assert bs[0].requests == before                 # no worker sent it anything new
+    finally:
+        code, out = c.stop()
+    assert code == 0, out
+
+
+def test_a_worker_that_dies_is_restarted_and_the_others_carry_on(backends, tmp_path):
+    path, port, admin_port = _workers_config(tmp_path, [b.address for b in backends])
+    c = Running(path, port)
+    try:
+        wait_for_port(admin_port)
+        first = c.pids()
+        os.kill(first[1], signal.SIGKILL)
+        # A connection that reaches the dying worker's socket as it closes is one of its
+        # own: wait until it is gone, then the other worker must serve every request.
+        wait_until(lambda: first[1] not in c.pids(), message="the killed worker to go")
+        with httpx.Client() as client:                 # the other worker still serves
+            assert client.get(c.url()).status_code == 200
+        wait_until(lambda: len(c.pids()) == 3 and c.pids() != first, timeout=15,
+                   message="a new worker")
+        for _ in range(20):
+            with httpx.Client() as client:
+                assert client.get(c.url()).status_code == 200
+    finally:
+        _code, out = c.stop()
+    assert "exited with -9; starting it again" in out

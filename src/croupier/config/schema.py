@@ -318,6 +318,9 @@ def _check_hash_key(v: str) -> str:
 
 
 class Config(_Strict):
+    # Processes that serve the listeners (SO_REUSEPORT); checks, schedules and the admin API
+    # run once, in a supervisor, when there is more than one. "auto": one per core.
+    workers: int | Literal["auto"] = Field(default="auto", ge=1, le=64)
     admin: AdminConfig = AdminConfig()
     listeners: list[ListenerConfig] = Field(min_length=1)
     hosts: list[HostConfig] = []

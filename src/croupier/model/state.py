@@ -180,7 +180,8 @@ class Member(_Recorded):
 
 
 class Pool:
-    __slots__ = ("_retry_seen", "_retry_tokens", "_window", "algorithm", "built", "config",
+    __slots__ = ("_dealt", "_retry_seen", "_retry_tokens", "_window", "algorithm", "built",
+                 "config",
                  "eligible", "members", "name", "policy", "ramping", "retry_cap")
 
     WINDOW = 10         # seconds of requests the retry budget is measured against
@@ -194,6 +195,7 @@ class Pool:
         self.policy: Policy = make_policy(algorithm, [])
         self.ramping = False        # some member is in slow start: refresh it every second
         self.built = False
+        self._dealt: tuple[object, ...] = ()   # what the policy was built from
         burst = float(config.retry_burst) if config is not None else 10.0
         self._retry_tokens = burst
         self._retry_seen = 0
@@ -261,6 +263,10 @@ class Pool:
         chosen = {id(m) for m in eligible}
         for m in self.members:
             m.eligible = id(m) in chosen
+        dealt = (eligible, weights, config, self.algorithm, list(self.members))
+        if self.built and dealt == self._dealt:
+            return      # nothing changed: keep the policy, and its place in the rotation
+        self._dealt = dealt
         self.eligible = eligible
         self.ramping = ramping
         self.built = True

@@ -51,10 +51,12 @@ class _HasDeadline(Protocol):
     def on_timeout(self) -> None: ...
 
 
-def _bind(address: str, port: int) -> socket.socket:
+def _bind(address: str, port: int, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:      # every worker binds its own socket; the kernel spreads connections
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((address, port))
     except OSError:
@@ -67,7 +69,11 @@ def _bind(address: str, port: int) -> socket.socket:
 class Balancer:
     """Everything one croupier process serves, built from one validated config."""
 
-    def __init__(self, loaded: LoadedConfig, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(self, loaded: LoadedConfig, loop: asyncio.AbstractEventLoop | None = None,
+                 role: str = "single", overlay: dict[str, Any] | None = None) -> None:
+        # role: "single" serves everything; with workers, the "supervisor" runs the control
+        # plane (checks, schedules, admin API, state file) and each "worker" the listeners.
+        self.role = role
         self.loaded = loaded
         self.loop = loop or asyncio.get_event_loop()
         self.connections: set[_HasDeadline] = set()
@@ -84,9 +90,15 @@ class Balancer:
         self.checker = Checker(self)
         self.scheduler = Scheduler(self)
         self.overlay = self._empty_overlay()
+        # Called after a change of membership, weights or config (the supervisor tells its
+        # workers); state changes (health, admin) are noticed by comparing snapshots.
+        self.on_change: Any = None
         admin = loaded.config.admin
-        self.state_file = self._beside(admin.state_file) if admin.enabled else None
-        if self.state_file is not None and self.state_file.exists():
+        self.state_file = (self._beside(admin.state_file)
+                           if admin.enabled and role != "worker" else None)
+        if overlay is not None:
+            self.overlay = overlay
+        elif self.state_file is not None and self.state_file.exists():
             self.overlay = self._read_state(self.state_file)
         self._apply(loaded, first=True)
 
@@ -300,6 +312,8 @@ class Balancer:
     def save_state(self) -> None:
         """Write the runtime overlay atomically: a crash mid-write leaves the old file whole."""
         overlay = self._snapshot_overlay()
+        if self.on_change is not None:
+            self.on_change(reload=False)
         path = self.state_file
         if path is None:
             return
@@ -338,15 +352,17 @@ class Balancer:
         """Bind every listener and the admin API, or bind none: a config never starts half way."""
         try:
             for listener in self.listeners_for(self.loaded):
-                await self._listen(listener)
-            if self.loaded.config.admin.enabled:
+                if self.role != "supervisor":
+                    await self._listen(listener)
+            if self.loaded.config.admin.enabled and self.role != "worker":
                 await self._start_admin()
         except OSError as e:
             await self.stop(0)
             raise e from None
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
-        self.checker.start()
-        self.scheduler.start()
+        if self.role != "worker":
+            self.checker.start()
+            self.scheduler.start()
 
     def listeners_for(self, loaded: LoadedConfig) -> Iterator[Listener]:
         for lc in loaded.config.listeners:
@@ -357,7 +373,7 @@ class Balancer:
     async def _listen(self, listener: Listener) -> None:
         address, port = split_address(listener.config.listen)
         try:
-            sock = _bind(address, port)
+            sock = _bind(address, port, reuse_port=self.role == "worker")
         except OSError as e:
             raise OSError(e.errno, f"cannot listen on {listener.config.listen} "
                                    f"(listener {listener.name!r}): {e.strerror}") from None
@@ -432,23 +448,27 @@ class Balancer:
                 log.exception("timeout handling failed")
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
-    async def reload(self) -> dict[str, Any]:
-        """Re-read the config file. Nothing in flight is dropped; on error nothing changes."""
+    async def reload(self, overlay: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Re-read the config file. Nothing in flight is dropped; on error nothing changes.
+        A worker is handed the supervisor's overlay with the order to reload."""
         try:
             loaded = load_config(self.loaded.path)
+            if overlay is not None:
+                self.overlay = overlay
         except ConfigError as e:
             log.error("reload refused, the running config stays:\n%s", e.render())
             return {"reloaded": False, "errors": [f"{k}: {r}" for k, r in e.problems]}
         old = {lst.name: lst for lst in self.listeners}
         new_listen = {lc.name: lc.listen for lc in loaded.config.listeners}
         busy = [lc for lc in loaded.config.listeners
-                if lc.name not in old or old[lc.name].config.listen != lc.listen]
+                if self.role != "supervisor"
+                and (lc.name not in old or old[lc.name].config.listen != lc.listen)]
         # Bind new addresses first, so a reload that cannot listen changes nothing.
         socks: dict[str, socket.socket] = {}
         try:
             for lc in busy:
                 address, port = split_address(lc.listen)
-                socks[lc.name] = _bind(address, port)
+                socks[lc.name] = _bind(address, port, reuse_port=self.role == "worker")
         except OSError as e:
             for s in socks.values():
                 s.close()
@@ -474,16 +494,20 @@ class Balancer:
                 if listener is not None and listener.server is not None:
                     listener.server.close()         # open connections finish on their own
                 listener = Listener(self, lc, self.pools)
-                listener.server = await self.loop.create_server(
-                    lambda lst=listener: ClientConnection(lst),  # type: ignore[misc]
-                    sock=socks[lc.name], backlog=4096)
+                if lc.name in socks:
+                    listener.server = await self.loop.create_server(
+                        lambda lst=listener: ClientConnection(lst),  # type: ignore[misc]
+                        sock=socks[lc.name], backlog=4096)
             listeners.append(listener)
         for gone in old.values():
             if gone.server is not None:
                 gone.server.close()
         self.listeners = listeners
-        self.checker.start()
+        if self.role != "worker":
+            self.checker.start()
         self.save_state()
+        if self.on_change is not None:
+            self.on_change(reload=True)
         log.warning("config reloaded from %s: %d listener(s), %d pool(s), %d member(s)",
                     loaded.path, len(listeners), len(self.pools), len(self.members()))
         return {"reloaded": True, "listeners": sorted(new_listen),
