@@ -695,11 +695,15 @@ class ClientConnection(asyncio.Protocol):
     def _send_up(self, sink: UpstreamConnection, pieces: tuple[bytes, ...] | list[bytes]) -> None:
         """Batch writes to the member during one feed: one syscall per client read."""
         if self._feeding:
+            out = self._out
+            assert out is not None
             if self._out_sink is not sink:
-                self._flush_up()
+                if out:                 # another member's bytes first (rare)
+                    self._flush_up()
+                    out = self._out
+                    assert out is not None
                 self._out_sink = sink
-            assert self._out is not None
-            self._out.extend(pieces)
+            out.extend(pieces)
         else:
             transport = sink.transport
             if transport is not None and not sink.closed:
