@@ -199,10 +199,10 @@ def test_slow_reader_makes_croupier_stop_reading_from_the_member(backend_loop, r
 
 
 def test_demo_rotates_through_three_instances(tmp_path: Path):
-    port, app_port = free_port(), free_port()
-    ports_free = all(_free(app_port + i) for i in range(3))
-    if not ports_free:
-        app_port = 20000 + (port % 20000)
+    port = free_port()
+    # The demo's instances take three ports in a row: find three that nothing listens on.
+    app_port = next(base for base in range(21000, 30000, 7)
+                    if all(_free(base + i) and _bindable(base + i) for i in range(3)))
     proc = subprocess.Popen([CROUPIER, "demo", "--port", str(port), "--app-port", str(app_port),
                              "--admin-port", str(free_port())],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -224,6 +224,15 @@ def test_demo_rotates_through_three_instances(tmp_path: Path):
         wait_until(lambda i=i: _free(app_port + i), timeout=10, message="demo instances to stop")
 
 
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def _free(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) != 0
@@ -235,8 +244,9 @@ def test_many_sequential_connections_do_not_leak_file_descriptors(backends, run_
 
     def fds() -> int:
         return sum(len(list(d.iterdir())) for d in fd_dirs)
-    with httpx.Client() as client:
-        client.get(c.url())
+    for _ in range(30):                       # every worker opens its member connections
+        with httpx.Client() as client:
+            client.get(c.url())
     before = fds()
     for _ in range(300):
         with httpx.Client() as client:        # a new connection each time
@@ -262,8 +272,10 @@ def _cli(path: Path, *args: str) -> str:
 def test_admin_states_and_added_members_survive_a_kill_and_restart(backends, tmp_path):
     path, port, admin_port = _admin_config(tmp_path, [b.address for b in backends[:2]])
     first = Running(path, port)
+    pids = first.pids()
     try:
         wait_for_port(admin_port)
+        pids = first.pids()
         _cli(path, "drain", f"app/{backends[0].address}")
         _cli(path, "members", "add", "app", backends[2].address)
         _cli(path, "maint", backends[1].address)
@@ -271,6 +283,8 @@ def test_admin_states_and_added_members_survive_a_kill_and_restart(backends, tmp
     finally:
         first.proc.kill()                       # no graceful stop: the state file must be whole
         first.proc.wait()
+    # Its workers see the supervisor gone and leave; none may still hold the port.
+    wait_until(lambda: _gone(pids), timeout=15, message="the first croupier's workers to go")
     state = json.loads((tmp_path / "croupier.state.json").read_text())
     assert state["member_admin"] == {f"app/{backends[0].address}": "drain"}
     second = Running(path, port)
@@ -304,6 +318,20 @@ def test_sighup_reloads_the_config_without_dropping_a_request(backend_loop, tmp_
     assert "config reloaded" in out
 
 
+def _wait_workers_ready(admin_port: int, n: int) -> None:
+    def ready() -> bool:
+        try:
+            workers = httpx.get(f"http://127.0.0.1:{admin_port}/api/v1/status").json()["workers"]
+        except httpx.HTTPError:
+            return False
+        return sum(w["ready"] for w in workers) == n
+    wait_until(ready, timeout=30, message=f"{n} workers ready")
+
+
+def _gone(pids: list[int]) -> bool:
+    return not any(Path(f"/proc/{pid}").exists() for pid in pids)
+
+
 def _workers_config(tmp_path: Path, members: list[str]) -> tuple[Path, int, int]:
     path, port, admin_port = _admin_config(tmp_path, members)
     path.write_text("workers = 2\n" + path.read_text())
@@ -315,7 +343,7 @@ def test_workers_share_state_within_100ms_and_add_up_their_counters(backend_loop
     path, port, admin_port = _workers_config(tmp_path, [b.address for b in bs])
     c = Running(path, port)
     try:
-        wait_for_port(admin_port)
+        _wait_workers_ready(admin_port, 2)
         assert len(c.pids()) == 3                       # a supervisor and two workers
         for _ in range(300):
             with httpx.Client() as client:              # a new connection each time
@@ -342,7 +370,7 @@ def test_a_worker_that_dies_is_restarted_and_the_others_carry_on(backends, tmp_p
     path, port, admin_port = _workers_config(tmp_path, [b.address for b in backends])
     c = Running(path, port)
     try:
-        wait_for_port(admin_port)
+        _wait_workers_ready(admin_port, 2)
         first = c.pids()
         os.kill(first[1], signal.SIGKILL)
         # A connection that reaches the dying worker's socket as it closes is one of its

@@ -140,6 +140,7 @@ def status(balancer: Balancer) -> dict[str, Any]:
                   for p in balancer.pools.values()],
         "hosts": [host_view(h) for h in balancer.hosts.values()],
         "schedules": balancer.scheduler.listing(),
+        "workers": balancer.workers_view() if balancer.workers_view is not None else [],
     }
 
 

@@ -93,6 +93,7 @@ class Balancer:
         # Called after a change of membership, weights or config (the supervisor tells its
         # workers); state changes (health, admin) are noticed by comparing snapshots.
         self.on_change: Any = None
+        self.workers_view: Any = None   # the supervisor's list of workers, for the status
         admin = loaded.config.admin
         self.state_file = (self._beside(admin.state_file)
                            if admin.enabled and role != "worker" else None)

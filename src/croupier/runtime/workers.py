@@ -24,6 +24,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 from typing import Any
 
@@ -35,6 +36,8 @@ log = logging.getLogger("croupier.workers")
 STATE_EVERY = 0.05       # supervisor -> workers: state, when it changed
 STATS_EVERY = 0.1        # workers -> supervisor: counters
 RESTART_DELAY = 0.5
+START_TIMEOUT = 30.0
+WATCH_EVERY = 0.2        # how often the supervisor looks whether a worker is still alive
 
 
 def member_state(balancer: Balancer) -> dict[str, Any]:
@@ -142,10 +145,10 @@ def run_worker(config_path: str, channel_fd: int, index: int) -> None:
 class Worker:
     def __init__(self, index: int) -> None:
         self.index = index
-        self.proc: asyncio.subprocess.Process | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.stats: dict[str, Any] = {}
-        self.ready = asyncio.Event()
+        self.ready = False              # this incarnation said it serves
         self.error: str | None = None
 
 
@@ -164,14 +167,20 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         self.balancer = Balancer(self.loaded, loop, role="supervisor")
         self.balancer.on_change = self._changed
+        self.balancer.workers_view = self.view
         await self.balancer.start()
         for w in self.workers:
             await self._spawn(w)
-        for w in self.workers:
-            await w.ready.wait()
-            if w.error is not None:
+        # Wait for the workers as they are now: one that dies while starting is started again
+        # by its watcher, and it is the new one that must say it is ready.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + START_TIMEOUT
+        while not all(w.ready for w in self.workers):
+            failed = next((w.error for w in self.workers if w.error is not None), None)
+            if failed is not None or loop.time() > deadline:
                 await self.stop()
-                raise OSError(0, w.error)
+                raise OSError(0, failed or f"workers did not start in {START_TIMEOUT:g}s")
+            await asyncio.sleep(0.02)
         self._task(self._push_state())
         self._task(self._sum_stats())
 
@@ -183,11 +192,13 @@ class Supervisor:
     async def _spawn(self, w: Worker) -> None:
         assert self.balancer is not None
         ours, theirs = socket.socketpair()
-        w.ready = asyncio.Event()
+        w.ready = False
         w.error = None
-        w.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "croupier", "worker", "-c", str(self.loaded.path),
-            "--channel-fd", str(theirs.fileno()), "--index", str(w.index),
+        # Plain Popen, watched by polling: uvloop's own process handles take over SIGCHLD
+        # through libuv, and after one respawn the supervisor stopped hearing SIGTERM.
+        w.proc = subprocess.Popen(
+            [sys.executable, "-m", "croupier", "worker", "-c", str(self.loaded.path),
+             "--channel-fd", str(theirs.fileno()), "--index", str(w.index)],
             pass_fds=(theirs.fileno(),))
         theirs.close()
         reader, writer = await asyncio.open_connection(sock=ours)
@@ -200,24 +211,32 @@ class Supervisor:
 
     async def _listen(self, w: Worker, reader: asyncio.StreamReader) -> None:
         while True:
-            line = await reader.readline()
+            try:
+                line = await reader.readline()
+            except (ConnectionError, OSError):
+                line = b""              # the worker died: its watcher starts another
             if not line:
-                w.ready.set()
                 return
             msg = json.loads(line)
             if msg["op"] == "ready":
                 log.info("worker %d ready (pid %d)", w.index, msg["pid"])
-                w.ready.set()
+                w.ready = True
             elif msg["op"] == "error":
                 w.error = msg["message"]
-                w.ready.set()
             elif msg["op"] == "stats":
                 w.stats = msg
 
+    def view(self) -> list[dict[str, Any]]:
+        """The workers, for the admin API's status."""
+        return [{"index": w.index, "pid": w.proc.pid if w.proc is not None else None,
+                 "ready": w.ready} for w in self.workers]
+
     async def _watch(self, w: Worker) -> None:
-        assert w.proc is not None
-        code = await w.proc.wait()
-        if self.stopping or w.error is not None:
+        proc = w.proc
+        assert proc is not None
+        while (code := proc.poll()) is None:
+            await asyncio.sleep(WATCH_EVERY)
+        if self.stopping or w.error is not None or w.proc is not proc:
             return
         log.error("worker %d (pid %d) exited with %s; starting it again", w.index, w.proc.pid,
                   code)
@@ -285,16 +304,21 @@ class Supervisor:
 
     async def stop(self) -> None:
         self.stopping = True
+        log.info("stopping %d workers", len(self.workers))
         for w in self.workers:
             if w.writer is not None and not w.writer.is_closing():
                 with contextlib.suppress(ConnectionError):
                     await _send(w.writer, {"op": "stop"})
+        deadline = asyncio.get_running_loop().time() + 15
         for w in self.workers:
-            if w.proc is not None and w.proc.returncode is None:
-                try:
-                    await asyncio.wait_for(w.proc.wait(), 15)
-                except TimeoutError:
-                    w.proc.kill()
+            proc = w.proc
+            if proc is None:
+                continue
+            while proc.poll() is None and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(WATCH_EVERY)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
         if self.balancer is not None:
             await self.balancer.stop(0)
 
@@ -317,7 +341,18 @@ def run_supervised(loaded: LoadedConfig, workers: int) -> None:
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP,
                                 lambda: loop.create_task(reload_when_started()) and None)
-        await supervisor.start()
+        # A SIGTERM while the workers start must stop them, not wait for them.
+        starting = loop.create_task(supervisor.start())
+        stopping = loop.create_task(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            await supervisor.stop()
+            return
+        stopping.cancel()
+        starting.result()               # an error while starting ends here, with its message
         started.set()
         for lc in loaded.config.listeners:
             log.info("listener %s on %s (%s) -> pool %s, %d workers", lc.name, lc.listen,
