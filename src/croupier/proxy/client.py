@@ -51,6 +51,9 @@ _CONNECT_BUFFER = 65536
 # Seconds of idleness after which a kept-alive connection gives its parser's memory back.
 IDLE_SHED = 0.5
 
+# Seconds a closing connection keeps reading (and dropping) what the client still sends.
+LINGER = 2.0
+
 
 class _Reject(Exception):
     """Raised from a parser callback to stop parsing; the reason is in `ClientConnection.error`."""
@@ -130,12 +133,14 @@ class ClientConnection(asyncio.Protocol):
         "_feeding",
         "_out",
         "_out_sink",
+        "client_eof",
         "current",
         "deadline",
         "error",
         "head_bytes",
         "idle_since",
         "in_head",
+        "lingering",
         "listener",
         "parser",
         "parser_dead",
@@ -169,6 +174,8 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel_req: Request | None = None
         self.deadline = 0.0
         self.idle_since = 0.0
+        self.client_eof = False         # the client half-closed: no lingering needed
+        self.lingering = False          # our answer is out, we drop what still comes
         self.peer = b""
         self._out: list[bytes] | None = None
         self._out_sink: UpstreamConnection | None = None
@@ -231,6 +238,7 @@ class ClientConnection(asyncio.Protocol):
         if self.tunnel is not None or self.parsing is not None or self.current is None:
             return False
         self.parser_dead = True     # nothing more will come; close once answered
+        self.client_eof = True
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -780,6 +788,9 @@ class ClientConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
+        if self.lingering:
+            transport.close()
+            return
         if self.tunnel is not None or self.write_paused:
             transport.abort()           # a peer that stopped reading or talking
         elif self.in_head:
@@ -834,11 +845,24 @@ class ClientConnection(asyncio.Protocol):
         self._close_after_write()
 
     def _close_after_write(self) -> None:
+        """Close once the answer is out. A client may still be sending (the rest of a body,
+        the next pipelined requests): closing with its bytes unread would make the kernel
+        send a reset that can destroy the answer before the client reads it. So shut down
+        our side, read and drop what comes for LINGER seconds, then close (nginx's
+        lingering close)."""
         transport = self.transport
-        if transport is not None:
-            self.resume_reading(self.paused)
-            transport.pause_reading()
+        if transport is None:
+            return
+        self.parser_dead = True
+        if self.client_eof or not transport.can_write_eof():
             transport.close()
+            return
+        self.lingering = True
+        transport.write_eof()           # after what is buffered has been sent
+        if self.paused:
+            self.paused = 0
+            transport.resume_reading()
+        self.deadline = self.listener.time() + LINGER
 
     def _idle_deadline(self) -> float:
         now = self.listener.time()
