@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 
@@ -282,10 +283,8 @@ def test_refused_client_gets_its_413_while_it_keeps_sending(backends, croupier):
     for _ in range(20):
         with socket.create_connection(("127.0.0.1", c.port), timeout=10) as s:
             s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body))
-            try:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 s.sendall(body)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
             got = b""
             try:
                 while chunk := s.recv(65536):
