@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -63,9 +64,18 @@ class Running:
         return max(peaks)
 
     def stop(self) -> tuple[int, str]:
+        """SIGTERM and wait; if that hangs, kill every process of croupier's and fail."""
+        pids = self.pids() if self.proc.poll() is None else [self.proc.pid]
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        out, _ = self.proc.communicate(timeout=20)
+        try:
+            out, _ = self.proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            out, _ = self.proc.communicate(timeout=10)
+            raise AssertionError("croupier did not stop on SIGTERM:\n" + out.decode()[-3000:])
         return self.proc.returncode, out.decode()
 
 
@@ -81,7 +91,9 @@ def run_croupier(tmp_path: Path) -> Iterator:
     yield start
     for r in started:
         if r.proc.poll() is None:
-            r.proc.kill()
+            for pid in r.pids():                 # the supervisor and its workers
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             r.proc.wait()
 
 
