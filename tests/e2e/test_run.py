@@ -75,7 +75,8 @@ class Running:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             out, _ = self.proc.communicate(timeout=10)
-            raise AssertionError("croupier did not stop on SIGTERM:\n" + out.decode()[-3000:])
+            raise AssertionError(
+                "croupier did not stop on SIGTERM:\n" + out.decode()[-3000:]) from None
         return self.proc.returncode, out.decode()
 
 
