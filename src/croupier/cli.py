@@ -178,6 +178,11 @@ def status(config_path: Path | None, admin_url: str | None, token: str | None,
     hosts = [h for h in data["hosts"] if h["admin_state"] != "ready" or h["health"] != "up"]
     for h in hosts:
         console.print(f"host {h['name']}: health {h['health']}, admin {h['admin_state']}")
+    workers = data.get("workers") or []
+    if workers:
+        ready = sum(1 for w in workers if w["ready"])
+        console.print(f"workers: {ready} of {len(workers)} ready (pids "
+                      + ", ".join(str(w["pid"]) for w in workers) + ")")
     for w in data["schedules"]:
         console.print(f"window {w['id']} {w['target']}: {w['status']}, "
                       f"{_when(w['start'])} to {_when(w['end'])}, drain {w['lead']:g}s before")

@@ -367,6 +367,7 @@ def test_workers_share_state_within_100ms_and_add_up_their_counters(backend_loop
         wait_until(lambda: sum(m["requests"] for m in json.loads(_cli(
             path, "status", "--json"))["pools"][0]["members"]) == 300,
             message="the supervisor to add up both workers' counters")
+        assert "workers: 2 of 2 ready" in _cli(path, "status")
         _cli(path, "drain", f"app/{bs[0].address}")
         time.sleep(0.1)     # the promise under test is a time: every worker within 100 ms
         before = bs[0].requests
