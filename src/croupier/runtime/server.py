@@ -542,26 +542,32 @@ class Balancer:
                 await listener.server.wait_closed()
 
 
+def install_signals(reload: Any) -> tuple[asyncio.Event, asyncio.Event]:
+    """SIGTERM and SIGINT set `stop`; SIGHUP runs `reload()` once `started` is set.
+    Installed before anything binds: a SIGHUP that lands while listeners bind must not take
+    the default action, which would end the process."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    started = asyncio.Event()
+
+    async def reload_when_started() -> None:
+        await started.wait()
+        await reload()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP,
+                            lambda: loop.create_task(reload_when_started()) and None)
+    return stop, started
+
+
 def run(loaded: LoadedConfig) -> None:
     """Serve until SIGTERM or SIGINT, then stop gracefully; SIGHUP reloads the config."""
     import uvloop
 
     async def main() -> None:
-        loop = asyncio.get_running_loop()
-        balancer = Balancer(loaded, loop)
-        # Signals first: a SIGHUP that lands while the listeners bind must not take the
-        # default action (which ends the process); it reloads once start() is done.
-        stop = asyncio.Event()
-        started = asyncio.Event()
-
-        async def reload_when_started() -> None:
-            await started.wait()
-            await balancer.reload()
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP,
-                                lambda: loop.create_task(reload_when_started()) and None)
+        balancer = Balancer(loaded, asyncio.get_running_loop())
+        stop, started = install_signals(balancer.reload)
         await balancer.start()
         started.set()
         for listener in balancer.listeners:

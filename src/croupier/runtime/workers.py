@@ -29,7 +29,7 @@ import sys
 from typing import Any
 
 from croupier.config.load import LoadedConfig, load_config
-from croupier.runtime.server import Balancer
+from croupier.runtime.server import Balancer, install_signals
 
 log = logging.getLogger("croupier.workers")
 
@@ -329,18 +329,12 @@ def run_supervised(loaded: LoadedConfig, workers: int) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         supervisor = Supervisor(loaded, workers)
-        stop = asyncio.Event()
-        started = asyncio.Event()
 
-        async def reload_when_started() -> None:
-            await started.wait()
+        async def reload() -> None:
             assert supervisor.balancer is not None
             await supervisor.balancer.reload()
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP,
-                                lambda: loop.create_task(reload_when_started()) and None)
+        stop, started = install_signals(reload)
         # A SIGTERM while the workers start must stop them, not wait for them.
         starting = loop.create_task(supervisor.start())
         stopping = loop.create_task(stop.wait())
