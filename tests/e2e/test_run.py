@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,10 +22,15 @@ CROUPIER = str(Path(sys.executable).parent / "croupier")
 GiB = 1024**3
 
 
-def write_config(tmp_path: Path, members: list[str], port: int, extra: str = "") -> Path:
+def write_config(tmp_path: Path, members: list[str], port: int, extra: str = "",
+                 admin_port: int | None = None) -> Path:
+    """A config with its own admin port, never the default 9900 that others may hold."""
     path = tmp_path / "croupier.toml"
     quoted = ", ".join(f'"{m}"' for m in members)
     path.write_text(f"""
+[admin]
+listen = "127.0.0.1:{admin_port or free_port()}"
+
 [[listeners]]
 name = "web"
 listen = "127.0.0.1:{port}"
@@ -44,6 +50,17 @@ class Running:
         self.proc = subprocess.Popen([CROUPIER, "run", "-c", str(config)],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         wait_for_port(port)
+        # The listener answers as soon as one worker serves; wait for all of them, as the
+        # admin API lists them (none in a single process).
+        admin = tomllib.loads(config.read_text())["admin"]["listen"]
+
+        def ready() -> bool:
+            try:
+                r = httpx.get(f"http://{admin}/api/v1/status", timeout=2)
+            except httpx.HTTPError:
+                return False
+            return r.status_code == 200 and all(w["ready"] for w in r.json()["workers"])
+        wait_until(ready, timeout=30, message="croupier and all its workers")
 
     def url(self, path: str = "/") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -270,9 +287,7 @@ def test_many_sequential_connections_do_not_leak_file_descriptors(backends, run_
 
 def _admin_config(tmp_path: Path, members: list[str]) -> tuple[Path, int, int]:
     port, admin_port = free_port(), free_port()
-    path = write_config(tmp_path, members, port)
-    path.write_text(f'[admin]\nlisten = "127.0.0.1:{admin_port}"\n' + path.read_text())
-    return path, port, admin_port
+    return write_config(tmp_path, members, port, admin_port=admin_port), port, admin_port
 
 
 def _cli(path: Path, *args: str) -> str:
@@ -342,7 +357,14 @@ def _wait_workers_ready(admin_port: int, n: int) -> None:
 
 
 def _gone(pids: list[int]) -> bool:
-    return not any(Path(f"/proc/{pid}").exists() for pid in pids)
+    """No process left, or only zombies (PID 1 here may never reap orphans)."""
+    def alive(pid: int) -> bool:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    return not any(alive(pid) for pid in pids)
 
 
 def _workers_config(tmp_path: Path, members: list[str]) -> tuple[Path, int, int]:

@@ -108,11 +108,18 @@ def run_worker(config_path: str, channel_fd: int, index: int) -> None:
         async def report() -> None:
             while True:
                 await asyncio.sleep(STATS_EVERY)
-                await _send(writer, {"op": "stats", **worker_stats(balancer)})
+                try:
+                    await _send(writer, {"op": "stats", **worker_stats(balancer)})
+                except (ConnectionError, OSError):
+                    stop.set()              # the supervisor is gone: so are we
+                    return
 
         async def listen() -> None:
             while True:
-                line = await reader.readline()
+                try:
+                    line = await reader.readline()
+                except (ConnectionError, OSError):
+                    line = b""              # a reset, not an end of file: the same to us
                 if not line:
                     stop.set()              # the supervisor is gone: so are we
                     return
