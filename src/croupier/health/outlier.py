@@ -67,11 +67,3 @@ class Outlier:
         self._returned_at[member] = self.balancer.loop.time()
         member.record("back from ejection", f"ejection #{member.ejections} ended")
         member.pool.refresh()
-
-    def clear(self, member: Member) -> None:
-        """Lift an ejection now (an operator's `ready`, or a member removed)."""
-        if member.ejected:
-            member.ejected_until = 0.0
-            member.consecutive_failures = 0
-            member.record("back from ejection", "cleared by an operator")
-            member.pool.refresh()

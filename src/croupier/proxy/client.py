@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING
 import httptools
 
 from croupier.proxy.http import (
-    _NOT_IN_HOST,
     CONNECTION_OPTIONS,
     IDEMPOTENT,
     connection_tokens,
     simple_response,
+    valid_host,
 )
 
 if TYPE_CHECKING:
@@ -422,8 +422,7 @@ class ClientConnection(asyncio.Protocol):
         if req.host is None:
             if req.http11:
                 return (400, "an HTTP/1.1 request needs a Host header")
-        elif (not req.host or len(req.host) > 255
-              or len(req.host.translate(None, _NOT_IN_HOST)) != len(req.host)):
+        elif not valid_host(req.host):
             return (400, "bad Host header")
         if req.method == b"CONNECT":
             return (405, "CONNECT is not supported by a reverse proxy")
