@@ -71,7 +71,6 @@ class Request:
         "close_after",
         "content_length",
         "discard",
-        "expect",
         "headers",
         "host",
         "http11",
@@ -103,7 +102,6 @@ class Request:
         self.upgrade = False
         self.chunked = False
         self.content_length = -1
-        self.expect = False
         self.close_after = False
         self.body: list[bytes] = []     # request body bytes held until a member connection
         self.body_size = 0
@@ -414,11 +412,8 @@ class ClientConnection(asyncio.Protocol):
                 req.chunked = True      # llhttp accepted it, so chunked is the final coding
             elif lname == b"content-length":
                 req.content_length = int(value)
-            elif lname == b"expect":
-                if value.lower() == b"100-continue":
-                    req.expect = True
-                else:
-                    return (417, f"unsupported expectation {value.decode('latin-1')!r}")
+            elif lname == b"expect" and value.lower() != b"100-continue":
+                return (417, f"unsupported expectation {value.decode('latin-1')!r}")
         if req.host is None:
             if req.http11:
                 return (400, "an HTTP/1.1 request needs a Host header")

@@ -48,7 +48,7 @@ class _StopAtHead(Exception):
 
 
 class UpstreamConnection(asyncio.Protocol):
-    __slots__ = ("_close_delimited", "_feeding", "_final", "_head_done", "_headers", "_in_head",
+    __slots__ = ("_close_delimited", "_feeding", "_final", "_headers", "_in_head",
                  "_interim", "_keep_alive", "_message_done", "_out", "_received", "_to_client",
                  "_tunnel_rest", "body_pending", "client",
                  "closed", "deadline", "idle", "out_mode", "parser", "paused", "pool", "req",
@@ -77,7 +77,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._in_head = False
         self._interim = False
         self._final = False
-        self._head_done = False
         self._message_done = False
         self._keep_alive = False
         self._close_delimited = False
@@ -247,7 +246,6 @@ class UpstreamConnection(asyncio.Protocol):
             framing += b"Connection: keep-alive\r\n"
         out.append(self._head(status, framing, keep_length=(status != 204)))
         if req.method == b"HEAD":
-            self._head_done = True
             raise _StopAtHead()
 
     def on_body(self, body: bytes) -> None:
