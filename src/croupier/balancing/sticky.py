@@ -41,7 +41,7 @@ class Sticky:
             wanted = self._read(req)
             if wanted is not None:
                 member = self._by_id.get(wanted)
-                if member is not None and member.may_take_sticky_request():
+                if member is not None and member.may_take_request(sticky=True):
                     return member
         member = self._inner.pick(req)
         if member is not None and req is not None:

@@ -152,27 +152,20 @@ class Member(_Recorded):
         inherited = self.host.admin_state
         return own if _RANK[own] >= _RANK[inherited] else inherited
 
-    def may_take_request(self) -> bool:
-        """THE eligibility predicate: the only place that decides who gets new work."""
+    def may_take_request(self, sticky: bool = False) -> bool:
+        """THE eligibility predicate: the only place that decides who gets new work.
+        `sticky`: the request's session is bound to this member, and a drained member keeps
+        the sessions it has (maint, down, ejected or weight 0 still refuse it)."""
         if self.weight <= 0:
             return False
-        if self.admin_state != "ready":
+        state = self.admin_state
+        if state == "maint" or (state == "drain" and not sticky):
             return False
         if self.host.health == "down" or self.ejected:
             return False
         health = self.health
         # `unknown` (no check has finished yet) counts as the pool's `initial` says: up for
         # members present at start, so that a restart does not black out a pool.
-        return health == "up" or (health == "unknown" and self.initial_up)
-
-    def may_take_sticky_request(self) -> bool:
-        """The same predicate for a request whose session is bound to this member: a drained
-        member keeps its existing sessions; maint, down, ejected or weight 0 do not."""
-        if self.weight <= 0 or self.admin_state == "maint":
-            return False
-        if self.host.health == "down" or self.ejected:
-            return False
-        health = self.health
         return health == "up" or (health == "unknown" and self.initial_up)
 
     def __repr__(self) -> str:
