@@ -54,22 +54,29 @@ def eligible(c) -> list[str]:
 DOWN_WITHIN = FALL * INTERVAL * 1.1 + TIMEOUT + 1.0
 
 
-def test_sigkill_under_load_fails_no_request_and_member_goes_down_in_time(members, croupier):
-    c = croupier(checked_config([m.address for m in members]))
+def fail_under_load(c, fail, index: int, label: str) -> tuple[Load, float]:
+    """20 clients send GETs; `fail()` breaks member `index` mid-load. Returns the load (for
+    its failures) and how long croupier took to mark the member down."""
     wait_until(lambda: all(health(c, i) == "up" for i in range(3)), message="all up")
     load = Load(c.url("/get-classes"), clients=20, limit=30)
     try:
         wait_until(lambda: load.total() > 300, message="steady load")
-        members[1].kill()
-        killed = time.monotonic()
-        wait_until(lambda: health(c, 1) == "down", timeout=10, message="member down")
-        took = time.monotonic() - killed
+        fail()
+        failed_at = time.monotonic()
+        wait_until(lambda: health(c, index) == "down", timeout=10, message="member down")
+        took = time.monotonic() - failed_at
         served_after = load.total()
-        wait_until(lambda: load.total() > served_after + 300, message="load after the kill")
+        wait_until(lambda: load.total() > served_after + 300, message="load after the failure")
     finally:
         load.stop()
-    print(f"SIGKILL: {load.total()} requests, {len(load.failed)} failed, "
+    print(f"{label}: {load.total()} requests, {len(load.failed)} failed, "
           f"marked down after {took:.2f}s (bound {DOWN_WITHIN:.2f}s)")
+    return load, took
+
+
+def test_sigkill_under_load_fails_no_request_and_member_goes_down_in_time(members, croupier):
+    c = croupier(checked_config([m.address for m in members]))
+    load, took = fail_under_load(c, members[1].kill, 1, "SIGKILL")
     assert load.failed == [], load.failed[:5]
     assert took <= DOWN_WITHIN, f"marked down after {took:.2f}s"
     history = c.state(lambda: [e.as_dict() for e in c.member("app", 1).history])
@@ -78,23 +85,13 @@ def test_sigkill_under_load_fails_no_request_and_member_goes_down_in_time(member
 
 def test_sigstop_hang_fails_no_request_and_member_goes_down_in_time(members, croupier):
     c = croupier(checked_config([m.address for m in members]))
-    wait_until(lambda: all(health(c, i) == "up" for i in range(3)), message="all up")
-    load = Load(c.url("/get-classes"), clients=20, limit=30)
     try:
-        wait_until(lambda: load.total() > 300, message="steady load")
-        members[2].signal(signal.SIGSTOP)
-        stopped = time.monotonic()
-        wait_until(lambda: health(c, 2) == "down", timeout=10, message="member down")
-        took = time.monotonic() - stopped
-        served_after = load.total()
-        wait_until(lambda: load.total() > served_after + 300, message="load after the hang")
+        load, took = fail_under_load(c, lambda: members[2].signal(signal.SIGSTOP), 2,
+                                     "SIGSTOP")
     finally:
-        load.stop()
         members[2].signal(signal.SIGCONT)
     # A hung member accepted requests and never answered: they were retried elsewhere after
     # response_timeout, as GETs may be. None had a response begun, so none may fail.
-    print(f"SIGSTOP: {load.total()} requests, {len(load.failed)} failed, "
-          f"marked down after {took:.2f}s (bound {DOWN_WITHIN:.2f}s)")
     assert load.failed == [], load.failed[:5]
     assert took <= DOWN_WITHIN, f"marked down after {took:.2f}s"
 
