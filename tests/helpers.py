@@ -437,3 +437,30 @@ class Load:
         self._stop.set()
         for t in self._threads:
             t.join(30)
+
+
+def write_config(tmp_path: Any, members: list[str], *, port: int | None = None,
+                 admin_port: int | None = None, listener_extra: str = "", hosts: str = "",
+                 pool_extra: str = "") -> Any:
+    """A croupier.toml with one listener "web" and one pool "app", on free ports (the admin
+    API never on the default 9900 that something else may hold)."""
+    path = tmp_path / "croupier.toml"
+    quoted = ", ".join(f'"{m}"' for m in members)
+    path.write_text(f"""
+[admin]
+listen = "127.0.0.1:{admin_port or free_port()}"
+
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:{port or free_port()}"
+pool = "app"
+{listener_extra}
+
+{hosts}
+
+[[pools]]
+name = "app"
+members = [{quoted}]
+{pool_extra}
+""")
+    return path

@@ -16,32 +16,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import Backend, free_port, json_body, wait_for_port, wait_until
+from helpers import Backend, free_port, json_body, wait_for_port, wait_until, write_config
 
 CROUPIER = str(Path(sys.executable).parent / "croupier")
 GiB = 1024**3
-
-
-def write_config(tmp_path: Path, members: list[str], port: int, extra: str = "",
-                 admin_port: int | None = None) -> Path:
-    """A config with its own admin port, never the default 9900 that others may hold."""
-    path = tmp_path / "croupier.toml"
-    quoted = ", ".join(f'"{m}"' for m in members)
-    path.write_text(f"""
-[admin]
-listen = "127.0.0.1:{admin_port or free_port()}"
-
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:{port}"
-pool = "app"
-{extra}
-
-[[pools]]
-name = "app"
-members = [{quoted}]
-""")
-    return path
 
 
 class Running:
@@ -103,7 +81,7 @@ def run_croupier(tmp_path: Path) -> Iterator:
 
     def start(members: list[str], extra: str = "") -> Running:
         port = free_port()
-        r = Running(write_config(tmp_path, members, port, extra), port)
+        r = Running(write_config(tmp_path, members, port=port, listener_extra=extra), port)
         started.append(r)
         return r
     yield start
@@ -125,7 +103,7 @@ def test_run_serves_round_robin_and_stops_cleanly_on_sigterm(backends, run_croup
 
 
 def test_check_prints_what_would_be_served(tmp_path: Path):
-    path = write_config(tmp_path, ["127.0.0.1:9001", "127.0.0.1:9002"], 8080)
+    path = write_config(tmp_path, ["127.0.0.1:9001", "127.0.0.1:9002"], port=8080)
     r = subprocess.run([CROUPIER, "check", "-c", str(path)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "listener web: 127.0.0.1:8080 (proxy) -> pool app" in r.stdout
@@ -134,7 +112,8 @@ def test_check_prints_what_would_be_served(tmp_path: Path):
 
 def test_bad_config_exits_nonzero_naming_file_and_key_before_listening(tmp_path: Path):
     port = free_port()
-    path = write_config(tmp_path, ["127.0.0.1:9001"], port, extra='header_timeout = "10"')
+    path = write_config(tmp_path, ["127.0.0.1:9001"], port=port,
+                        listener_extra='header_timeout = "10"')
     for cmd in ("check", "run"):
         r = subprocess.run([CROUPIER, cmd, "-c", str(path)], capture_output=True, text=True,
                            timeout=20)
@@ -149,7 +128,7 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        path = write_config(tmp_path, ["127.0.0.1:9001"], port)
+        path = write_config(tmp_path, ["127.0.0.1:9001"], port=port)
         r = subprocess.run([CROUPIER, "run", "-c", str(path)], capture_output=True, text=True,
                            timeout=20)
     assert r.returncode == 1
@@ -287,7 +266,7 @@ def test_many_sequential_connections_do_not_leak_file_descriptors(backends, run_
 
 def _admin_config(tmp_path: Path, members: list[str]) -> tuple[Path, int, int]:
     port, admin_port = free_port(), free_port()
-    return write_config(tmp_path, members, port, admin_port=admin_port), port, admin_port
+    return write_config(tmp_path, members, port=port, admin_port=admin_port), port, admin_port
 
 
 def _cli(path: Path, *args: str) -> str:

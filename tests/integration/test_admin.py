@@ -11,29 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import Backend, Croupier, Load, free_port, wait_until
+from helpers import Backend, Croupier, Load, wait_until, write_config
 
 CROUPIER = str(Path(sys.executable).parent / "croupier")
-
-
-def write_config(tmp_path: Path, members: list[str], hosts: str = "", extra: str = "") -> Path:
-    path = tmp_path / "croupier.toml"
-    quoted = ", ".join(f'"{m}"' for m in members)
-    path.write_text(f"""
-[admin]
-listen = "127.0.0.1:{free_port()}"
-
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:{free_port()}"
-pool = "app"
-{hosts}
-[[pools]]
-name = "app"
-members = [{quoted}]
-{extra}
-""")
-    return path
 
 
 @pytest.fixture
@@ -41,7 +21,7 @@ def admin_croupier(tmp_path: Path):
     started: list[Croupier] = []
 
     def start(members: list[str], hosts: str = "", extra: str = "") -> tuple[Croupier, Path]:
-        path = write_config(tmp_path, members, hosts, extra)
+        path = write_config(tmp_path, members, hosts=hosts, pool_extra=extra)
         c = Croupier.from_file(path)
         started.append(c)
         return c, path
