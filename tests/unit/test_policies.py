@@ -32,7 +32,8 @@ def pool_of(weights: list[int], algorithm: str = "round_robin", **pool_options) 
 
 def request(peer: bytes = b"127.0.0.1", headers=(), url: bytes = b"/") -> Request:
     req = Request(peer)
-    req.headers = list(headers)
+    for name, value in headers:
+        req.head += (name, b": ", value, b"\r\n")
     req.url = url
     return req
 

@@ -37,21 +37,18 @@ def key_reader(spec: str) -> Callable[[Request], bytes | None]:
     wanted = name.strip().lower().encode()
     if kind == "header":
         def header(req: Request) -> bytes | None:
-            for n, v in req.headers:
-                if n.lower() == wanted:
-                    return v
-            return None
+            values = req.field_values(wanted)
+            return values[0] if values else None
         return header
     if kind == "cookie":
         prefix = wanted + b"="
 
         def cookie(req: Request) -> bytes | None:
-            for n, v in req.headers:
-                if n.lower() == b"cookie":
-                    for part in v.split(b";"):
-                        part = part.strip()
-                        if part.lower().startswith(prefix):
-                            return part[len(prefix):]
+            for v in req.field_values(b"cookie"):
+                for part in v.split(b";"):
+                    part = part.strip()
+                    if part.lower().startswith(prefix):
+                        return part[len(prefix):]
             return None
         return cookie
     raise ValueError(f"bad hash_key {spec!r}")

@@ -50,10 +50,9 @@ class Sticky:
 
     def _read(self, req: Request) -> bytes | None:
         prefix = self._cookie
-        for name, value in req.headers:
-            if len(name) == 6 and name.lower() == b"cookie":
-                for part in value.split(b";"):
-                    part = part.strip()
-                    if part.startswith(prefix):
-                        return part[len(prefix):]
+        for value in req.field_values(b"cookie"):
+            for part in value.split(b";"):
+                part = part.strip()
+                if part.startswith(prefix):
+                    return part[len(prefix):]
         return None

@@ -26,6 +26,7 @@ import httptools
 from croupier.proxy.http import (
     CONNECTION_OPTIONS,
     IDEMPOTENT,
+    PLAIN_CONNECTION,
     connection_tokens,
     simple_response,
     valid_host,
@@ -71,7 +72,8 @@ class Request:
         "close_after",
         "content_length",
         "discard",
-        "headers",
+        "drop",
+        "head",
         "host",
         "http11",
         "member",
@@ -88,7 +90,10 @@ class Request:
         "status",
         "tried",
         "upgrade",
+        "upgrade_value",
         "url",
+        "via",
+        "xff",
     )
 
     def __init__(self, peer: bytes) -> None:
@@ -96,8 +101,15 @@ class Request:
         self.set_cookie: bytes | None = None    # sticky sessions: a cookie for the response
         self.url = b""
         self.method = b""
-        self.headers: list[tuple[bytes, bytes]] = []
+        # The head for the member as it is parsed: request line (filled in once the method
+        # is known), then every field that is copied as "name: value\r\n" in four pieces.
+        # The forwarding fields are added when it is sent. Built in one pass over the fields.
+        self.head: list[bytes] = [b"", b" ", b"", b" HTTP/1.1\r\n"]
         self.host: bytes | None = None
+        self.xff = b""                  # X-Forwarded-For and Via from the client, merged
+        self.via = b""
+        self.drop: list[bytes] | None = None     # fields the client's Connection names
+        self.upgrade_value = b""
         self.http11 = True
         self.upgrade = False
         self.chunked = False
@@ -121,6 +133,16 @@ class Request:
         self.response_started = False
         self.response_done = False
 
+    def field_values(self, lname: bytes) -> list[bytes]:
+        """The values of a request field by lower-case name (balancing keys, cookies)."""
+        if lname == b"host":
+            return [self.host] if self.host is not None else []
+        if lname == b"x-forwarded-for" or lname == b"via":
+            value = self.xff if lname == b"x-forwarded-for" else self.via
+            return [value] if value else []
+        head = self.head
+        return [head[i + 2] for i in range(4, len(head), 4) if head[i].lower() == lname]
+
 
 class ClientConnection(asyncio.Protocol):
     PAUSE_QUEUE = 1
@@ -138,6 +160,7 @@ class ClientConnection(asyncio.Protocol):
         "head_bytes",
         "idle_since",
         "in_head",
+        "last_host",
         "lingering",
         "listener",
         "parser",
@@ -175,6 +198,7 @@ class ClientConnection(asyncio.Protocol):
         self.client_eof = False         # the client half-closed: no lingering needed
         self.lingering = False          # our answer is out, we drop what still comes
         self.peer = b""
+        self.last_host = b""            # the last Host value found valid on this connection
         self._out: list[bytes] | None = None
         self._out_sink: UpstreamConnection | None = None
         self._feeding = False
@@ -312,11 +336,52 @@ class ClientConnection(asyncio.Protocol):
             return     # trailers: dropped, as RFC 9110 6.5.1 allows
         req = self.parsing
         assert req is not None
-        self.head_bytes += len(name) + len(value) + 4
-        if self.head_bytes > self.listener.config.max_header_size:
+        size = self.head_bytes + len(name) + len(value) + 4
+        self.head_bytes = size
+        if size > self.listener.config.max_header_size:
             self.error = (431, "request header fields too large")
             raise _Reject()
-        req.headers.append((name, value))
+        lname = name.lower()
+        if lname in _REQUEST_SPECIAL:
+            self._special_field(req, lname, name, value)
+        else:
+            req.head += (name, b": ", value, b"\r\n")
+
+    def _special_field(self, req: Request, lname: bytes, name: bytes, value: bytes) -> None:
+        """A field the proxy acts on; refuse what RFC 9112 says a server must refuse."""
+        if lname == b"host":
+            if req.host is not None:
+                self.error = (400, "more than one Host header")
+                raise _Reject()
+            req.host = value
+        elif lname == b"content-length":
+            req.content_length = int(value)     # llhttp (strict) let only digits through
+        elif lname == b"expect":
+            if value.lower() != b"100-continue":
+                self.error = (417, f"unsupported expectation {value.decode('latin-1')!r}")
+                raise _Reject()
+        elif lname == b"transfer-encoding":
+            req.chunked = True      # llhttp accepted it, so chunked is the final coding
+            return
+        elif lname == b"x-forwarded-for":
+            req.xff = req.xff + b", " + value if req.xff else value
+            return
+        elif lname == b"via":
+            req.via = req.via + b", " + value if req.via else value
+            return
+        elif lname == b"connection":
+            if value in PLAIN_CONNECTION:
+                return
+            named = [t for t in connection_tokens(value) if t not in CONNECTION_OPTIONS]
+            if named:
+                req.drop = (req.drop or []) + named
+            return
+        elif lname == b"upgrade":
+            req.upgrade_value = value
+            return
+        else:
+            return          # other hop-by-hop fields, and forwarding fields we set ourselves
+        req.head += (name, b": ", value, b"\r\n")
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -324,21 +389,35 @@ class ClientConnection(asyncio.Protocol):
         assert req is not None
         parser = self.parser
         assert parser is not None
-        req.method = parser.get_method()
-        req.http11 = parser.get_http_version() == "1.1"
+        method = req.method = parser.get_method()
+        head = req.head
+        head[0] = method
+        head[2] = req.url
+        http11 = req.http11 = parser.get_http_version() == "1.1"
         if not parser.should_keep_alive():
             req.close_after = True
         req.upgrade = parser.should_upgrade()
-        problem = self._inspect(req)
+        host = req.host
+        problem = None
+        if host is None:
+            if http11:
+                problem = (400, "an HTTP/1.1 request needs a Host header")
+        elif host != self.last_host:
+            if not valid_host(host):
+                problem = (400, "bad Host header")
+            else:
+                self.last_host = host       # a client sends the same Host again and again
+        if method == b"CONNECT" and problem is None:
+            problem = (405, "CONNECT is not supported by a reverse proxy")
+        config = self.listener.config
+        limit = config.max_body_size
+        if limit and req.content_length > limit and problem is None:
+            problem = (413, f"request body of {req.content_length} bytes is over the "
+                            f"limit of {limit}")
         if problem is not None:
             self.error = problem
             raise _Reject()
-        limit = self.listener.config.max_body_size
-        if limit and req.content_length > limit:
-            self.error = (413, f"request body of {req.content_length} bytes is over the "
-                               f"limit of {limit}")
-            raise _Reject()
-        self.deadline = self.listener.time() + self.listener.config.body_timeout
+        self.deadline = self.listener.time() + config.body_timeout
         if self.current is None:
             self._start(req)
         else:
@@ -399,29 +478,6 @@ class ClientConnection(asyncio.Protocol):
                 self._next()
 
     # ---- request inspection and dispatch -------------------------------------------------
-
-    def _inspect(self, req: Request) -> tuple[int, str] | None:
-        """Collect what the proxy acts on; refuse what RFC 9112 says a server must refuse."""
-        for name, value in req.headers:
-            lname = name.lower()
-            if lname == b"host":
-                if req.host is not None:
-                    return (400, "more than one Host header")
-                req.host = value
-            elif lname == b"transfer-encoding":
-                req.chunked = True      # llhttp accepted it, so chunked is the final coding
-            elif lname == b"content-length":
-                req.content_length = int(value)
-            elif lname == b"expect" and value.lower() != b"100-continue":
-                return (417, f"unsupported expectation {value.decode('latin-1')!r}")
-        if req.host is None:
-            if req.http11:
-                return (400, "an HTTP/1.1 request needs a Host header")
-        elif not valid_host(req.host):
-            return (400, "bad Host header")
-        if req.method == b"CONNECT":
-            return (405, "CONNECT is not supported by a reverse proxy")
-        return None
 
     def _start(self, req: Request) -> None:
         """Route `req`, pick a member, and send it on (or answer it ourselves)."""
@@ -649,48 +705,26 @@ class ClientConnection(asyncio.Protocol):
                          content_type=b"application/json")
 
     def _request_head(self, req: Request, member: Member) -> bytes:
-        """The request head for the member: hop-by-hop out, forwarding fields in."""
-        parts = [req.method, b" ", req.url, b" HTTP/1.1\r\n"]
-        xff = b""
-        via = b""
-        drop: list[bytes] = []
-        upgrade_value = b""
-        for name, value in req.headers:
-            lname = name.lower()
-            if lname in _REQUEST_SPECIAL:
-                if lname == b"host" or lname == b"expect" or lname == b"content-length":
-                    parts += (name, b": ", value, b"\r\n")
-                elif lname == b"x-forwarded-for":
-                    xff = xff + b", " + value if xff else value
-                elif lname == b"via":
-                    via = via + b", " + value if via else value
-                elif lname == b"connection":
-                    drop += [t for t in connection_tokens(value) if t not in CONNECTION_OPTIONS]
-                elif lname == b"upgrade":
-                    upgrade_value = value
-                continue
-            parts += (name, b": ", value, b"\r\n")
-        if drop:
-            named = set(drop)
-            kept = [req.method, b" ", req.url, b" HTTP/1.1\r\n"]
-            for i in range(4, len(parts), 4):
-                if parts[i].lower() not in named:
-                    kept += parts[i:i + 4]
-            parts = kept
-        if req.host is None:
-            parts.append(b"Host: %s:%d\r\n" % (member.address.encode(), member.port))
-        else:
-            parts += (b"X-Forwarded-Host: ", req.host, b"\r\n")
-        peer = self.peer
-        parts += (b"X-Forwarded-For: ", xff + b", " + peer if xff else peer, b"\r\n",
-                  b"X-Forwarded-Proto: http\r\n",
-                  b"Via: ", via + b", 1.1 croupier" if via else b"1.1 croupier", b"\r\n")
+        """The request head for the member: the copied fields, then the forwarding ones."""
+        head = req.head
+        drop = req.drop
+        if drop is not None:        # fields the client's Connection named are hop-by-hop
+            head = head[:4] + [piece for i in range(4, len(head), 4)
+                               if head[i].lower() not in drop for piece in head[i:i + 4]]
+        host = req.host
+        xff = req.xff
+        via = req.via
+        tail = [b"X-Forwarded-Host: ", host, b"\r\n"] if host is not None else [
+            b"Host: %s:%d\r\n" % (member.address.encode(), member.port)]
+        tail += (b"X-Forwarded-For: ", xff + b", " + self.peer if xff else self.peer,
+                 b"\r\nX-Forwarded-Proto: http\r\nVia: ",
+                 via + b", 1.1 croupier" if via else b"1.1 croupier", b"\r\n")
         if req.chunked:
-            parts.append(b"Transfer-Encoding: chunked\r\n")
+            tail.append(b"Transfer-Encoding: chunked\r\n")
         if req.upgrade:
-            parts += (b"Connection: upgrade\r\nUpgrade: ", upgrade_value, b"\r\n")
-        parts.append(b"\r\n")
-        return b"".join(parts)
+            tail += (b"Connection: upgrade\r\nUpgrade: ", req.upgrade_value, b"\r\n")
+        tail.append(b"\r\n")
+        return b"".join(head) + b"".join(tail)
 
     # ---- writing to the member ------------------------------------------------------------
 

@@ -21,6 +21,9 @@ HOP_BY_HOP = frozenset({
 
 # Tokens of a Connection header that do not name a field to drop.
 CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
+# Connection values, as commonly spelt, that name no field: no need to split them.
+PLAIN_CONNECTION = frozenset({b"close", b"keep-alive", b"upgrade", b"Close", b"Keep-Alive",
+                              b"Upgrade", b"Keep-alive"})
 
 # Methods that may be replayed on another connection (RFC 9110 9.2.2).
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})

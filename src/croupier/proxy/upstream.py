@@ -23,7 +23,13 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from croupier.proxy.http import HOP_BY_HOP, connection_tokens, reason
+from croupier.proxy.http import (
+    CONNECTION_OPTIONS,
+    HOP_BY_HOP,
+    PLAIN_CONNECTION,
+    connection_tokens,
+    reason,
+)
 
 if TYPE_CHECKING:
     from croupier.model.state import Member
@@ -38,7 +44,12 @@ OUT_RAW = 1        # Content-Length from the member, bytes copied as they come
 OUT_CHUNKED = 2    # chunked or close-delimited from the member, chunked to an HTTP/1.1 client
 OUT_UNTIL_CLOSE = 3  # close-delimited to an HTTP/1.0 client
 
-_RESPONSE_DROP = HOP_BY_HOP | {b"content-length"}
+# Fields of a response croupier acts on (lower-case); every other field is copied as it came.
+_RESPONSE_SPECIAL = HOP_BY_HOP | {b"content-length"}
+# Which of those a response head had (bits of `_fields`).
+F_LENGTH = 1
+F_CHUNKED = 2
+F_NAMED = 4         # its Connection field named other fields, which are hop-by-hop then
 _STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason(code)) for code in range(100, 600)
                  if reason(code) != b"Unknown"}
 
@@ -48,9 +59,9 @@ class _StopAtHead(Exception):
 
 
 class UpstreamConnection(asyncio.Protocol):
-    __slots__ = ("_close_delimited", "_feeding", "_final", "_headers", "_in_head",
-                 "_interim", "_keep_alive", "_message_done", "_out", "_received", "_to_client",
-                 "_tunnel_rest", "body_pending", "client",
+    __slots__ = ("_close_delimited", "_fields", "_final", "_in_head",
+                 "_interim", "_keep_alive", "_message_done", "_named", "_out", "_parts",
+                 "_received", "_to_client", "_tunnel_rest", "_upgrade", "body_pending", "client",
                  "closed", "deadline", "idle", "out_mode", "parser", "paused", "pool", "req",
                  "response_started", "reused", "transport", "tunnel")
 
@@ -67,23 +78,30 @@ class UpstreamConnection(asyncio.Protocol):
         self.body_pending = False       # answered; still being sent the request's body
         self.paused = False
         self.deadline = 0.0
+        self._parts: list[bytes] = []
+        self._in_head = False
+        self._fields = 0
         self._reset_response()
+        self._interim = False
+        self._keep_alive = False
+        self._close_delimited = False
+        self.out_mode = OUT_NONE
+        self._named: list[bytes] = []
+        self._upgrade = b""
         self._out: list[bytes] | None = None
-        self._feeding = False
         self._tunnel_rest = b""
 
     def _reset_response(self) -> None:
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._in_head = False
-        self._interim = False
+        """A new exchange. (`_interim`, `_keep_alive`, `_close_delimited` and `out_mode` are
+        set before they are read.)"""
+        self._parts = [b""]             # as _begin_head, without a call per request
+        self._in_head = True
+        self._fields = 0
         self._final = False
         self._message_done = False
-        self._keep_alive = False
-        self._close_delimited = False
         self._received = False          # any byte from the member for this exchange
         self._to_client = False         # any byte of this exchange passed to the client
         self.response_started = False
-        self.out_mode = OUT_NONE
 
     # ---- asyncio protocol interface ------------------------------------------------------
 
@@ -111,7 +129,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._received = True
         out: list[bytes] = []
         self._out = out
-        self._feeding = True
         stopped_at_head = False
         try:
             self.parser.feed_data(data)
@@ -121,14 +138,11 @@ class UpstreamConnection(asyncio.Protocol):
             if isinstance(e.__context__, _StopAtHead):
                 stopped_at_head = True
             else:
-                self._feeding = False
                 raise
         except httptools.HttpParserError as e:
-            self._feeding = False
             self._flush(out)
             self._fail(f"invalid response: {e}")
             return
-        self._feeding = False
         self._flush(out)
         if stopped_at_head:
             # Anything past the head would be a body the member should not have sent.
@@ -183,22 +197,40 @@ class UpstreamConnection(asyncio.Protocol):
 
     # ---- parser callbacks ------------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self._headers = []
+    def _begin_head(self) -> None:
+        """Before each response head (at the start of an exchange and after an interim one;
+        cheaper than an on_message_begin callback per response). The head for the client is
+        built as the fields come: the status line goes in front, our framing at the end."""
+        self._parts = [b""]
         self._in_head = True
+        self._fields = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._in_head:           # headers after the body are trailers: dropped
-            self._headers.append((name, value))
+        if not self._in_head:       # headers after the body are trailers: dropped
+            return
+        lname = name.lower()
+        if lname in _RESPONSE_SPECIAL:
+            if lname == b"content-length":
+                self._fields |= F_LENGTH
+                self._parts += (name, b": ", value, b"\r\n")
+            elif lname == b"transfer-encoding":
+                self._fields |= F_CHUNKED
+            elif lname == b"connection" and value not in PLAIN_CONNECTION:
+                named = [t for t in connection_tokens(value) if t not in CONNECTION_OPTIONS]
+                if named:
+                    self._named = (self._named if self._fields & F_NAMED else []) + named
+                    self._fields |= F_NAMED
+            elif lname == b"upgrade":
+                self._upgrade = value
+            return
+        self._parts += (name, b": ", value, b"\r\n")
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         status = self.parser.get_status_code()
         req = self.req
-        client = self.client
-        assert req is not None and client is not None
         out = self._out
-        assert out is not None
+        assert req is not None and out is not None
         if status < 200 and status != 101:
             self._interim = True
             if req.http11:           # an HTTP/1.0 client cannot take interim responses
@@ -211,40 +243,32 @@ class UpstreamConnection(asyncio.Protocol):
         req.status = status
         if status == 101:
             self.tunnel = True
-            upgrade = b""
-            for name, value in self._headers:
-                if name.lower() == b"upgrade":
-                    upgrade = value
-            out.append(self._head(status, b"Connection: upgrade\r\nUpgrade: %s\r\n" % upgrade))
+            out.append(self._head(status,
+                                  b"Connection: upgrade\r\nUpgrade: %s\r\n" % self._upgrade))
             return
-        has_length = False
-        chunked_in = False
-        for name, _value in self._headers:
-            lname = name.lower()
-            if lname == b"content-length":
-                has_length = True
-            elif lname == b"transfer-encoding":
-                chunked_in = True
+        fields = self._fields
         framing = b""
+        close_delimited = False
         if req.method == b"HEAD" or status == 204 or status == 304:
             self.out_mode = OUT_NONE
-        elif has_length and not chunked_in:
+        elif fields & (F_LENGTH | F_CHUNKED) == F_LENGTH:
             self.out_mode = OUT_RAW
         else:
-            self._close_delimited = not chunked_in
+            close_delimited = not fields & F_CHUNKED
             if req.http11:
                 self.out_mode = OUT_CHUNKED
                 framing = b"Transfer-Encoding: chunked\r\n"
             else:
                 self.out_mode = OUT_UNTIL_CLOSE
                 req.close_after = True
+        self._close_delimited = close_delimited
         if req.set_cookie is not None:
             framing += b"Set-Cookie: " + req.set_cookie + b"\r\n"
         if req.close_after:
             framing += b"Connection: close\r\n"
         elif not req.http11:
             framing += b"Connection: keep-alive\r\n"
-        out.append(self._head(status, framing, keep_length=(status != 204)))
+        out.append(self._head(status, framing))
         if req.method == b"HEAD":
             raise _StopAtHead()
 
@@ -262,6 +286,7 @@ class UpstreamConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self._interim:
             self._interim = False
+            self._begin_head()
             return
         if self.tunnel:
             return
@@ -275,28 +300,18 @@ class UpstreamConnection(asyncio.Protocol):
 
     # ---- building and sending --------------------------------------------------------------
 
-    def _head(self, status: int, framing: bytes, keep_length: bool = True) -> bytes:
-        """The response head for the client: hop-by-hop fields out, our framing in."""
-        drop = HOP_BY_HOP if keep_length else _RESPONSE_DROP
-        headers = self._headers
-        parts = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d %s\r\n" % (status, reason(status))]
-        extra: list[bytes] = []
-        for name, value in headers:
-            lname = name.lower()
-            if lname in drop:
-                if lname == b"connection":
-                    extra += [t for t in connection_tokens(value) if t not in (
-                        b"close", b"keep-alive", b"upgrade")]
-                continue
-            parts += (name, b": ", value, b"\r\n")
-        if extra:
-            named = set(extra)
-            parts = [parts[0]]
-            for name, value in headers:
-                lname = name.lower()
-                if lname not in drop and lname not in named:
-                    parts += (name, b": ", value, b"\r\n")
-        parts += (framing, b"\r\n")
+    def _head(self, status: int, framing: bytes) -> bytes:
+        """The response head for the client: the copied fields between our status line and
+        our framing."""
+        parts = self._parts
+        drop = self._named if self._fields & F_NAMED else None
+        if status == 204 and self._fields & F_LENGTH:
+            drop = [*(drop or ()), b"content-length"]   # RFC 9110 8.6: none on a 204
+        if drop is not None:
+            parts = [b""] + [piece for i in range(1, len(parts), 4)
+                             if parts[i].lower() not in drop for piece in parts[i:i + 4]]
+        parts[0] = _STATUS_LINES.get(status) or b"HTTP/1.1 %d %s\r\n" % (status, reason(status))
+        parts.append(framing + b"\r\n")
         return b"".join(parts)
 
     def _flush(self, out: list[bytes]) -> None:

@@ -1,0 +1,134 @@
+"""CPU time of croupier's own per-request code, without the kernel: a keep-alive GET relayed
+from a client connection to a kept-alive member connection and its answer relayed back, with
+both sockets replaced by in-memory transports, so only the Python (and parser) work is timed.
+
+Steadier than any socket benchmark on a shared machine, so it shows changes of a few hundred
+nanoseconds; `make bench` remains the measure that counts.
+
+    .venv/bin/python bench/hotpath.py [--requests 200000] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import pstats
+import statistics
+import sys
+import time
+from typing import Any
+
+import uvloop
+
+from croupier.config.load import validate_config
+from croupier.proxy.client import ClientConnection
+from croupier.proxy.upstream import UpstreamConnection
+from croupier.runtime.server import Balancer
+
+REQUEST = (b"GET / HTTP/1.1\r\nHost: 127.0.0.1:18080\r\nUser-Agent: wrk\r\n"
+           b"Accept: */*\r\n\r\n")
+RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Tue, 24 Nov 2026 10:00:00 GMT\r\n"
+            b"Content-Type: text/plain\r\nContent-Length: 19\r\nConnection: keep-alive\r\n\r\n"
+            b"hello from backend\n")
+
+
+class MemoryTransport(asyncio.Transport):
+    """Keeps the last bytes written; the relay under test never knows it is not a socket."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = 0
+        self.closed = False
+
+    def write(self, data: Any) -> None:
+        self.written += len(data)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.written += len(line)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        pass
+
+
+def build(loop: asyncio.AbstractEventLoop) -> tuple[ClientConnection, Balancer]:
+    loaded = validate_config({
+        "workers": 1,
+        "admin": {"enabled": False},
+        "listeners": [{"name": "web", "listen": "127.0.0.1:18080", "pool": "app"}],
+        "pools": [{"name": "app",
+                   "members": ["127.0.0.1:19101", "127.0.0.1:19102", "127.0.0.1:19103"]}],
+    })
+    balancer = Balancer(loaded, loop)
+    listener = next(balancer.listeners_for(loaded))
+    for pool in balancer.pools.values():
+        for member in pool.members:
+            upstream = member.upstream
+            assert upstream is not None
+            conn = UpstreamConnection(upstream)
+            conn.connection_made(MemoryTransport())
+            upstream.open += 1
+            upstream.release(conn)
+    client = ClientConnection(listener)
+    client.connection_made(MemoryTransport())
+    return client, balancer
+
+
+def relay(client: ClientConnection, n: int) -> None:
+    request, response = REQUEST, RESPONSE
+    for _ in range(n):
+        client.data_received(request)
+        req = client.current
+        assert req is not None and req.sink is not None, "the request was not sent on"
+        req.sink.data_received(response)
+    assert client.current is None, "the response was not passed on"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--requests", type=int, default=200_000)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--profile", action="store_true", help="cProfile one round instead")
+    args = ap.parse_args()
+    loop = uvloop.new_event_loop()     # as croupier runs: its clock is C
+    client, _ = build(loop)
+    relay(client, 1000)         # warm up (and check the path works)
+    if args.profile:
+        prof = cProfile.Profile()
+        prof.runcall(relay, client, args.requests)
+        pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(30)
+        return
+    per = []
+    for _ in range(args.rounds):
+        t0 = time.process_time()
+        relay(client, args.requests)
+        per.append((time.process_time() - t0) / args.requests * 1e6)
+    print(f"hot path: {statistics.median(per):.2f} us per request "
+          f"(median of {args.rounds} x {args.requests}; min {min(per):.2f}, max {max(per):.2f})")
+
+
+if __name__ == "__main__":
+    main()
