@@ -222,7 +222,6 @@ class ClientConnection(asyncio.Protocol):
             return
         listener = self.listener
         self._feeding = True
-        self._out = []
         try:
             parser = self.parser
             if parser is None:
@@ -242,7 +241,8 @@ class ClientConnection(asyncio.Protocol):
             self._parse_failed()
             return
         self._feeding = False
-        self._flush_up()
+        if self._out_sink is not None:
+            self._flush_up()
         if self.in_head:
             # Bytes of an unfinished head are buffered inside httptools: bound them here.
             self.head_bytes += len(data)
@@ -520,7 +520,23 @@ class ClientConnection(asyncio.Protocol):
         req.sink = conn
         member = req.member
         assert member is not None
-        pieces = [self._request_head(req, member)]
+        head = self._request_head(req, member)
+        replay = req.replay
+        if req.content_length <= 0 and not req.chunked and not replay and not req.body:
+            # No body will follow in this read: nothing to join the head with.
+            transport = conn.transport
+            if transport is not None and not conn.closed:
+                transport.write(head)
+        else:
+            self._send_body(req, conn, head)
+        if self.write_paused:
+            conn.pause_reading()
+        if self.paused:
+            self.resume_reading(self.PAUSE_CONNECT)
+
+    def _send_body(self, req: Request, conn: UpstreamConnection, head: bytes) -> None:
+        """The head with what is held of the body: replayed, or read while connecting."""
+        pieces = [head]
         replay = req.replay
         if replay:
             pieces += replay            # a retry: what the failed attempt had sent
@@ -530,10 +546,6 @@ class ClientConnection(asyncio.Protocol):
                 replay += req.body
             req.body = []
         self._send_up(conn, pieces)
-        if self.write_paused:
-            conn.pause_reading()
-        if self.paused:
-            self.resume_reading(self.PAUSE_CONNECT)
 
     def upstream_connected(self, req: Request, conn: UpstreamConnection) -> None:
         if req is not self.current or self.transport is None:
@@ -623,7 +635,9 @@ class ClientConnection(asyncio.Protocol):
                     self.listener.balancer.outlier.failure(member, f"status {req.status}")
             elif member.consecutive_failures:
                 member.consecutive_failures = 0
-        self._release_member(req, failed=False)
+        if member is not None:      # as _release_member, without the call
+            req.member = None
+            member.in_flight -= 1
         sink = req.sink
         if sink is not None and not sink.body_pending:
             req.sink = sink = None
@@ -662,7 +676,8 @@ class ClientConnection(asyncio.Protocol):
                 self.resume_reading(self.PAUSE_QUEUE)
             self._start(req)
         else:
-            self.resume_reading(self.PAUSE_QUEUE)
+            if self.paused:
+                self.resume_reading(self.PAUSE_QUEUE)
             if self.parser_dead:
                 self._answer_error_and_close()
             elif self.parsing is None:
@@ -731,15 +746,16 @@ class ClientConnection(asyncio.Protocol):
     def _send_up(self, sink: UpstreamConnection, pieces: tuple[bytes, ...] | list[bytes]) -> None:
         """Batch writes to the member during one feed: one syscall per client read."""
         if self._feeding:
-            out = self._out
-            assert out is not None
-            if self._out_sink is not sink:
-                if out:                 # another member's bytes first (rare)
-                    self._flush_up()
-                    out = self._out
-                    assert out is not None
-                self._out_sink = sink
-            out.extend(pieces)
+            out_sink = self._out_sink
+            if out_sink is sink:
+                out = self._out
+                assert out is not None
+                out.extend(pieces)
+                return
+            if out_sink is not None:    # another member's bytes first (rare)
+                self._flush_up()
+            self._out_sink = sink
+            self._out = list(pieces)
         else:
             transport = sink.transport
             if transport is not None and not sink.closed:
@@ -747,7 +763,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _flush_up(self) -> None:
         out, sink = self._out, self._out_sink
-        self._out = [] if self._feeding else None
+        self._out = None
         self._out_sink = None
         if out and sink is not None and sink.transport is not None and not sink.closed:
             if len(out) == 1:

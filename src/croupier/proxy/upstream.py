@@ -81,7 +81,11 @@ class UpstreamConnection(asyncio.Protocol):
         self._parts: list[bytes] = []
         self._in_head = False
         self._fields = 0
-        self._reset_response()
+        self._final = False
+        self._message_done = False
+        self._received = False
+        self._to_client = False
+        self.response_started = False
         self._interim = False
         self._keep_alive = False
         self._close_delimited = False
@@ -90,18 +94,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._upgrade = b""
         self._out: list[bytes] | None = None
         self._tunnel_rest = b""
-
-    def _reset_response(self) -> None:
-        """A new exchange. (`_interim`, `_keep_alive`, `_close_delimited` and `out_mode` are
-        set before they are read.)"""
-        self._parts = [b""]             # as _begin_head, without a call per request
-        self._in_head = True
-        self._fields = 0
-        self._final = False
-        self._message_done = False
-        self._received = False          # any byte from the member for this exchange
-        self._to_client = False         # any byte of this exchange passed to the client
-        self.response_started = False
 
     # ---- asyncio protocol interface ------------------------------------------------------
 
@@ -338,10 +330,19 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport.write(data)
 
     def attach(self, client: ClientConnection, req: Request) -> None:
+        """A new exchange. (`_interim`, `_keep_alive`, `_close_delimited` and `out_mode` are
+        set before they are read.)"""
         self.client = client
         self.req = req
         self.idle = False
-        self._reset_response()
+        self._parts = [b""]             # as _begin_head, without a call per request
+        self._in_head = True
+        self._fields = 0
+        self._final = False
+        self._message_done = False
+        self._received = False          # any byte from the member for this exchange
+        self._to_client = False         # any byte of this exchange passed to the client
+        self.response_started = False
         self.deadline = self.pool.time() + self.pool.response_timeout
 
     def _start_tunnel(self) -> None:
