@@ -253,6 +253,8 @@ class ClientConnection(asyncio.Protocol):
         parsing = self.parsing
         if parsing is not None and not parsing.body_done and not self.in_head:
             self.deadline = self.listener.time() + listener.config.body_timeout
+        elif self.deadline < 0.0:       # a head began in this read and is not answered yet
+            self.deadline = self.listener.time() + listener.config.header_timeout
 
     def eof_received(self) -> bool | None:
         # A client that half-closes after a whole request still gets its answer; one that
@@ -318,7 +320,9 @@ class ClientConnection(asyncio.Protocol):
         self.parsing = Request(self.peer)
         self.in_head = True
         self.head_bytes = 0
-        self.deadline = self.listener.time() + self.listener.config.header_timeout
+        # The head's deadline is set once this read is parsed (see data_received), unless
+        # the request is complete by then: no clock reading for most requests.
+        self.deadline = -1.0
 
     def on_url(self, url: bytes) -> None:
         req = self.parsing
@@ -417,7 +421,6 @@ class ClientConnection(asyncio.Protocol):
         if problem is not None:
             self.error = problem
             raise _Reject()
-        self.deadline = self.listener.time() + config.body_timeout
         if self.current is None:
             self._start(req)
         else:
