@@ -486,7 +486,7 @@ class ClientConnection(asyncio.Protocol):
         """Route `req`, pick a member, and send it on (or answer it ourselves)."""
         self.current = req
         listener = self.listener
-        pool = listener.route(req)
+        pool = listener.route(req) if listener.routes else listener.default_pool
         mode = listener.mode
         member = pool.policy.pick(req)
         if member is None:
