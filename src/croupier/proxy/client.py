@@ -258,8 +258,10 @@ class ClientConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         # A client that half-closes after a whole request still gets its answer; one that
-        # stops mid-request, or with nothing in flight, is closed.
-        if self.tunnel is not None or self.parsing is not None or self.current is None:
+        # stops mid-request, or with nothing in flight, is closed. So is one whose answer is
+        # out while we linger: the lingering was only to wait for this end.
+        if (self.tunnel is not None or self.parsing is not None or self.current is None
+                or self.lingering):
             return False
         self.parser_dead = True     # nothing more will come; close once answered
         self.client_eof = True
