@@ -81,12 +81,14 @@ def test_least_conn_sends_fewer_requests_to_a_slow_member(backends, croupier):
     assert counts["a"] < counts["b"] / 2 and counts["a"] < counts["c"] / 2, counts
 
 
-def test_hash_on_a_header_keeps_each_user_on_one_member(backends, croupier):
-    c = croupier(config(backends, algorithm="hash", hash_key="header:X-User"))
+@pytest.mark.parametrize("field", ["X-User", "X-Forwarded-For"])
+def test_hash_on_a_header_keeps_each_user_on_one_member(backends, croupier, field):
+    # X-Forwarded-For is a field croupier rewrites: the key is the value the client sent.
+    c = croupier(config(backends, algorithm="hash", hash_key=f"header:{field}"))
     with httpx.Client() as client:
         where = {}
         for user in ("alice", "bob", "carol", "dave", "erin"):
-            seen = {client.get(c.url(), headers={"X-User": user}).text for _ in range(60)}
+            seen = {client.get(c.url(), headers={field: user}).text for _ in range(60)}
             assert len(seen) == 1, (user, seen)
             where[user] = seen.pop()
     assert len(set(where.values())) >= 2          # users are spread, not all on one member

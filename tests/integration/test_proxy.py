@@ -163,6 +163,33 @@ def test_head_answered_with_content_length_does_not_desync_upstream(backend_loop
     assert raw.connections == 1          # the connection was reused, in sync
 
 
+def test_response_hop_by_hop_fields_and_those_its_connection_names_are_removed(backend_loop,
+                                                                               croupier):
+    async def respond(head, writer):
+        if head.startswith(b"GET /204"):
+            writer.write(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nX-A: 1\r\n\r\n")
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nX-Internal: secret\r\n"
+                         b"Connection: keep-alive, X-Internal\r\nKeep-Alive: timeout=5\r\n"
+                         b"Trailer: X-T\r\nContent-Length: 2\r\nX-Kept: yes\r\n\r\nok")
+        await writer.drain()
+    raw = RawBackend(backend_loop, respond)
+    c = croupier(proxy_config([raw.address]))
+    with socket.create_connection(("127.0.0.1", c.port), timeout=5) as s:
+        buf = bytearray()
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, headers, body = read_response(s, buf)
+        assert (status, body) == (200, b"ok")
+        assert headers["x-kept"] == "yes" and headers["content-length"] == "2"
+        for gone in ("x-internal", "keep-alive", "trailer", "connection"):
+            assert gone not in headers, gone
+        s.sendall(b"GET /204 HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, headers, body = read_response(s, buf)
+        assert (status, body) == (204, b"")
+        assert headers["x-a"] == "1" and "content-length" not in headers
+    assert raw.connections == 1
+
+
 def test_close_delimited_response_is_reframed_chunked(backend_loop, croupier):
     async def respond(head, writer):
         writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil-close body")
