@@ -462,6 +462,12 @@ def print_table(results: dict[str, dict[str, dict[str, float]]],
         print(row)
     print("ratio: croupier / the better of HAProxy and nginx, idle against HAProxy "
           "(throughput: higher is better; p99, KiB/conn, failures: lower is better)")
+    # A throughput bought with failed requests is no figure: say so beside the table.
+    for case, by_name in results.items():
+        for n, r in by_name.items():
+            if case != "failover" and r.get("failed"):
+                print(f"WARNING: {n} {case}: {r['failed']:,.0f} failed requests "
+                      f"of {r.get('requests', 0):,.0f}")
 
 
 def draw(results: dict[str, dict[str, dict[str, float]]], ratios: dict[str, float], path: Path,
