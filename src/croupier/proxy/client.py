@@ -898,13 +898,17 @@ class ClientConnection(asyncio.Protocol):
         the next pipelined requests): closing with its bytes unread would make the kernel
         send a reset that can destroy the answer before the client reads it. So shut down
         our side, read and drop what comes for LINGER seconds, then close (nginx's
-        lingering close)."""
+        lingering close). Like nginx, only when the client may still be sending: after a
+        whole request, with nothing read past it and no error, close at once."""
         transport = self.transport
         if transport is None:
             return
         self.parser_dead = True
-        if self.client_eof or not transport.can_write_eof():
-            transport.close()
+        req = self.current
+        read_all = (self.error is None and self.parsing is None and not self.queue
+                    and (req is None or req.body_done))
+        if self.client_eof or read_all or not transport.can_write_eof():
+            transport.close()           # after what is buffered has been sent
             return
         self.lingering = True
         transport.write_eof()           # after what is buffered has been sent
