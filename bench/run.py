@@ -168,8 +168,9 @@ class Contenders:
     def kill_backend(self, port: int) -> None:
         """SIGKILL the whole backend (master and worker), as an unplugged host would be."""
         proc = self.procs.pop(f"backend-{port}")
-        pid = int((self.tmp / f"backend-{port}.pid").read_text())
-        subprocess.run(["pkill", "-KILL", "-P", str(pid)], check=False)
+        # taskset execs nginx, so the child is nginx's master (its pid file may not be
+        # written yet when a backend was restarted a moment ago).
+        subprocess.run(["pkill", "-KILL", "-P", str(proc.pid)], check=False)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
 
