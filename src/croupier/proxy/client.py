@@ -354,7 +354,9 @@ class ClientConnection(asyncio.Protocol):
             req.head += (name, b": ", value, b"\r\n")
 
     def _special_field(self, req: Request, lname: bytes, name: bytes, value: bytes) -> None:
-        """A field the proxy acts on; refuse what RFC 9112 says a server must refuse."""
+        """A field the proxy acts on; refuse what RFC 9112 says a server must refuse. Host,
+        Content-Length and Expect are also copied; the rest are hop-by-hop or forwarding
+        fields that croupier writes itself."""
         if lname == b"host":
             if req.host is not None:
                 self.error = (400, "more than one Host header")
@@ -366,27 +368,20 @@ class ClientConnection(asyncio.Protocol):
             if value.lower() != b"100-continue":
                 self.error = (417, f"unsupported expectation {value.decode('latin-1')!r}")
                 raise _Reject()
-        elif lname == b"transfer-encoding":
-            req.chunked = True      # llhttp accepted it, so chunked is the final coding
-            return
-        elif lname == b"x-forwarded-for":
-            req.xff = req.xff + b", " + value if req.xff else value
-            return
-        elif lname == b"via":
-            req.via = req.via + b", " + value if req.via else value
-            return
-        elif lname == b"connection":
-            if value in PLAIN_CONNECTION:
-                return
-            named = [t for t in connection_tokens(value) if t not in CONNECTION_OPTIONS]
-            if named:
-                req.drop = (req.drop or []) + named
-            return
-        elif lname == b"upgrade":
-            req.upgrade_value = value
-            return
         else:
-            return          # other hop-by-hop fields, and forwarding fields we set ourselves
+            if lname == b"transfer-encoding":
+                req.chunked = True      # llhttp accepted it, so chunked is the final coding
+            elif lname == b"x-forwarded-for":
+                req.xff = req.xff + b", " + value if req.xff else value
+            elif lname == b"via":
+                req.via = req.via + b", " + value if req.via else value
+            elif lname == b"connection" and value not in PLAIN_CONNECTION:
+                named = [t for t in connection_tokens(value) if t not in CONNECTION_OPTIONS]
+                if named:
+                    req.drop = (req.drop or []) + named
+            elif lname == b"upgrade":
+                req.upgrade_value = value
+            return
         req.head += (name, b": ", value, b"\r\n")
 
     def on_headers_complete(self) -> None:
