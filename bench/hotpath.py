@@ -73,7 +73,7 @@ class MemoryTransport(asyncio.Transport):
         pass
 
 
-def build(loop: asyncio.AbstractEventLoop) -> tuple[ClientConnection, Balancer]:
+def build(loop: asyncio.AbstractEventLoop) -> ClientConnection:
     loaded = validate_config({
         "workers": 1,
         "admin": {"enabled": False},
@@ -93,7 +93,7 @@ def build(loop: asyncio.AbstractEventLoop) -> tuple[ClientConnection, Balancer]:
             upstream.release(conn)
     client = ClientConnection(listener)
     client.connection_made(MemoryTransport())
-    return client, balancer
+    return client    # it holds the listener, which holds the balancer
 
 
 def relay(client: ClientConnection, n: int) -> None:
@@ -114,7 +114,7 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="cProfile one round instead")
     args = ap.parse_args()
     loop = uvloop.new_event_loop()     # as croupier runs: its clock is C
-    client, _ = build(loop)
+    client = build(loop)
     relay(client, 1000)         # warm up (and check the path works)
     if args.profile:
         prof = cProfile.Profile()

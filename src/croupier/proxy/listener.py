@@ -69,9 +69,9 @@ class Listener:
         self.routes = [Route(pools[r.pool], r.path_prefix, r.host) for r in config.routes]
 
     def route(self, req: Request) -> Pool:
+        """The pool for `req`: the first route that matches, else the listener's pool. (The
+        client calls it only when there are routes: most listeners have none.)"""
         routes = self.routes
-        if not routes:
-            return self.default_pool
         host = host_without_port(req.host) if req.host is not None else b""
         url = req.url
         if not url.startswith(b"/"):       # absolute-form: route on its path
