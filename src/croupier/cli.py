@@ -45,6 +45,9 @@ def run(config_path: Path, log_level: str) -> None:
     _setup_logging(log_level)
     workers = loaded.config.workers
     count = (os.cpu_count() or 1) if workers == "auto" else workers
+    from croupier import __version__, data_plane_build
+    logging.getLogger("croupier").info("croupier %s, data plane %s, %d worker(s)",
+                                       __version__, data_plane_build(), count)
     try:
         if count == 1:
             from croupier.runtime.server import run as serve

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,11 +24,17 @@ CROUPIER = str(Path(sys.executable).parent / "croupier")
 GiB = 1024**3
 
 
+# What `make test` built: the data plane compiled, unless CROUPIER_PURE=1 (setup.py).
+BUILD = "interpreted" if os.environ.get("CROUPIER_PURE") == "1" else "compiled"
+ROOT = Path(__file__).resolve().parents[2]
+
+
 class Running:
-    def __init__(self, config: Path, port: int) -> None:
+    def __init__(self, config: Path, port: int, env: dict[str, str] | None = None) -> None:
         self.port = port
         self.proc = subprocess.Popen([CROUPIER, "run", "-c", str(config)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})})
         wait_for_port(port)
         # The listener answers as soon as one worker serves; wait for all of them, as the
         # admin API lists them (none in a single process).
@@ -100,6 +108,56 @@ def test_run_serves_round_robin_and_stops_cleanly_on_sigterm(backends, run_croup
     code, out = c.stop()
     assert code == 0, out
     assert "listener web on 127.0.0.1" in out
+    assert f"data plane {BUILD}" in out
+
+
+def _data_plane_sources() -> list[Path]:
+    """setup.py's DATA_PLANE: the files mypyc compiles."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "DATA_PLANE":
+            return [ROOT / p for p in ast.literal_eval(node.value)]
+    raise AssertionError("no DATA_PLANE in setup.py")
+
+
+@pytest.mark.skipif(BUILD == "interpreted", reason="CROUPIER_PURE=1: nothing compiled")
+def test_the_data_plane_runs_compiled_from_its_current_source():
+    # A stale build would be imported in place of the source: every test would test old code.
+    import importlib
+
+    sources = _data_plane_sources()
+    assert len(sources) >= 5
+    for source in sources:
+        name = ".".join(source.relative_to(ROOT / "src").with_suffix("").parts)
+        name = name.removesuffix(".__init__")
+        module = importlib.import_module(name)
+        built = Path(module.__file__ or "")
+        assert built.suffix == ".so", f"{name} is not compiled: {built} (run make install)"
+        assert built.stat().st_mtime >= source.stat().st_mtime, (
+            f"{built.name} is older than {source.name}: run make install")
+
+
+def test_the_interpreted_data_plane_serves_alike(backends, tmp_path):
+    # The same source without the C extensions: what CROUPIER_PURE=1 installs.
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "src" / "croupier", src / "croupier",
+                    ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    port = free_port()
+    config = write_config(tmp_path, [b.address for b in backends], port=port)
+    c = Running(config, port, env={"PYTHONPATH": str(src)})
+    try:
+        with httpx.Client() as client:
+            assert [client.get(c.url()).text for _ in range(6)] == list("abcabc")
+            r = client.post(c.url("/echo"), content=b"x" * 100_000)
+            assert r.status_code == 200 and r.json()["body_len"] == 100_000
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n"
+                      b"Transfer-Encoding: chunked\r\n\r\n")
+            assert s.recv(4096).startswith(b"HTTP/1.1 400 ")
+    finally:
+        code, out = c.stop()
+    assert code == 0, out
+    assert "data plane interpreted" in out
 
 
 def test_check_prints_what_would_be_served(tmp_path: Path):

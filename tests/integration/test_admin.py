@@ -4,6 +4,7 @@ changes, reload, metrics. croupier runs in-process from a config file; the CLI i
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -12,6 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 from helpers import Backend, Croupier, Load, wait_until, write_config
+
+from croupier import __version__
 
 CROUPIER = str(Path(sys.executable).parent / "croupier")
 
@@ -202,3 +205,5 @@ def test_metrics_in_prometheus_format(backends, admin_croupier):
     assert line in text
     assert "# TYPE croupier_member_response_seconds summary" in text
     assert 'croupier_member_admin_state{' in text and 'state="ready"} 1.0' in text
+    build = "interpreted" if os.environ.get("CROUPIER_PURE") == "1" else "compiled"
+    assert f'croupier_build_info{{data_plane="{build}",version="{__version__}"}} 1.0' in text

@@ -16,6 +16,8 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from croupier import __version__, data_plane_build
+
 if TYPE_CHECKING:
     from croupier.runtime.server import Balancer
 
@@ -75,6 +77,11 @@ class BalancerCollector(Collector):
         for lst in self.balancer.listeners:
             conns.add_metric([lst.name], lst.open_connections)
         yield conns
+        info = GaugeMetricFamily("croupier_build_info", "Always 1: the version, and whether "
+                                 "the data plane is compiled (mypyc) or interpreted.",
+                                 labels=["version", "data_plane"])
+        info.add_metric([__version__, data_plane_build()], 1.0)
+        yield info
 
 
 def render_metrics(balancer: Balancer) -> tuple[bytes, str]:

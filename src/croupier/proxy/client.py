@@ -19,7 +19,8 @@ import asyncio
 import json
 import logging
 from collections import deque
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
 
 import httptools
 
@@ -144,7 +145,14 @@ class Request:
         return [head[i + 2] for i in range(4, len(head), 4) if head[i].lower() == lname]
 
 
-class ClientConnection(asyncio.Protocol):
+def client_protocol(listener: Listener) -> Callable[[], asyncio.Protocol]:
+    """The protocol factory for a listener's server. The connection classes have no Python
+    base class (mypyc compiles them to native classes, which cannot have one); uvloop only
+    calls the protocol's methods."""
+    return lambda: cast(asyncio.Protocol, ClientConnection(listener))
+
+
+class ClientConnection:
     PAUSE_QUEUE = 1
     PAUSE_UPSTREAM = 2
     PAUSE_CONNECT = 4

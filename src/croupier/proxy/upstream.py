@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import httptools
 
@@ -58,7 +58,7 @@ class _StopAtHead(Exception):
     """Raised from on_headers_complete to end a HEAD response at its head."""
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection:
     __slots__ = ("_close_delimited", "_fields", "_final", "_in_head",
                  "_interim", "_keep_alive", "_message_done", "_named", "_out", "_parts",
                  "_received", "_to_client", "_tunnel_rest", "_upgrade", "body_pending", "client",
@@ -489,10 +489,12 @@ class UpstreamPool:
         loop = self.balancer.loop
         member = self.member
         try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: UpstreamConnection(self), member.address,
-                                       member.port),
+            # No Python base class (see client_protocol): uvloop only calls its methods.
+            _, proto = await asyncio.wait_for(
+                loop.create_connection(lambda: cast(asyncio.Protocol, UpstreamConnection(self)),
+                                       member.address, member.port),
                 self.connect_timeout)
+            conn = cast(UpstreamConnection, proto)
         except TimeoutError:
             self.open -= 1
             client.upstream_failed(req, f"connect timed out after {self.connect_timeout:g}s",

@@ -35,7 +35,7 @@ from croupier.config.schema import HostCheckConfig, PoolConfig, split_address
 from croupier.health.checks import Checker
 from croupier.health.outlier import Outlier
 from croupier.model.state import Host, Member, Pool
-from croupier.proxy.client import ClientConnection
+from croupier.proxy.client import ClientConnection, client_protocol
 from croupier.proxy.listener import Listener
 from croupier.proxy.upstream import UpstreamPool
 
@@ -379,7 +379,7 @@ class Balancer:
             raise OSError(e.errno, f"cannot listen on {listener.config.listen} "
                                    f"(listener {listener.name!r}): {e.strerror}") from None
         listener.server = await self.loop.create_server(
-            lambda: ClientConnection(listener), sock=sock, backlog=4096)
+            client_protocol(listener), sock=sock, backlog=4096)
 
     async def _start_admin(self) -> None:
         import uvicorn
@@ -497,8 +497,7 @@ class Balancer:
                 listener = Listener(self, lc, self.pools)
                 if lc.name in socks:
                     listener.server = await self.loop.create_server(
-                        lambda lst=listener: ClientConnection(lst),  # type: ignore[misc]
-                        sock=socks[lc.name], backlog=4096)
+                        client_protocol(listener), sock=socks[lc.name], backlog=4096)
             listeners.append(listener)
         for gone in old.values():
             if gone.server is not None:
