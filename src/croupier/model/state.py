@@ -174,15 +174,17 @@ class Member(_Recorded):
 
 class Pool:
     __slots__ = ("_dealt", "_retry_seen", "_retry_tokens", "_window", "algorithm", "built",
-                 "config",
-                 "eligible", "members", "name", "policy", "ramping", "retry_cap")
+                 "config", "eligible", "members", "name", "policy", "ramping", "retry_body_limit",
+                 "retry_cap")
 
     WINDOW = 10         # seconds of requests the retry budget is measured against
 
     def __init__(self, name: str, algorithm: str, config: PoolConfig | None = None) -> None:
         self.name = name
         self.algorithm = algorithm
-        self.config = config
+        self.config: PoolConfig | None = None
+        self.retry_body_limit = 65536   # the config's default, for a pool made without one
+        self.configure(config)
         self.members: list[Member] = []
         self.eligible: list[Member] = []
         self.policy: Policy = make_policy(algorithm, [])
@@ -194,6 +196,12 @@ class Pool:
         self._retry_seen = 0
         self._window: deque[int] = deque(maxlen=self.WINDOW + 1)
         self.retry_cap = burst
+
+    def configure(self, config: PoolConfig | None) -> None:
+        """Take the pool's config (at start and on reload)."""
+        self.config = config
+        if config is not None:      # read per request: a plain attribute, not the model's
+            self.retry_body_limit = config.retry_body_limit
 
     def requests(self) -> int:
         return sum(m.requests for m in self.members)

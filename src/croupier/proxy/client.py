@@ -20,16 +20,18 @@ import json
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
 from croupier.proxy.http import (
+    COMMON_REQUEST_FIELDS,
     CONNECTION_OPTIONS,
     IDEMPOTENT,
     PLAIN_CONNECTION,
     connection_tokens,
     simple_response,
+    spellings,
     valid_host,
 )
 
@@ -41,17 +43,20 @@ if TYPE_CHECKING:
 log = logging.getLogger("croupier.proxy")
 
 # Fields of a request that croupier rewrites or drops (lower-case); everything else is copied.
-_REQUEST_SPECIAL = frozenset({
+_REQUEST_SPECIAL: Final = frozenset({
     b"host", b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
     b"transfer-encoding", b"upgrade", b"expect", b"x-forwarded-for", b"x-forwarded-proto",
     b"x-forwarded-host", b"via", b"content-length",
 })
 
+# Common spellings of field names -> lower-case name if special, else b"" (copied).
+_REQUEST_NAMES: Final = spellings(_REQUEST_SPECIAL, COMMON_REQUEST_FIELDS)
+
 # Body bytes held while the member connection opens, before reading pauses.
-_CONNECT_BUFFER = 65536
+_CONNECT_BUFFER: Final = 65536
 
 # Seconds of idleness after which a kept-alive connection gives its parser's memory back.
-IDLE_SHED = 0.5
+IDLE_SHED: Final = 0.5
 
 # Seconds a closing connection keeps reading (and dropping) what the client still sends.
 LINGER = 2.0
@@ -219,7 +224,7 @@ class ClientConnection:
         self.peer = (peer[0] if peer else "unknown").encode()
         self.listener.balancer.connections.add(self)
         self.listener.open_connections += 1
-        self.deadline = self.listener.time() + self.listener.config.keepalive_timeout
+        self.deadline = self.listener.time() + self.listener.keepalive_timeout
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
@@ -254,15 +259,15 @@ class ClientConnection:
         if self.in_head:
             # Bytes of an unfinished head are buffered inside httptools: bound them here.
             self.head_bytes += len(data)
-            if self.head_bytes > listener.config.max_header_size + 65536:
+            if self.head_bytes > listener.max_header_size + 65536:
                 self.error = (431, "request header fields too large")
                 self._parse_failed()
                 return
         parsing = self.parsing
         if parsing is not None and not parsing.body_done and not self.in_head:
-            self.deadline = self.listener.time() + listener.config.body_timeout
+            self.deadline = self.listener.time() + listener.body_timeout
         elif self.deadline < 0.0:       # a head began in this read and is not answered yet
-            self.deadline = self.listener.time() + listener.config.header_timeout
+            self.deadline = self.listener.time() + listener.header_timeout
 
     def eof_received(self) -> bool | None:
         # A client that half-closes after a whole request still gets its answer; one that
@@ -307,7 +312,7 @@ class ClientConnection:
             req.sink.pause_reading()
         elif self.tunnel is not None:
             self.tunnel.pause_reading()
-        self.deadline = self.listener.time() + self.listener.config.send_timeout
+        self.deadline = self.listener.time() + self.listener.send_timeout
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -324,7 +329,7 @@ class ClientConnection:
 
     def on_message_begin(self) -> None:
         queue = self.queue
-        if queue is not None and len(queue) >= self.listener.config.max_pipelined:
+        if queue is not None and len(queue) >= self.listener.max_pipelined:
             self.error = (0, "too many pipelined requests")
             raise _Reject()
         self.parsing = Request(self.peer)
@@ -339,7 +344,7 @@ class ClientConnection:
         assert req is not None
         req.url += url
         self.head_bytes += len(url)
-        if self.head_bytes > self.listener.config.max_header_size:
+        if self.head_bytes > self.listener.max_header_size:
             self.error = (431 if len(req.url) < 8192 else 414,
                           "request header fields too large" if len(req.url) < 8192
                           else "request URI too long")
@@ -352,14 +357,23 @@ class ClientConnection:
         assert req is not None
         size = self.head_bytes + len(name) + len(value) + 4
         self.head_bytes = size
-        if size > self.listener.config.max_header_size:
+        if size > self.listener.max_header_size:
             self.error = (431, "request header fields too large")
             raise _Reject()
-        lname = name.lower()
-        if lname in _REQUEST_SPECIAL:
+        lname = _REQUEST_NAMES.get(name)
+        if lname is None:           # a spelling or field not in the table
+            lname = name.lower()
+            if lname not in _REQUEST_SPECIAL:
+                lname = b""
+        if lname:
             self._special_field(req, lname, name, value)
         else:
-            req.head += (name, b": ", value, b"\r\n")
+            # Appends rather than += a tuple: compiled, no tuple is built.
+            head = req.head
+            head.append(name)
+            head.append(b": ")
+            head.append(value)
+            head.append(b"\r\n")
 
     def _special_field(self, req: Request, lname: bytes, name: bytes, value: bytes) -> None:
         """A field the proxy acts on; refuse what RFC 9112 says a server must refuse. Host,
@@ -390,7 +404,11 @@ class ClientConnection:
             elif lname == b"upgrade":
                 req.upgrade_value = value
             return
-        req.head += (name, b": ", value, b"\r\n")
+        head = req.head
+        head.append(name)
+        head.append(b": ")
+        head.append(value)
+        head.append(b"\r\n")
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -418,8 +436,7 @@ class ClientConnection:
                 self.last_host = host       # a client sends the same Host again and again
         if method == b"CONNECT" and problem is None:
             problem = (405, "CONNECT is not supported by a reverse proxy")
-        config = self.listener.config
-        limit = config.max_body_size
+        limit = self.listener.max_body_size
         if limit and req.content_length > limit and problem is None:
             problem = (413, f"request body of {req.content_length} bytes is over the "
                             f"limit of {limit}")
@@ -440,7 +457,7 @@ class ClientConnection:
         if req.discard:
             return
         req.body_size += len(body)
-        limit = self.listener.config.max_body_size
+        limit = self.listener.max_body_size
         if limit and req.body_size > limit:
             self.error = (413, f"request body is over the limit of {limit} bytes")
             raise _Reject()
@@ -503,9 +520,7 @@ class ClientConnection:
             self._answer_without_proxy(req, pool, member, mode)
             return
         req.pool = pool
-        config = pool.config
-        if config is not None:
-            req.replay_limit = config.retry_body_limit
+        req.replay_limit = pool.retry_body_limit
         self._send_to(req, member, fresh=False)
 
     def _send_to(self, req: Request, member: Member, fresh: bool) -> None:
@@ -813,7 +828,7 @@ class ClientConnection:
         conn.deadline = 0.0     # the client side's deadline covers both directions
 
     def refresh_tunnel_deadline(self) -> float:
-        return self.listener.time() + self.listener.config.tunnel_timeout
+        return self.listener.time() + self.listener.tunnel_timeout
 
     def tunnel_closed(self) -> None:
         self.tunnel = None
@@ -855,7 +870,7 @@ class ClientConnection:
             if self.parser is not None and not self.parser_dead and self.idle_since:
                 # Idle a while: give the parser's memory back; the next byte makes a new one.
                 self.parser = None
-                self.deadline = self.idle_since + self.listener.config.keepalive_timeout
+                self.deadline = self.idle_since + self.listener.keepalive_timeout
                 return
             transport.close()           # idle keep-alive connection
         else:
@@ -922,7 +937,7 @@ class ClientConnection:
 
     def _idle_deadline(self) -> float:
         now = self.listener.time()
-        keepalive = self.listener.config.keepalive_timeout
+        keepalive = self.listener.keepalive_timeout
         if keepalive > IDLE_SHED:
             self.idle_since = now           # wake first at IDLE_SHED to shed the parser
             return now + IDLE_SHED

@@ -11,24 +11,62 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from http import HTTPStatus
+from typing import Final
 
 # Request fields croupier handles itself rather than copying through.
-HOP_BY_HOP = frozenset({
+HOP_BY_HOP: Final = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
     b"transfer-encoding", b"upgrade",
 })
 
 # Tokens of a Connection header that do not name a field to drop.
-CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
+CONNECTION_OPTIONS: Final = frozenset({b"close", b"keep-alive", b"upgrade"})
 # Connection values, as commonly spelt, that name no field: no need to split them.
-PLAIN_CONNECTION = frozenset({b"close", b"keep-alive", b"upgrade", b"Close", b"Keep-Alive",
+PLAIN_CONNECTION: Final = frozenset({b"close", b"keep-alive", b"upgrade", b"Close", b"Keep-Alive",
                               b"Upgrade", b"Keep-alive"})
 
 # Methods that may be replayed on another connection (RFC 9110 9.2.2).
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
-_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+_REASONS: Final = {s.value: s.phrase.encode() for s in HTTPStatus}
+
+# Common field names (lower-case), for `spellings`: a field name found there as sent needs
+# no lower-casing to be classified, which is most of the per-field cost of a parser callback.
+COMMON_REQUEST_FIELDS: Final = (
+    b"user-agent", b"accept", b"accept-encoding", b"accept-language", b"accept-charset",
+    b"authorization", b"cache-control", b"content-type", b"cookie", b"origin", b"pragma",
+    b"referer", b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since",
+    b"if-range", b"range", b"dnt", b"upgrade-insecure-requests", b"x-requested-with",
+    b"x-real-ip", b"x-request-id", b"traceparent", b"tracestate", b"sec-fetch-site",
+    b"sec-fetch-mode", b"sec-fetch-dest", b"sec-fetch-user", b"sec-ch-ua", b"sec-ch-ua-mobile",
+    b"sec-ch-ua-platform", b"sec-websocket-key", b"sec-websocket-version",
+    b"sec-websocket-extensions", b"sec-websocket-protocol", b"forwarded", b"priority",
+)
+COMMON_RESPONSE_FIELDS: Final = (
+    b"server", b"date", b"content-type", b"last-modified", b"etag", b"accept-ranges",
+    b"cache-control", b"expires", b"vary", b"set-cookie", b"location", b"content-encoding",
+    b"content-language", b"content-disposition", b"age", b"www-authenticate", b"retry-after",
+    b"access-control-allow-origin", b"access-control-allow-credentials",
+    b"access-control-allow-methods", b"access-control-allow-headers", b"x-frame-options",
+    b"x-content-type-options", b"strict-transport-security", b"content-security-policy",
+    b"referrer-policy", b"x-request-id", b"sec-websocket-accept", b"sec-websocket-protocol",
+    b"sec-websocket-extensions", b"alt-svc", b"link", b"pragma", b"x-powered-by",
+)
+
+
+def spellings(special: Iterable[bytes], common: Iterable[bytes]) -> dict[bytes, bytes]:
+    """Field name as commonly sent (lower, Title-Case, upper) -> its lower-case name if it is
+    one of `special`, b"" if it is one of `common`. A name not found is lower-cased instead."""
+    table: dict[bytes, bytes] = {}
+    for kind, names in ((b"", common), (None, special)):
+        for name in names:
+            title = b"-".join(part[:1].upper() + part[1:] for part in name.split(b"-"))
+            for spelt in (name, title, name.upper(), title.replace(b"Etag", b"ETag")
+                          .replace(b"Www-", b"WWW-").replace(b"Websocket", b"WebSocket")):
+                table[spelt] = name if kind is None else kind
+    return table
 
 
 def reason(status: int) -> bytes:
@@ -70,7 +108,7 @@ def host_without_port(host: bytes) -> bytes:
     return host[:colon] if colon >= 0 else host
 
 
-_NOT_IN_HOST = b" \t/\\@?#"
+_NOT_IN_HOST: Final = b" \t/\\@?#"
 
 
 def valid_host(host: bytes) -> bool:

@@ -49,8 +49,10 @@ class Route:
 
 
 class Listener:
-    __slots__ = ("balancer", "config", "default_pool", "mode", "name", "open_connections",
-                 "routes", "server", "time")
+    __slots__ = ("balancer", "body_timeout", "config", "default_pool", "header_timeout",
+                 "keepalive_timeout", "max_body_size", "max_header_size", "max_pipelined",
+                 "mode", "name", "open_connections", "routes", "send_timeout", "server", "time",
+                 "tunnel_timeout")
 
     def __init__(self, balancer: Balancer, config: ListenerConfig, pools: dict[str, Pool]) -> None:
         self.balancer = balancer
@@ -65,6 +67,16 @@ class Listener:
         request, and none is dropped."""
         self.config = config
         self.mode = config.mode
+        # The limits the hot path reads, as plain attributes: reading them off the pydantic
+        # model costs a generic attribute lookup each time.
+        self.header_timeout = config.header_timeout
+        self.body_timeout = config.body_timeout
+        self.keepalive_timeout = config.keepalive_timeout
+        self.send_timeout = config.send_timeout
+        self.tunnel_timeout = config.tunnel_timeout
+        self.max_header_size = config.max_header_size
+        self.max_body_size = config.max_body_size
+        self.max_pipelined = config.max_pipelined
         self.default_pool = pools[config.pool]
         self.routes = [Route(pools[r.pool], r.path_prefix, r.host) for r in config.routes]
 

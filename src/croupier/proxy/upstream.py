@@ -19,16 +19,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
 from croupier.proxy.http import (
+    COMMON_RESPONSE_FIELDS,
     CONNECTION_OPTIONS,
     HOP_BY_HOP,
     PLAIN_CONNECTION,
     connection_tokens,
     reason,
+    spellings,
 )
 
 if TYPE_CHECKING:
@@ -39,19 +41,21 @@ if TYPE_CHECKING:
 log = logging.getLogger("croupier.upstream")
 
 # How the response body leaves for the client.
-OUT_NONE = 0       # no body (HEAD, 204, 304)
-OUT_RAW = 1        # Content-Length from the member, bytes copied as they come
-OUT_CHUNKED = 2    # chunked or close-delimited from the member, chunked to an HTTP/1.1 client
-OUT_UNTIL_CLOSE = 3  # close-delimited to an HTTP/1.0 client
+OUT_NONE: Final = 0         # no body (HEAD, 204, 304)
+OUT_RAW: Final = 1          # Content-Length from the member, bytes copied as they come
+OUT_CHUNKED: Final = 2      # chunked or close-delimited from the member, chunked to HTTP/1.1
+OUT_UNTIL_CLOSE: Final = 3  # close-delimited to an HTTP/1.0 client
 
 # Fields of a response croupier acts on (lower-case); every other field is copied as it came.
-_RESPONSE_SPECIAL = HOP_BY_HOP | {b"content-length"}
+_RESPONSE_SPECIAL: Final = HOP_BY_HOP | {b"content-length"}
+# Common spellings of field names -> lower-case name if special, else b"" (copied).
+_RESPONSE_NAMES: Final = spellings(_RESPONSE_SPECIAL, COMMON_RESPONSE_FIELDS)
 # Which of those a response head had (bits of `_fields`).
-F_LENGTH = 1
-F_CHUNKED = 2
-F_NAMED = 4         # its Connection field named other fields, which are hop-by-hop then
-_STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason(code)) for code in range(100, 600)
-                 if reason(code) != b"Unknown"}
+F_LENGTH: Final = 1
+F_CHUNKED: Final = 2
+F_NAMED: Final = 4         # its Connection field named other fields, which are hop-by-hop then
+_STATUS_LINES: Final = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason(code))
+                        for code in range(100, 600) if reason(code) != b"Unknown"}
 
 
 class _StopAtHead(Exception):
@@ -200,22 +204,32 @@ class UpstreamConnection:
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._in_head:       # headers after the body are trailers: dropped
             return
-        lname = name.lower()
-        if lname in _RESPONSE_SPECIAL:
+        lname = _RESPONSE_NAMES.get(name)
+        if lname is None:           # a spelling or field not in the table
+            lname = name.lower()
+            if lname not in _RESPONSE_SPECIAL:
+                lname = b""
+        if lname:
             if lname == b"content-length":
-                self._fields |= F_LENGTH
-                self._parts += (name, b": ", value, b"\r\n")
-            elif lname == b"transfer-encoding":
-                self._fields |= F_CHUNKED
-            elif lname == b"connection" and value not in PLAIN_CONNECTION:
-                named = [t for t in connection_tokens(value) if t not in CONNECTION_OPTIONS]
-                if named:
-                    self._named = (self._named if self._fields & F_NAMED else []) + named
-                    self._fields |= F_NAMED
-            elif lname == b"upgrade":
-                self._upgrade = value
-            return
-        self._parts += (name, b": ", value, b"\r\n")
+                self._fields |= F_LENGTH        # and copied, below
+            else:                               # hop-by-hop: never copied
+                if lname == b"transfer-encoding":
+                    self._fields |= F_CHUNKED
+                elif lname == b"connection" and value not in PLAIN_CONNECTION:
+                    named = [t for t in connection_tokens(value)
+                             if t not in CONNECTION_OPTIONS]
+                    if named:
+                        self._named = (self._named if self._fields & F_NAMED else []) + named
+                        self._fields |= F_NAMED
+                elif lname == b"upgrade":
+                    self._upgrade = value
+                return
+        # Appends rather than += a tuple: compiled, no tuple is built.
+        parts = self._parts
+        parts.append(name)
+        parts.append(b": ")
+        parts.append(value)
+        parts.append(b"\r\n")
 
     def on_headers_complete(self) -> None:
         self._in_head = False

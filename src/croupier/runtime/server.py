@@ -132,7 +132,7 @@ class Balancer:
         wanted_pools: dict[str, Pool] = {}
         for pc in config.pools:
             pool = self.pools.get(pc.name) or Pool(pc.name, pc.algorithm, pc)
-            pool.config = pc
+            pool.configure(pc)
             pool.algorithm = pc.algorithm
             specs = [s for s in loaded.members[pc.name]
                      if f"{pc.name}/{s.name}" not in overlay["removed"]]
