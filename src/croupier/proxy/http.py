@@ -98,6 +98,11 @@ def connection_tokens(value: bytes) -> list[bytes]:
     return [t.strip().lower() for t in value.split(b",") if t.strip()]
 
 
+def field_name(line: bytes) -> bytes:
+    """The lower-case name of a b"Name: value\\r\\n" line of a head being built."""
+    return line[:line.find(b":")].lower()
+
+
 def host_without_port(host: bytes) -> bytes:
     """b"Example.com:8080" -> b"example.com"; IPv6 literals keep their brackets."""
     host = host.strip().lower()

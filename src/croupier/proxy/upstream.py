@@ -29,6 +29,7 @@ from croupier.proxy.http import (
     HOP_BY_HOP,
     PLAIN_CONNECTION,
     connection_tokens,
+    field_name,
     reason,
     spellings,
 )
@@ -224,12 +225,9 @@ class UpstreamConnection:
                 elif lname == b"upgrade":
                     self._upgrade = value
                 return
-        # Appends rather than += a tuple: compiled, no tuple is built.
-        parts = self._parts
-        parts.append(name)
-        parts.append(b": ")
-        parts.append(value)
-        parts.append(b"\r\n")
+        # One piece per field: compiled, a bytes format is one allocation, and the join
+        # pays per piece.
+        self._parts.append(b"%s: %s\r\n" % (name, value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -314,8 +312,7 @@ class UpstreamConnection:
         if status == 204 and self._fields & F_LENGTH:
             drop = [*(drop or ()), b"content-length"]   # RFC 9110 8.6: none on a 204
         if drop is not None:
-            parts = [b""] + [piece for i in range(1, len(parts), 4)
-                             if parts[i].lower() not in drop for piece in parts[i:i + 4]]
+            parts = [b""] + [line for line in parts[1:] if field_name(line) not in drop]
         parts[0] = _STATUS_LINES.get(status) or b"HTTP/1.1 %d %s\r\n" % (status, reason(status))
         parts.append(framing + b"\r\n")
         return b"".join(parts)
