@@ -6,6 +6,13 @@ Steadier than any socket benchmark on a shared machine, so it shows changes of a
 nanoseconds; `make bench` remains the measure that counts.
 
     .venv/bin/python bench/hotpath.py [--requests 200000] [--profile]
+
+It runs whichever build is installed (compiled by default, see setup.py); cProfile sees
+nothing inside compiled code, so profile an interpreted copy (PYTHONPATH=a copy of src
+without its .so files) or count instructions, which is exact whatever the machine is doing:
+
+    valgrind --tool=callgrind .venv/bin/python bench/hotpath.py --requests 20000 --rounds 1
+    (and again with --requests 1: the difference / 20,000 is the cost of one request)
 """
 
 from __future__ import annotations
