@@ -35,7 +35,7 @@ demo: $(COMPILED)
 
 lint: $(COMPILED)
 	$(PY) -m ruff check src tests bench setup.py
-	$(PY) -m mypy src
+	$(PY) -m mypy src setup.py
 
 test: lint
 	$(PY) -m pytest -q

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-from setuptools import setup
+from setuptools import Extension, setup
 
 # The per-request path, and the state and policies it reads (DESIGN.md, "Architecture").
 DATA_PLANE = [
@@ -30,7 +30,7 @@ DATA_PLANE = [
 ]
 
 
-def ext_modules() -> list:
+def ext_modules() -> list[Extension]:
     if os.environ.get("CROUPIER_PURE") == "1":
         return []
     from mypyc.build import mypycify
