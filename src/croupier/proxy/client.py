@@ -29,10 +29,10 @@ from croupier.proxy.http import (
     CONNECTION_OPTIONS,
     IDEMPOTENT,
     PLAIN_CONNECTION,
+    FieldNames,
     connection_tokens,
     field_name,
     simple_response,
-    spellings,
     valid_host,
 )
 
@@ -50,8 +50,7 @@ _REQUEST_SPECIAL: Final = frozenset({
     b"x-forwarded-host", b"via", b"content-length",
 })
 
-# Common spellings of field names -> lower-case name if special, else b"" (copied).
-_REQUEST_NAMES: Final = spellings(_REQUEST_SPECIAL, COMMON_REQUEST_FIELDS)
+_REQUEST_FIELDS: Final = FieldNames(_REQUEST_SPECIAL, COMMON_REQUEST_FIELDS)
 
 # Body bytes held while the member connection opens, before reading pauses.
 _CONNECT_BUFFER: Final = 65536
@@ -362,11 +361,7 @@ class ClientConnection:
         if size > self.listener.max_header_size:
             self.error = (431, "request header fields too large")
             raise _Reject()
-        lname = _REQUEST_NAMES.get(name)
-        if lname is None:           # a spelling or field not in the table
-            lname = name.lower()
-            if lname not in _REQUEST_SPECIAL:
-                lname = b""
+        lname = _REQUEST_FIELDS.kind(name)
         if lname:
             self._special_field(req, lname, name, value)
         else:

@@ -32,7 +32,7 @@ IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"
 
 _REASONS: Final = {s.value: s.phrase.encode() for s in HTTPStatus}
 
-# Common field names (lower-case), for `spellings`: a field name found there as sent needs
+# Common field names (lower-case), for `FieldNames`: a field name found there as sent needs
 # no lower-casing to be classified, which is most of the per-field cost of a parser callback.
 COMMON_REQUEST_FIELDS: Final = (
     b"user-agent", b"accept", b"accept-encoding", b"accept-language", b"accept-charset",
@@ -56,17 +56,36 @@ COMMON_RESPONSE_FIELDS: Final = (
 )
 
 
-def spellings(special: Iterable[bytes], common: Iterable[bytes]) -> dict[bytes, bytes]:
-    """Field name as commonly sent (lower, Title-Case, upper) -> its lower-case name if it is
-    one of `special`, b"" if it is one of `common`. A name not found is lower-cased instead."""
-    table: dict[bytes, bytes] = {}
-    for kind, names in ((b"", common), (None, special)):
-        for name in names:
-            title = b"-".join(part[:1].upper() + part[1:] for part in name.split(b"-"))
-            for spelt in (name, title, name.upper(), title.replace(b"Etag", b"ETag")
-                          .replace(b"Www-", b"WWW-").replace(b"Websocket", b"WebSocket")):
-                table[spelt] = name if kind is None else kind
-    return table
+# Common names whose usual spelling is not Title-Case.
+_IRREGULAR: Final = {b"etag": b"ETag", b"www-authenticate": b"WWW-Authenticate",
+                     b"te": b"TE", b"dnt": b"DNT"}
+
+
+class FieldNames:
+    """Which of a side's fields croupier acts on, by name as the parser hands it over.
+
+    `kind(name)` is the lower-case name of a `special` field, or b"" for any other (copied
+    as it came). Names as commonly spelt (lower, Title-Case, upper) are found in a table
+    built here, in one dict lookup; any other spelling is lower-cased, as it must be."""
+
+    __slots__ = ("special", "table")
+
+    def __init__(self, special: frozenset[bytes], common: Iterable[bytes]) -> None:
+        self.special = special
+        self.table: dict[bytes, bytes] = {}
+        for kind, names in ((b"", common), (None, special)):     # special wins
+            for name in names:
+                title = b"-".join(part[:1].upper() + part[1:] for part in name.split(b"-"))
+                for spelt in (name, title, name.upper(), _IRREGULAR.get(name, title)):
+                    self.table[spelt] = name if kind is None else kind
+
+    def kind(self, name: bytes) -> bytes:
+        lname = self.table.get(name)
+        if lname is None:
+            lname = name.lower()
+            if lname not in self.special:
+                return b""
+        return lname
 
 
 def reason(status: int) -> bytes:

@@ -28,10 +28,10 @@ from croupier.proxy.http import (
     CONNECTION_OPTIONS,
     HOP_BY_HOP,
     PLAIN_CONNECTION,
+    FieldNames,
     connection_tokens,
     field_name,
     reason,
-    spellings,
 )
 
 if TYPE_CHECKING:
@@ -49,8 +49,7 @@ OUT_UNTIL_CLOSE: Final = 3  # close-delimited to an HTTP/1.0 client
 
 # Fields of a response croupier acts on (lower-case); every other field is copied as it came.
 _RESPONSE_SPECIAL: Final = HOP_BY_HOP | {b"content-length"}
-# Common spellings of field names -> lower-case name if special, else b"" (copied).
-_RESPONSE_NAMES: Final = spellings(_RESPONSE_SPECIAL, COMMON_RESPONSE_FIELDS)
+_RESPONSE_FIELDS: Final = FieldNames(_RESPONSE_SPECIAL, COMMON_RESPONSE_FIELDS)
 # Which of those a response head had (bits of `_fields`).
 F_LENGTH: Final = 1
 F_CHUNKED: Final = 2
@@ -205,11 +204,7 @@ class UpstreamConnection:
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._in_head:       # headers after the body are trailers: dropped
             return
-        lname = _RESPONSE_NAMES.get(name)
-        if lname is None:           # a spelling or field not in the table
-            lname = name.lower()
-            if lname not in _RESPONSE_SPECIAL:
-                lname = b""
+        lname = _RESPONSE_FIELDS.kind(name)
         if lname:
             if lname == b"content-length":
                 self._fields |= F_LENGTH        # and copied, below
