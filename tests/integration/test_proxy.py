@@ -208,6 +208,22 @@ def test_close_delimited_response_is_reframed_chunked(backend_loop, croupier):
     out = raw_request(c.port, b"GET / HTTP/1.0\r\n\r\n")
     assert out.endswith(b"\r\n\r\nuntil-close body")
     assert b"chunked" not in out.lower()
+    # The version, not the Connection field, decides what the client can take (the version
+    # is read two ways: with and without a Connection field).
+    for request, chunked in ((b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", True),
+                             (b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", False),
+                             (b"GET / HTTP/1.0\r\nConnection: close\r\n\r\n", False),
+                             (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", False)):
+        out = raw_request(c.port, request)
+        assert out.startswith(b"HTTP/1.1 200 "), request
+        assert (b"transfer-encoding: chunked" in out.lower()) == chunked, request
+    with socket.create_connection(("127.0.0.1", c.port), timeout=5) as s:
+        buf = bytearray()
+        for _ in range(2):
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
+            _status, headers, body = read_response(s, buf)
+            assert headers["transfer-encoding"] == "chunked"
+            assert body == b"until-close body"
 
 
 def test_http10_client_gets_host_added_and_keep_alive_when_asked(backends, croupier):

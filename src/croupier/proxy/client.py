@@ -76,6 +76,7 @@ class Request:
         "body_size",
         "chunked",
         "close_after",
+        "connection_field",
         "content_length",
         "discard",
         "drop",
@@ -122,6 +123,7 @@ class Request:
         self.chunked = False
         self.content_length = -1
         self.close_after = False
+        self.connection_field = False   # a Connection field came: see on_headers_complete
         self.body: list[bytes] = []     # request body bytes held until a member connection
         self.body_size = 0
         # Body bytes already sent, kept while they fit `replay_limit` so that a failed
@@ -389,10 +391,13 @@ class ClientConnection:
                 req.xff = req.xff + b", " + value if req.xff else value
             elif lname == b"via":
                 req.via = req.via + b", " + value if req.via else value
-            elif lname == b"connection" and value not in PLAIN_CONNECTION:
-                named = [t for t in connection_tokens(value) if t not in CONNECTION_OPTIONS]
-                if named:
-                    req.drop = (req.drop or []) + named
+            elif lname == b"connection":
+                req.connection_field = True
+                if value not in PLAIN_CONNECTION:
+                    named = [t for t in connection_tokens(value)
+                             if t not in CONNECTION_OPTIONS]
+                    if named:
+                        req.drop = (req.drop or []) + named
             elif lname == b"upgrade":
                 req.upgrade_value = value
             return
@@ -406,10 +411,15 @@ class ClientConnection:
         assert parser is not None
         method = req.method = parser.get_method()
         req.head[0] = b"%s %s HTTP/1.1\r\n" % (method, req.url)
-        http11 = req.http11 = parser.get_http_version() == "1.1"
-        if not parser.should_keep_alive():
+        keep_alive = parser.should_keep_alive()
+        # llhttp takes only 0.9, 1.0, 1.1 and 2.0, and without a Connection field keeps
+        # alive exactly the 1.1 requests; get_http_version() formats a str per call.
+        http11 = req.http11 = (parser.get_http_version() == "1.1" if req.connection_field
+                               else keep_alive)
+        if not keep_alive:
             req.close_after = True
-        req.upgrade = parser.should_upgrade()
+        # llhttp upgrades only with an Upgrade field (or CONNECT, refused below).
+        req.upgrade = parser.should_upgrade() if req.upgrade_value else False
         host = req.host
         problem = None
         if host is None:
