@@ -190,6 +190,79 @@ def test_response_hop_by_hop_fields_and_those_its_connection_names_are_removed(b
     assert raw.connections == 1
 
 
+# A response with everything a head can carry: empty lines before it, two interim responses,
+# hop-by-hop fields in any case (one named by Connection), and fields copied as they came.
+INTERIM_AND_FINAL = (b"\r\nHTTP/1.1 100 Continue\r\n\r\n"
+                     b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n"
+                     b"Keep-Alive: timeout=5\r\n\r\n"
+                     b"HTTP/1.1 200 OK\r\nX-Internal: secret\r\nconnection: X-INTERNAL\r\n"
+                     b"KEEP-ALIVE: timeout=5\r\nTe: trailers\r\nProxy-Connection: keep-alive\r\n"
+                     b"Upgrade: h2c\r\nServer: raw\r\ncontent-LENGTH: 2\r\nx-kept: Yes \r\n"
+                     b"X-Conn: 1\r\n\r\nok")
+INTERIM_AND_FINAL_OUT = (b"HTTP/1.1 100 Continue\r\n\r\n"
+                         b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+                         b"HTTP/1.1 200 OK\r\nServer: raw\r\ncontent-LENGTH: 2\r\n"
+                         b"x-kept: Yes \r\nX-Conn: 1\r\n\r\nok")
+
+
+def test_response_heads_are_copied_as_they_came_however_they_arrive(backend_loop, croupier):
+    async def respond(head, writer):
+        if head.startswith(b"GET /bytewise"):
+            for i in range(len(INTERIM_AND_FINAL)):     # a read per byte, or nearly
+                writer.write(INTERIM_AND_FINAL[i:i + 1])
+                await writer.drain()
+        elif head.startswith(b"GET /big-body"):         # the head and 100 kB in one write
+            writer.write(b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nX-A: 1\r\n"
+                         b"Content-Length: 100000\r\n\r\n" + b"b" * 100_000)
+        else:
+            writer.write(INTERIM_AND_FINAL)
+        await writer.drain()
+    raw = RawBackend(backend_loop, respond)
+    c = croupier(proxy_config([raw.address]))
+    with socket.create_connection(("127.0.0.1", c.port), timeout=5) as s:
+        for path in (b"/", b"/bytewise", b"/"):
+            s.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path)
+            out = b""
+            while not out.endswith(b"ok"):
+                chunk = s.recv(65536)
+                assert chunk, out
+                out += chunk
+            assert out == INTERIM_AND_FINAL_OUT, path
+        s.sendall(b"GET /big-body HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, headers, body = read_response(s, bytearray())
+        assert (status, headers["x-a"], body) == (200, "1", b"b" * 100_000)
+        assert "connection" not in headers
+    assert raw.connections == 1         # in sync throughout: the connection was reused
+
+
+def test_response_head_over_64k_gives_502(backend_loop, croupier):
+    async def respond(head, writer):
+        if head.startswith(b"GET /huge-in-pieces"):    # never complete: cut off at 64 kB
+            writer.write(b"HTTP/1.1 200 OK\r\n")
+            for _ in range(70):
+                writer.write(b"X-Big: %s\r\n" % (b"v" * 1000))
+                await writer.drain()
+        elif head.startswith(b"GET /huge"):             # complete in one read, but too big
+            writer.write(b"HTTP/1.1 200 OK\r\n" + b"X-Big: %s\r\n" % (b"v" * 1000) * 70)
+            writer.write(b"Content-Length: 2\r\n\r\nok")
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\n" + b"X-Big: %s\r\n" % (b"v" * 1000) * 60)
+            writer.write(b"Content-Length: 2\r\n\r\nok")
+        await writer.drain()
+    raw = RawBackend(backend_loop, respond)
+    c = croupier(proxy_config([raw.address]))
+    with socket.create_connection(("127.0.0.1", c.port), timeout=5) as s:
+        buf = bytearray()
+        for path in (b"/huge", b"/huge-in-pieces"):
+            s.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path)
+            status, _headers, body = read_response(s, buf)
+            assert status == 502 and b"response head over 65536 bytes" in body, path
+        s.sendall(b"GET /60k HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, headers, body = read_response(s, buf)
+        assert (status, body) == (200, b"ok") and len(headers["x-big"]) == 1000
+    assert raw.connections == 3         # each connection that sent a huge head was dropped
+
+
 def test_close_delimited_response_is_reframed_chunked(backend_loop, croupier):
     async def respond(head, writer):
         writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil-close body")

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from http import HTTPStatus
 from typing import Final
 
-# Request fields croupier handles itself rather than copying through.
+# Hop-by-hop fields (RFC 9110 7.6.1): never copied from one connection to the next.
 HOP_BY_HOP: Final = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
     b"transfer-encoding", b"upgrade",
@@ -32,8 +32,9 @@ IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"
 
 _REASONS: Final = {s.value: s.phrase.encode() for s in HTTPStatus}
 
-# Common field names (lower-case), for `FieldNames`: a field name found there as sent needs
-# no lower-casing to be classified, which is most of the per-field cost of a parser callback.
+# Common request field names (lower-case), for `FieldNames`: a field name found there as
+# sent needs no lower-casing to be classified, which is most of the per-field cost of a
+# parser callback. (Response heads are not taken field by field: see upstream.py.)
 COMMON_REQUEST_FIELDS: Final = (
     b"user-agent", b"accept", b"accept-encoding", b"accept-language", b"accept-charset",
     b"authorization", b"cache-control", b"content-type", b"cookie", b"origin", b"pragma",
@@ -44,16 +45,7 @@ COMMON_REQUEST_FIELDS: Final = (
     b"sec-ch-ua-platform", b"sec-websocket-key", b"sec-websocket-version",
     b"sec-websocket-extensions", b"sec-websocket-protocol", b"forwarded", b"priority",
 )
-COMMON_RESPONSE_FIELDS: Final = (
-    b"server", b"date", b"content-type", b"last-modified", b"etag", b"accept-ranges",
-    b"cache-control", b"expires", b"vary", b"set-cookie", b"location", b"content-encoding",
-    b"content-language", b"content-disposition", b"age", b"www-authenticate", b"retry-after",
-    b"access-control-allow-origin", b"access-control-allow-credentials",
-    b"access-control-allow-methods", b"access-control-allow-headers", b"x-frame-options",
-    b"x-content-type-options", b"strict-transport-security", b"content-security-policy",
-    b"referrer-policy", b"x-request-id", b"sec-websocket-accept", b"sec-websocket-protocol",
-    b"sec-websocket-extensions", b"alt-svc", b"link", b"pragma", b"x-powered-by",
-)
+
 
 
 # Common names whose usual spelling is not Title-Case.

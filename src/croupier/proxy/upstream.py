@@ -9,6 +9,10 @@ Rules kept here:
   we stop the parser at the end of the head ourselves and start a fresh one;
 - a body that ends at close (no Content-Length, not chunked) ends at connection_lost, because
   httptools has no llhttp_finish;
+- a response head is not taken field by field (a parser callback per field costs more than
+  the rest of the exchange): llhttp validates it, then the head is copied from the bytes as
+  they came, less the hop-by-hop lines (`_copied_fields`). llhttp refuses obs-fold, bare CR
+  or LF and spaces before a colon, so a head it accepted is plain "Name: value" CRLF lines;
 - 1xx interim responses go to the client as they come; 101 turns both sides into a tunnel;
 - a connection goes back to the pool only when the response said keep-alive, the request was
   sent whole, and nothing is left over.
@@ -24,13 +28,9 @@ from typing import TYPE_CHECKING, Final, cast
 import httptools
 
 from croupier.proxy.http import (
-    COMMON_RESPONSE_FIELDS,
     CONNECTION_OPTIONS,
-    HOP_BY_HOP,
     PLAIN_CONNECTION,
-    FieldNames,
     connection_tokens,
-    field_name,
     reason,
 )
 
@@ -47,24 +47,36 @@ OUT_RAW: Final = 1          # Content-Length from the member, bytes copied as th
 OUT_CHUNKED: Final = 2      # chunked or close-delimited from the member, chunked to HTTP/1.1
 OUT_UNTIL_CLOSE: Final = 3  # close-delimited to an HTTP/1.0 client
 
-# Fields of a response croupier acts on (lower-case); every other field is copied as it came.
-_RESPONSE_SPECIAL: Final = HOP_BY_HOP | {b"content-length"}
-_RESPONSE_FIELDS: Final = FieldNames(_RESPONSE_SPECIAL, COMMON_RESPONSE_FIELDS)
-# Which of those a response head had (bits of `_fields`).
+# A response head larger than this is refused (502), as nginx's proxy_buffer_size and
+# HAProxy's bufsize refuse one: it is held whole until llhttp has read it.
+MAX_RESPONSE_HEAD: Final = 65536
+# What a response head had, for its framing (bits of `_fields`).
 F_LENGTH: Final = 1
 F_CHUNKED: Final = 2
-F_NAMED: Final = 4         # its Connection field named other fields, which are hop-by-hop then
 _STATUS_LINES: Final = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason(code))
                         for code in range(100, 600) if reason(code) != b"Unknown"}
+
+
+def _is_name(line: bytes, name: bytes) -> bool:
+    """Whether a field line (validated by llhttp: its name is a token) has this lower-case
+    name. `| 0x20` lower-cases letters and maps no other token byte onto a letter or "-"."""
+    n = len(name)
+    if len(line) <= n or line[n] != 0x3A:      # ":" right after the name: no space allowed
+        return False
+    return all(line[i] | 0x20 == name[i] for i in range(n))
 
 
 class _StopAtHead(Exception):
     """Raised from on_headers_complete to end a HEAD response at its head."""
 
 
+class _HeadTooLarge(Exception):
+    """Raised from on_headers_complete for a head over MAX_RESPONSE_HEAD read in one go."""
+
+
 class UpstreamConnection:
-    __slots__ = ("_close_delimited", "_fields", "_final", "_in_head",
-                 "_interim", "_keep_alive", "_message_done", "_named", "_out", "_parts",
+    __slots__ = ("_close_delimited", "_copied", "_fields", "_final", "_head_start", "_in_head",
+                 "_interim", "_keep_alive", "_message_done", "_out", "_raw",
                  "_received", "_to_client", "_tunnel_rest", "_upgrade", "body_pending", "client",
                  "closed", "deadline", "idle", "out_mode", "parser", "paused", "pool", "req",
                  "response_started", "reused", "transport", "tunnel")
@@ -82,7 +94,11 @@ class UpstreamConnection:
         self.body_pending = False       # answered; still being sent the request's body
         self.paused = False
         self.deadline = 0.0
-        self._parts: list[bytes] = []
+        # The bytes of the head being read (from `_head_start`), kept until llhttp has seen
+        # all of it; then what of it is copied to the client.
+        self._raw = b""
+        self._head_start = 0
+        self._copied = b""
         self._in_head = False
         self._fields = 0
         self._final = False
@@ -94,7 +110,6 @@ class UpstreamConnection:
         self._keep_alive = False
         self._close_delimited = False
         self.out_mode = OUT_NONE
-        self._named: list[bytes] = []
         self._upgrade = b""
         self._out: list[bytes] | None = None
         self._tunnel_rest = b""
@@ -123,9 +138,12 @@ class UpstreamConnection:
             return
         self.deadline = self.pool.time() + self.pool.response_timeout
         self._received = True
+        if self._in_head:
+            raw = self._raw
+            self._raw = raw + data if raw else data
         out: list[bytes] = []
         self._out = out
-        stopped_at_head = False
+        stopped_at_head = too_large = False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -133,6 +151,8 @@ class UpstreamConnection:
         except httptools.HttpParserCallbackError as e:
             if isinstance(e.__context__, _StopAtHead):
                 stopped_at_head = True
+            elif isinstance(e.__context__, _HeadTooLarge):
+                too_large = True
             else:
                 raise
         except httptools.HttpParserError as e:
@@ -140,6 +160,10 @@ class UpstreamConnection:
             self._fail(f"invalid response: {e}")
             return
         self._flush(out)
+        if too_large or (self._in_head
+                         and len(self._raw) - self._head_start > MAX_RESPONSE_HEAD):
+            self._fail(f"response head over {MAX_RESPONSE_HEAD} bytes")
+            return
         if stopped_at_head:
             # Anything past the head would be a body the member should not have sent.
             keep = self.parser.should_keep_alive() and data.endswith(b"\r\n\r\n")
@@ -194,35 +218,9 @@ class UpstreamConnection:
     # ---- parser callbacks ------------------------------------------------------------------
 
     def _begin_head(self) -> None:
-        """Before each response head (at the start of an exchange and after an interim one;
-        cheaper than an on_message_begin callback per response). The head for the client is
-        built as the fields come: the status line goes in front, our framing at the end."""
-        self._parts = [b""]
+        """After an interim response: the next head follows it in the same bytes."""
         self._in_head = True
         self._fields = 0
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if not self._in_head:       # headers after the body are trailers: dropped
-            return
-        lname = _RESPONSE_FIELDS.kind(name)
-        if lname:
-            if lname == b"content-length":
-                self._fields |= F_LENGTH        # and copied, below
-            else:                               # hop-by-hop: never copied
-                if lname == b"transfer-encoding":
-                    self._fields |= F_CHUNKED
-                elif lname == b"connection" and value not in PLAIN_CONNECTION:
-                    named = [t for t in connection_tokens(value)
-                             if t not in CONNECTION_OPTIONS]
-                    if named:
-                        self._named = (self._named if self._fields & F_NAMED else []) + named
-                        self._fields |= F_NAMED
-                elif lname == b"upgrade":
-                    self._upgrade = value
-                return
-        # One piece per field: compiled, a bytes format is one allocation, and the join
-        # pays per piece.
-        self._parts.append(b"%s: %s\r\n" % (name, value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -230,11 +228,13 @@ class UpstreamConnection:
         req = self.req
         out = self._out
         assert req is not None and out is not None
+        self._copied = self._copied_fields(status)
         if status < 200 and status != 101:
             self._interim = True
             if req.http11:           # an HTTP/1.0 client cannot take interim responses
                 out.append(self._head(status, b""))
             return
+        self._raw = b""
         self._interim = False
         self._final = True
         self.response_started = True
@@ -299,18 +299,82 @@ class UpstreamConnection:
 
     # ---- building and sending --------------------------------------------------------------
 
+    def _copied_fields(self, status: int) -> bytes:
+        """The field lines of the response head just read (`_raw` from `_head_start`, all of
+        it there since llhttp has read it) that the client gets, each "Name: value\\r\\n":
+        all but the hop-by-hop ones and those its Connection field names, and Content-Length
+        on a 204 (RFC 9110 8.6). Notes the framing fields and the Upgrade value.
+
+        One split, then a look at each line's first byte: per field this is a fraction of a
+        parser callback, and bytes.find() or startswith() with an offset parse their
+        arguments through a format string (~500 instructions a call), so there is one."""
+        raw = self._raw
+        start = self._head_start
+        if len(raw) - start > 2048:     # a body came with it: cut the head out, not the body
+            end = raw.find(b"\r\n\r\n", start) + 4
+            if end - start > MAX_RESPONSE_HEAD:
+                raise _HeadTooLarge()
+            raw = raw[start:end]
+            start = 0
+        lines = (raw[start:] if start else raw).split(b"\r\n")
+        first_field = 1
+        while not lines[first_field - 1]:   # empty lines before the status line: skipped
+            first_field += 1
+        flags = 0
+        kept: list[bytes] = []
+        named: list[bytes] | None = None
+        i = first_field
+        while True:
+            line = lines[i]
+            if not line:                    # the empty line that ends the head
+                break
+            i += 1
+            first = line[0] | 0x20
+            if first == 0x63:                           # c
+                if line == b"Connection: keep-alive":
+                    continue
+                if _is_name(line, b"content-length"):
+                    flags |= F_LENGTH
+                elif _is_name(line, b"connection"):
+                    value = line[11:].strip()
+                    if value not in PLAIN_CONNECTION:
+                        tokens = [t for t in connection_tokens(value)
+                                  if t not in CONNECTION_OPTIONS]
+                        if tokens:
+                            named = (named or []) + tokens
+                    continue
+            elif first == 0x74:                         # t
+                if _is_name(line, b"transfer-encoding"):
+                    flags |= F_CHUNKED
+                    continue
+                if _is_name(line, b"te") or _is_name(line, b"trailer"):
+                    continue
+            elif first == 0x75:                         # u
+                if _is_name(line, b"upgrade"):
+                    self._upgrade = line[8:].strip()
+                    continue
+            elif first == 0x6B:                         # k
+                if _is_name(line, b"keep-alive"):
+                    continue
+            elif first == 0x70 and _is_name(line, b"proxy-connection"):     # p
+                continue
+            kept.append(line)
+        if status < 200:
+            # An interim response: the next head follows this one's empty line.
+            self._head_start += sum([len(lines[j]) + 2 for j in range(i + 1)])
+        self._fields = flags
+        if status == 204 and flags & F_LENGTH:
+            named = (named or []) + [b"content-length"]
+        if named is not None:
+            kept = [line for line in kept if line[:line.find(b":")].lower() not in named]
+        kept.append(b"")
+        return b"\r\n".join(kept)
+
     def _head(self, status: int, framing: bytes) -> bytes:
         """The response head for the client: the copied fields between our status line and
         our framing."""
-        parts = self._parts
-        drop = self._named if self._fields & F_NAMED else None
-        if status == 204 and self._fields & F_LENGTH:
-            drop = [*(drop or ()), b"content-length"]   # RFC 9110 8.6: none on a 204
-        if drop is not None:
-            parts = [b""] + [line for line in parts[1:] if field_name(line) not in drop]
-        parts[0] = _STATUS_LINES.get(status) or b"HTTP/1.1 %d %s\r\n" % (status, reason(status))
-        parts.append(framing + b"\r\n")
-        return b"".join(parts)
+        line = _STATUS_LINES.get(status) or b"HTTP/1.1 %d %s\r\n" % (status, reason(status))
+        return b"%s%s%s\r\n" % (line, self._copied, framing)
 
     def _flush(self, out: list[bytes]) -> None:
         self._out = None
@@ -341,7 +405,8 @@ class UpstreamConnection:
         self.client = client
         self.req = req
         self.idle = False
-        self._parts = [b""]             # as _begin_head, without a call per request
+        self._raw = b""
+        self._head_start = 0
         self._in_head = True
         self._fields = 0
         self._final = False
