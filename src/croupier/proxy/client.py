@@ -526,17 +526,17 @@ class ClientConnection:
         member.requests += 1
         req.member = member
         req.attempts += 1
-        req.sent_at = self.listener.time()
+        req.sent_at = now = self.listener.time()
         upstream = member.upstream
         assert upstream is not None
         conn = None if fresh else upstream.acquire()
         if conn is not None:
-            self._attach(req, conn)
+            self._attach(req, conn, now)
         else:
             upstream.connect(self, req)
 
-    def _attach(self, req: Request, conn: UpstreamConnection) -> None:
-        conn.attach(self, req)
+    def _attach(self, req: Request, conn: UpstreamConnection, now: float) -> None:
+        conn.attach(self, req, now)
         req.sink = conn
         member = req.member
         assert member is not None
@@ -571,7 +571,7 @@ class ClientConnection:
         if req is not self.current or self.transport is None:
             conn.pool.release(conn)     # the client left while we connected; keep it
             return
-        self._attach(req, conn)
+        self._attach(req, conn, self.listener.time())     # the connect took a while
 
     def upstream_failed(self, req: Request, why: str, *, status: int = 502,
                         sent_to_client: bool = False, stale: bool = False,
@@ -643,12 +643,14 @@ class ClientConnection:
         self._send_to(req, member, fresh=False)
         return None
 
-    def response_done(self, req: Request) -> None:
-        """The member's response was passed on whole."""
+    def response_done(self, req: Request, now: float = -1.0) -> None:
+        """The member's response was passed on whole (`now`: the loop's time, if read)."""
         member = req.member
         if member is not None:
             member.answered += 1
-            member.latency_total += self.listener.time() - req.sent_at
+            if now < 0.0:
+                now = self.listener.time()
+            member.latency_total += now - req.sent_at
             if req.status >= 500:
                 outlier = member.pool.config.outlier if member.pool.config else None
                 if outlier is not None and outlier.include_5xx:
@@ -669,7 +671,7 @@ class ClientConnection:
         if req.close_after:
             self._close_after_write()
         elif req.body_done:
-            self._next()
+            self._next(now)
 
     def body_sink_lost(self, req: Request) -> None:
         """The member that answered early stopped taking the rest of the body."""
@@ -687,7 +689,7 @@ class ClientConnection:
             if failed:
                 member.failures += 1
 
-    def _next(self) -> None:
+    def _next(self, now: float = -1.0) -> None:
         """`current` is answered; start the next queued request, or wait for one."""
         self.current = None
         if self.queue:
@@ -701,7 +703,7 @@ class ClientConnection:
             if self.parser_dead:
                 self._answer_error_and_close()
             elif self.parsing is None:
-                self.deadline = self._idle_deadline()
+                self.deadline = self._idle_deadline(now)
 
     def _answer(self, req: Request, status: int, body: str,
                 extra: tuple[tuple[bytes, bytes], ...] = (),
@@ -933,8 +935,9 @@ class ClientConnection:
             transport.resume_reading()
         self.deadline = self.listener.time() + LINGER
 
-    def _idle_deadline(self) -> float:
-        now = self.listener.time()
+    def _idle_deadline(self, now: float = -1.0) -> float:
+        if now < 0.0:
+            now = self.listener.time()
         keepalive = self.listener.keepalive_timeout
         if keepalive > IDLE_SHED:
             self.idle_since = now           # wake first at IDLE_SHED to shed the parser

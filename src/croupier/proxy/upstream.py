@@ -136,7 +136,9 @@ class UpstreamConnection:
             else:
                 self._abandon()
             return
-        self.deadline = self.pool.time() + self.pool.response_timeout
+        # One clock reading for the exchange's end too (a Python call and a float each).
+        now = self.pool.time()
+        self.deadline = now + self.pool.response_timeout
         self._received = True
         if self._in_head:
             raw = self._raw
@@ -168,11 +170,11 @@ class UpstreamConnection:
             # Anything past the head would be a body the member should not have sent.
             keep = self.parser.should_keep_alive() and data.endswith(b"\r\n\r\n")
             self.parser = httptools.HttpResponseParser(self)
-            self._finish(reusable=keep)
+            self._finish(keep, now)
         elif self.tunnel:
             self._start_tunnel()
         elif self._message_done:
-            self._finish(reusable=self._keep_alive)
+            self._finish(self._keep_alive, now)
 
     def eof_received(self) -> bool | None:
         return False
@@ -399,7 +401,7 @@ class UpstreamConnection:
         assert self.transport is not None
         self.transport.write(data)
 
-    def attach(self, client: ClientConnection, req: Request) -> None:
+    def attach(self, client: ClientConnection, req: Request, now: float) -> None:
         """A new exchange. (`_interim`, `_keep_alive`, `_close_delimited` and `out_mode` are
         set before they are read.)"""
         self.client = client
@@ -414,7 +416,7 @@ class UpstreamConnection:
         self._received = False          # any byte from the member for this exchange
         self._to_client = False         # any byte of this exchange passed to the client
         self.response_started = False
-        self.deadline = self.pool.time() + self.pool.response_timeout
+        self.deadline = now + self.pool.response_timeout
 
     def _start_tunnel(self) -> None:
         client = self.client
@@ -426,7 +428,8 @@ class UpstreamConnection:
 
     # ---- the end of an exchange ------------------------------------------------------------
 
-    def _finish(self, reusable: bool) -> None:
+    def _finish(self, reusable: bool, now: float = -1.0) -> None:
+        """The exchange is over (`now` is the loop's time if the caller has read it)."""
         client, req = self.client, self.req
         if (req is not None and client is not None and not req.body_done and reusable
                 and req.status < 400 and not self.closed):
@@ -435,7 +438,7 @@ class UpstreamConnection:
             # to the pool once the request is sent (`request_sent`).
             self.body_pending = True
             self.deadline = 0.0         # the client's body_timeout covers a slow sender now
-            client.response_done(req)
+            client.response_done(req, now)
             return
         self.client = self.req = None
         if self.paused:
@@ -443,11 +446,11 @@ class UpstreamConnection:
         if req is not None and not req.body_done:
             reusable = False    # the member answered before it had the whole request
         if reusable and not self.closed:
-            self.pool.release(self)
+            self.pool.release(self, now)
         else:
             self._abandon()
         if client is not None and req is not None:
-            client.response_done(req)
+            client.response_done(req, now)
 
     def request_sent(self) -> None:
         """The rest of a request answered early has been sent: the connection is free."""
@@ -533,12 +536,12 @@ class UpstreamPool:
                 return conn
         return None
 
-    def release(self, conn: UpstreamConnection) -> None:
+    def release(self, conn: UpstreamConnection, now: float = -1.0) -> None:
         if not self.member.eligible or len(self.idle) >= self.max_idle:
             conn.transport.close() if conn.transport is not None else None
             return
         conn.idle = True
-        conn.deadline = self.time() + self.idle_timeout
+        conn.deadline = (now if now >= 0.0 else self.time()) + self.idle_timeout
         self.idle.append(conn)
 
     def forget(self, conn: UpstreamConnection) -> None:
