@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import socket
 
@@ -235,6 +236,44 @@ def test_response_heads_are_copied_as_they_came_however_they_arrive(backend_loop
     assert raw.connections == 1         # in sync throughout: the connection was reused
 
 
+def test_a_body_over_many_reads_is_passed_on_exactly(backend_loop, croupier):
+    # Past its first read a Content-Length body is counted, not parsed: it must still end
+    # where its length says, and bytes past it must not reach the client or a later request.
+    body = bytes(range(256)) * 1024             # 256 KiB, every byte value
+
+    async def respond(head, writer):
+        if head.startswith(b"GET /two"):              # a second response nobody asked for
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray")
+            await writer.drain()
+            return
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+                     + body[:1000])
+        await writer.drain()
+        for at in range(1000, len(body), 50_000):
+            await asyncio.sleep(0.001)          # separate reads on the balancer's side
+            chunk = body[at:at + 50_000]
+            if at + 50_000 >= len(body) and head.startswith(b"GET /overrun"):
+                chunk += b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray"
+            writer.write(chunk)
+            await writer.drain()
+    raw = RawBackend(backend_loop, respond)
+    c = croupier(proxy_config([raw.address]))
+    with socket.create_connection(("127.0.0.1", c.port), timeout=5) as s:
+        buf = bytearray()
+        for path in (b"/", b"/", b"/overrun", b"/"):
+            s.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path)
+            status, _headers, got = read_response(s, buf)
+            assert (status, got) == (200, body), path
+        s.sendall(b"GET /two HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(s, buf)[2] == b"ok"
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(s, buf)[2] == body
+        assert not buf
+    # Reused, but not after either stray response (each came with the end of the real one).
+    assert raw.connections == 3
+
+
 def test_response_head_over_64k_gives_502(backend_loop, croupier):
     async def respond(head, writer):
         if head.startswith(b"GET /huge-in-pieces"):    # never complete: cut off at 64 kB
@@ -372,7 +411,6 @@ def test_member_answering_before_the_body_ends_still_gets_it_and_is_reused(backe
                                                                            croupier):
     """nginx answers `return 200` before reading a body, then reads and discards it: the
     rest of the body must still reach it, and both connections stay usable."""
-    import asyncio
     received: list[int] = []
     connections: list[int] = []
 

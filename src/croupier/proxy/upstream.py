@@ -9,6 +9,9 @@ Rules kept here:
   we stop the parser at the end of the head ourselves and start a fresh one;
 - a body that ends at close (no Content-Length, not chunked) ends at connection_lost, because
   httptools has no llhttp_finish;
+- past its first read, a Content-Length body goes to the client as it comes, without the
+  parser (`_pass_body`: it would copy each byte once more); a fresh parser takes the next
+  response;
 - a response head is not taken field by field (a parser callback per field costs more than
   the rest of the exchange): llhttp validates it, then the head is copied from the bytes as
   they came, less the hop-by-hop lines (`_copied_fields`). llhttp refuses obs-fold, bare CR
@@ -70,13 +73,19 @@ class _StopAtHead(Exception):
     """Raised from on_headers_complete to end a HEAD response at its head."""
 
 
+class _PastTheResponse(Exception):
+    """Raised from on_headers_complete for a second response in the read that ended one:
+    nothing asked for it."""
+
+
 class _HeadTooLarge(Exception):
     """Raised from on_headers_complete for a head over MAX_RESPONSE_HEAD read in one go."""
 
 
 class UpstreamConnection:
-    __slots__ = ("_close_delimited", "_copied", "_fields", "_final", "_head_start", "_in_head",
-                 "_interim", "_keep_alive", "_message_done", "_out", "_raw",
+    __slots__ = ("_body_left", "_body_seen", "_close_delimited", "_copied", "_fields",
+                 "_final", "_head_start", "_in_head", "_interim", "_keep_alive", "_length_line",
+                 "_message_done", "_out", "_raw",
                  "_received", "_to_client", "_tunnel_rest", "_upgrade", "body_pending", "client",
                  "closed", "deadline", "idle", "out_mode", "parser", "paused", "pool", "req",
                  "response_started", "reused", "transport", "tunnel")
@@ -99,6 +108,9 @@ class UpstreamConnection:
         self._raw = b""
         self._head_start = 0
         self._copied = b""
+        self._length_line = b""         # the Content-Length line of the head, as it came
+        self._body_seen = 0             # body bytes the parser has handed over
+        self._body_left = 0             # body bytes still to pass on without the parser
         self._in_head = False
         self._fields = 0
         self._final = False
@@ -140,12 +152,15 @@ class UpstreamConnection:
         now = self.pool.time()
         self.deadline = now + self.pool.response_timeout
         self._received = True
+        if self._body_left:
+            self._pass_body(data, now)
+            return
         if self._in_head:
             raw = self._raw
             self._raw = raw + data if raw else data
         out: list[bytes] = []
         self._out = out
-        stopped_at_head = too_large = False
+        stopped_at_head = too_large = past = False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -155,6 +170,8 @@ class UpstreamConnection:
                 stopped_at_head = True
             elif isinstance(e.__context__, _HeadTooLarge):
                 too_large = True
+            elif isinstance(e.__context__, _PastTheResponse):
+                past = True
             else:
                 raise
         except httptools.HttpParserError as e:
@@ -174,7 +191,26 @@ class UpstreamConnection:
         elif self.tunnel:
             self._start_tunnel()
         elif self._message_done:
-            self._finish(self._keep_alive, now)
+            self._finish(self._keep_alive and not past, now)
+        elif self.out_mode == OUT_RAW and self._final and not self._interim:
+            # The rest of the body needs no parsing: count it through.
+            self._body_left = int(self._length_line[15:]) - self._body_seen
+            self._keep_alive = self.parser.should_keep_alive()
+
+    def _pass_body(self, data: bytes, now: float) -> None:
+        """Body bytes of a Content-Length response, after its first read: to the client as
+        they came. What comes past the body breaks framing: cut, and no reuse."""
+        left = self._body_left
+        over = len(data) > left
+        if over:
+            data = data[:left]
+        left -= len(data)
+        self._body_left = left
+        self._flush([data])
+        if left == 0:
+            self.parser = httptools.HttpResponseParser(self)    # the old one is mid-body
+            self._message_done = True
+            self._finish(self._keep_alive and not over, now)
 
     def eof_received(self) -> bool | None:
         return False
@@ -225,6 +261,8 @@ class UpstreamConnection:
         self._fields = 0
 
     def on_headers_complete(self) -> None:
+        if self._message_done:
+            raise _PastTheResponse()
         self._in_head = False
         status = self.parser.get_status_code()
         req = self.req
@@ -276,6 +314,7 @@ class UpstreamConnection:
     def on_body(self, body: bytes) -> None:
         if self._interim or not body:
             return
+        self._body_seen += len(body)
         out = self._out
         assert out is not None
         mode = self.out_mode
@@ -337,6 +376,7 @@ class UpstreamConnection:
                     continue
                 if _is_name(line, b"content-length"):
                     flags |= F_LENGTH
+                    self._length_line = line
                 elif _is_name(line, b"connection"):
                     value = line[11:].strip()
                     if value not in PLAIN_CONNECTION:
@@ -413,6 +453,8 @@ class UpstreamConnection:
         self._fields = 0
         self._final = False
         self._message_done = False
+        self._body_seen = 0
+        self._body_left = 0
         self._received = False          # any byte from the member for this exchange
         self._to_client = False         # any byte of this exchange passed to the client
         self.response_started = False
