@@ -27,6 +27,7 @@ import httptools
 from croupier.proxy.http import (
     COMMON_REQUEST_FIELDS,
     CONNECTION_OPTIONS,
+    HOP_BY_HOP,
     IDEMPOTENT,
     PLAIN_CONNECTION,
     FieldNames,
@@ -44,11 +45,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("croupier.proxy")
 
 # Fields of a request that croupier rewrites or drops (lower-case); everything else is copied.
-_REQUEST_SPECIAL: Final = frozenset({
-    b"host", b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
-    b"transfer-encoding", b"upgrade", b"expect", b"x-forwarded-for", b"x-forwarded-proto",
-    b"x-forwarded-host", b"via", b"content-length",
-})
+_REQUEST_SPECIAL: Final = HOP_BY_HOP | {
+    b"host", b"expect", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"via",
+    b"content-length",
+}
 
 _REQUEST_FIELDS: Final = FieldNames(_REQUEST_SPECIAL, COMMON_REQUEST_FIELDS)
 

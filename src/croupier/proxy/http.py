@@ -46,11 +46,8 @@ COMMON_REQUEST_FIELDS: Final = (
     b"sec-websocket-extensions", b"sec-websocket-protocol", b"forwarded", b"priority",
 )
 
-
-
 # Common names whose usual spelling is not Title-Case.
-_IRREGULAR: Final = {b"etag": b"ETag", b"www-authenticate": b"WWW-Authenticate",
-                     b"te": b"TE", b"dnt": b"DNT"}
+_IRREGULAR: Final = {b"te": b"TE", b"dnt": b"DNT"}
 
 
 class FieldNames:

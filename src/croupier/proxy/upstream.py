@@ -83,7 +83,7 @@ class _HeadTooLarge(Exception):
 
 
 class UpstreamConnection:
-    __slots__ = ("_body_left", "_body_seen", "_close_delimited", "_copied", "_fields",
+    __slots__ = ("_body_left", "_body_seen", "_body_tail", "_close_delimited", "_copied", "_fields",
                  "_final", "_head_start", "_in_head", "_interim", "_keep_alive", "_length_line",
                  "_message_done", "_out", "_raw",
                  "_received", "_to_client", "_tunnel_rest", "_upgrade", "body_pending", "client",
@@ -111,6 +111,10 @@ class UpstreamConnection:
         self._length_line = b""         # the Content-Length line of the head, as it came
         self._body_seen = 0             # body bytes the parser has handed over
         self._body_left = 0             # body bytes still to pass on without the parser
+        # The last Content-Length body bytes the parser handed over: a read that does not
+        # end with them (or, with no such body, with the head's or the chunks' CRLF CRLF)
+        # had bytes past the response, so the parser is not left where a response begins.
+        self._body_tail = b""
         self._in_head = False
         self._fields = 0
         self._final = False
@@ -191,10 +195,12 @@ class UpstreamConnection:
         elif self.tunnel:
             self._start_tunnel()
         elif self._message_done:
-            self._finish(self._keep_alive and not past, now)
+            ended = data.endswith(self._body_tail or b"\r\n\r\n")   # nothing past it
+            self._finish(self._keep_alive and not past and ended, now)
         elif self.out_mode == OUT_RAW and self._final and not self._interim:
             # The rest of the body needs no parsing: count it through.
-            self._body_left = int(self._length_line[15:]) - self._body_seen
+            length = int(self._length_line[15:])     # after "Content-Length:"
+            self._body_left = length - self._body_seen
             self._keep_alive = self.parser.should_keep_alive()
 
     def _pass_body(self, data: bytes, now: float) -> None:
@@ -255,11 +261,6 @@ class UpstreamConnection:
 
     # ---- parser callbacks ------------------------------------------------------------------
 
-    def _begin_head(self) -> None:
-        """After an interim response: the next head follows it in the same bytes."""
-        self._in_head = True
-        self._fields = 0
-
     def on_headers_complete(self) -> None:
         if self._message_done:
             raise _PastTheResponse()
@@ -318,6 +319,8 @@ class UpstreamConnection:
         out = self._out
         assert out is not None
         mode = self.out_mode
+        if mode == OUT_RAW:
+            self._body_tail = body
         if mode == OUT_CHUNKED:
             out += (b"%x\r\n" % len(body), body, b"\r\n")
         elif mode != OUT_NONE:
@@ -326,7 +329,7 @@ class UpstreamConnection:
     def on_message_complete(self) -> None:
         if self._interim:
             self._interim = False
-            self._begin_head()
+            self._in_head = True        # the next head follows, from `_head_start`
             return
         if self.tunnel:
             return
@@ -372,7 +375,7 @@ class UpstreamConnection:
             i += 1
             first = line[0] | 0x20
             if first == 0x63:                           # c
-                if line == b"Connection: keep-alive":
+                if line == b"Connection: keep-alive":     # nginx's, on every response
                     continue
                 if _is_name(line, b"content-length"):
                     flags |= F_LENGTH
@@ -442,19 +445,19 @@ class UpstreamConnection:
         self.transport.write(data)
 
     def attach(self, client: ClientConnection, req: Request, now: float) -> None:
-        """A new exchange. (`_interim`, `_keep_alive`, `_close_delimited` and `out_mode` are
-        set before they are read.)"""
+        """A new exchange. (`_interim`, `_keep_alive`, `_close_delimited`, `out_mode`,
+        `_fields`, `_copied` and `_length_line` are set before they are read.)"""
         self.client = client
         self.req = req
         self.idle = False
         self._raw = b""
         self._head_start = 0
         self._in_head = True
-        self._fields = 0
         self._final = False
         self._message_done = False
         self._body_seen = 0
         self._body_left = 0
+        self._body_tail = b""
         self._received = False          # any byte from the member for this exchange
         self._to_client = False         # any byte of this exchange passed to the client
         self.response_started = False
