@@ -16,10 +16,10 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-import uvloop
 from aiohttp import web
 
 from croupier.config import validate_config
+from croupier.runtime import eventloop
 from croupier.runtime.server import Balancer
 
 
@@ -27,7 +27,7 @@ class LoopThread:
     """An event loop running in a daemon thread."""
 
     def __init__(self) -> None:
-        self.loop = uvloop.new_event_loop()
+        self.loop = eventloop.new_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
 

@@ -459,3 +459,32 @@ def test_a_worker_that_dies_is_restarted_and_the_others_carry_on(backends, tmp_p
     finally:
         _code, out = c.stop()
     assert "exited with -9; starting it again" in out
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_every_process_stays_single_threaded_through_checks_and_admin_calls(backends, tmp_path,
+                                                                            workers):
+    """A thread makes the kernel count references on the file table for every read, write
+    and epoll call of the data plane; uvloop would start four to resolve each HTTP health
+    check's literal address."""
+    path, port, _admin_port = _admin_config(tmp_path, [b.address for b in backends])
+    path.write_text(f"workers = {workers}\n" + path.read_text() + """
+  [pools.health]
+  path = "/"
+  interval = "100ms"
+  rise = 1
+""")
+    c = Running(path, port)
+    try:
+        def checked() -> bool:
+            members = json.loads(_cli(path, "status", "--json"))["pools"][0]["members"]
+            return all(m["health"] == "up" for m in members)     # a check passed on each
+        wait_until(checked, timeout=20, message="every member checked")
+        with httpx.Client() as client:
+            assert {client.get(c.url()).text for _ in range(6)} == {"a", "b", "c"}
+        threads = {pid: len(list(Path(f"/proc/{pid}/task").iterdir())) for pid in c.pids()}
+        assert len(threads) == (1 if workers == 1 else 1 + workers)
+        assert set(threads.values()) == {1}, threads
+    finally:
+        code, out = c.stop()
+    assert code == 0, out

@@ -562,7 +562,7 @@ def install_signals(reload: Any) -> tuple[asyncio.Event, asyncio.Event]:
 
 def run(loaded: LoadedConfig) -> None:
     """Serve until SIGTERM or SIGINT, then stop gracefully; SIGHUP reloads the config."""
-    import uvloop
+    from croupier.runtime import eventloop
 
     async def main() -> None:
         balancer = Balancer(loaded, asyncio.get_running_loop())
@@ -578,4 +578,4 @@ def run(loaded: LoadedConfig) -> None:
         log.info("stopping: letting requests in flight finish")
         await balancer.stop()
 
-    uvloop.run(main())
+    eventloop.run(main())

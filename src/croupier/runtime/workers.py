@@ -84,7 +84,7 @@ async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
 
 def run_worker(config_path: str, channel_fd: int, index: int) -> None:
     """`croupier worker`: serve the listeners, follow the supervisor, report counters."""
-    import uvloop
+    from croupier.runtime import eventloop
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -144,7 +144,7 @@ def run_worker(config_path: str, channel_fd: int, index: int) -> None:
         await balancer.stop()
 
     logging.getLogger().name = f"worker-{index}"
-    uvloop.run(main())
+    eventloop.run(main())
 
 
 # ---- the supervisor -------------------------------------------------------------------------
@@ -331,7 +331,7 @@ class Supervisor:
 
 
 def run_supervised(loaded: LoadedConfig, workers: int) -> None:
-    import uvloop
+    from croupier.runtime import eventloop
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -364,4 +364,4 @@ def run_supervised(loaded: LoadedConfig, workers: int) -> None:
         log.info("stopping: letting requests in flight finish")
         await supervisor.stop()
 
-    uvloop.run(main())
+    eventloop.run(main())
