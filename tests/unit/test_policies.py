@@ -33,7 +33,7 @@ def pool_of(weights: list[int], algorithm: str = "round_robin", **pool_options) 
 def request(peer: bytes = b"127.0.0.1", headers=(), url: bytes = b"/") -> Request:
     req = Request(peer)
     for name, value in headers:
-        req.head.append(b"%s: %s\r\n" % (name, value))
+        req.fields += b"%s: %s\r\n" % (name, value)
     req.url = url
     return req
 

@@ -23,16 +23,17 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, cast
 
 import httptools
+from mypy_extensions import i64
 
 from croupier.proxy.http import (
-    COMMON_REQUEST_FIELDS,
     CONNECTION_OPTIONS,
-    HOP_BY_HOP,
     IDEMPOTENT,
     PLAIN_CONNECTION,
-    FieldNames,
     connection_tokens,
+    equals_at,
     field_name,
+    field_value,
+    is_name,
     simple_response,
     valid_host,
 )
@@ -43,14 +44,6 @@ if TYPE_CHECKING:
     from croupier.proxy.upstream import UpstreamConnection
 
 log = logging.getLogger("croupier.proxy")
-
-# Fields of a request that croupier rewrites or drops (lower-case); everything else is copied.
-_REQUEST_SPECIAL: Final = HOP_BY_HOP | {
-    b"host", b"expect", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"via",
-    b"content-length",
-}
-
-_REQUEST_FIELDS: Final = FieldNames(_REQUEST_SPECIAL, COMMON_REQUEST_FIELDS)
 
 # Body bytes held while the member connection opens, before reading pauses.
 _CONNECT_BUFFER: Final = 65536
@@ -80,7 +73,7 @@ class Request:
         "content_length",
         "discard",
         "drop",
-        "head",
+        "fields",
         "host",
         "http11",
         "member",
@@ -108,11 +101,9 @@ class Request:
         self.set_cookie: bytes | None = None    # sticky sessions: a cookie for the response
         self.url = b""
         self.method = b""
-        # The head for the member as it is parsed: the request line (once the method is
-        # known), then a b"Name: value\r\n" line per copied field, each made in one piece
-        # (compiled, a bytes format is one allocation; a join pays per piece). The
-        # forwarding fields are added when it is sent. Built in one pass over the fields.
-        self.head: list[bytes] = [b""]
+        # The field lines copied to the member, each b"Name: value\r\n" as the client sent
+        # it; the request line and the forwarding fields are added when it is sent.
+        self.fields = b""
         self.host: bytes | None = None
         self.xff = b""                  # X-Forwarded-For and Via from the client, merged
         self.via = b""
@@ -149,8 +140,9 @@ class Request:
         if lname == b"x-forwarded-for" or lname == b"via":
             value = self.xff if lname == b"x-forwarded-for" else self.via
             return [value] if value else []
-        start = len(lname) + 2
-        return [line[start:-2] for line in self.head[1:] if field_name(line) == lname]
+        start = len(lname) + 1
+        return [line[start:].strip() for line in self.fields.split(b"\r\n")
+                if line and field_name(line) == lname]
 
 
 def client_protocol(listener: Listener) -> Callable[[], asyncio.Protocol]:
@@ -166,14 +158,18 @@ class ClientConnection:
     PAUSE_CONNECT = 4
 
     __slots__ = (
+        "_begin",
+        "_data",
+        "_fed",
         "_feeding",
+        "_next_start",
         "_out",
         "_out_sink",
+        "_raw",
         "client_eof",
         "current",
         "deadline",
         "error",
-        "head_bytes",
         "idle_since",
         "in_head",
         "last_host",
@@ -204,7 +200,13 @@ class ClientConnection:
         self.paused = 0
         self.write_paused = False
         self.in_head = False
-        self.head_bytes = 0
+        # Where heads are in the stream (offsets from the connection's first byte), to read
+        # each from the bytes as they came: see _take_head.
+        self._fed = 0                   # bytes fed to the parser before this read
+        self._next_start = 0            # where the next request begins; -1: not known
+        self._begin = 0                 # where the request being parsed began
+        self._data = b""                # this read, while it is fed
+        self._raw = b""                 # a head's bytes from earlier reads, while it is cut
         self.error: tuple[int, str] | None = None
         self.parser_dead = False
         self.tunnel: UpstreamConnection | None = None
@@ -237,6 +239,7 @@ class ClientConnection:
         if self.parser_dead:
             return
         listener = self.listener
+        self._data = data
         self._feeding = True
         try:
             parser = self.parser
@@ -257,16 +260,25 @@ class ClientConnection:
             self._parse_failed()
             return
         self._feeding = False
+        self._data = b""
         if self._out_sink is not None:
             self._flush_up()
-        if self.in_head:
-            # Bytes of an unfinished head are buffered inside httptools: bound them here.
-            self.head_bytes += len(data)
-            if self.head_bytes > listener.max_header_size + 65536:
-                self.error = (431, "request header fields too large")
+        start = self._fed
+        self._fed = start + len(data)
+        parsing = self.parsing
+        if parsing is None:
+            self._next_start = self._fed    # every request in this read is whole
+        elif self.in_head:
+            # A head cut by the end of the read: keep its bytes (from where it began) for
+            # _take_head, within the limit.
+            raw = self._raw
+            raw = self._raw = raw + data if raw else data[self._begin - start:]
+            if len(raw) > listener.max_header_size:
+                long_line = len(raw) >= 8192 and b"\r" not in raw[:8192]
+                self.error = ((414, "request URI too long") if long_line
+                              else (431, "request header fields too large"))
                 self._parse_failed()
                 return
-        parsing = self.parsing
         if parsing is not None and not parsing.body_done and not self.in_head:
             self.deadline = self.listener.time() + listener.body_timeout
         elif self.deadline < 0.0:       # a head began in this read and is not answered yet
@@ -335,74 +347,19 @@ class ClientConnection:
         if queue is not None and len(queue) >= self.listener.max_pipelined:
             self.error = (0, "too many pipelined requests")
             raise _Reject()
+        begin = self._next_start
+        if begin < 0:
+            # After a chunked body that ended in this read: llhttp does not say where it
+            # ended, so this head cannot be found. Answer the requests before it and close;
+            # a pipelining client must retry the rest (RFC 9112 9.3.2).
+            self.error = (0, "a pipelined request after a chunked body")
+            raise _Reject()
+        self._begin = begin
         self.parsing = Request(self.peer)
         self.in_head = True
-        self.head_bytes = 0
         # The head's deadline is set once this read is parsed (see data_received), unless
         # the request is complete by then: no clock reading for most requests.
         self.deadline = -1.0
-
-    def on_url(self, url: bytes) -> None:
-        req = self.parsing
-        assert req is not None
-        req.url += url
-        self.head_bytes += len(url)
-        if self.head_bytes > self.listener.max_header_size:
-            self.error = (431 if len(req.url) < 8192 else 414,
-                          "request header fields too large" if len(req.url) < 8192
-                          else "request URI too long")
-            raise _Reject()
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if not self.in_head:
-            return     # trailers: dropped, as RFC 9110 6.5.1 allows
-        req = self.parsing
-        assert req is not None
-        size = self.head_bytes + len(name) + len(value) + 4
-        self.head_bytes = size
-        if size > self.listener.max_header_size:
-            self.error = (431, "request header fields too large")
-            raise _Reject()
-        # Host is in every request: one compare instead of hashing a new name.
-        lname = b"host" if name == b"Host" else _REQUEST_FIELDS.kind(name)
-        if lname:
-            self._special_field(req, lname, name, value)
-        else:
-            req.head.append(b"%s: %s\r\n" % (name, value))
-
-    def _special_field(self, req: Request, lname: bytes, name: bytes, value: bytes) -> None:
-        """A field the proxy acts on; refuse what RFC 9112 says a server must refuse. Host,
-        Content-Length and Expect are also copied; the rest are hop-by-hop or forwarding
-        fields that croupier writes itself."""
-        if lname == b"host":
-            if req.host is not None:
-                self.error = (400, "more than one Host header")
-                raise _Reject()
-            req.host = value
-        elif lname == b"content-length":
-            req.content_length = int(value)     # llhttp (strict) let only digits through
-        elif lname == b"expect":
-            if value.lower() != b"100-continue":
-                self.error = (417, f"unsupported expectation {value.decode('latin-1')!r}")
-                raise _Reject()
-        else:
-            if lname == b"transfer-encoding":
-                req.chunked = True      # llhttp accepted it, so chunked is the final coding
-            elif lname == b"x-forwarded-for":
-                req.xff = req.xff + b", " + value if req.xff else value
-            elif lname == b"via":
-                req.via = req.via + b", " + value if req.via else value
-            elif lname == b"connection":
-                req.connection_field = True
-                if value not in PLAIN_CONNECTION:
-                    named = [t for t in connection_tokens(value)
-                             if t not in CONNECTION_OPTIONS]
-                    if named:
-                        req.drop = (req.drop or []) + named
-            elif lname == b"upgrade":
-                req.upgrade_value = value
-            return
-        req.head.append(b"%s: %s\r\n" % (name, value))
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -411,7 +368,25 @@ class ClientConnection:
         parser = self.parser
         assert parser is not None
         method = req.method = parser.get_method()
-        req.head[0] = b"%s %s HTTP/1.1\r\n" % (method, req.url)
+        raw = self._raw
+        if raw:                         # the head began in an earlier read
+            self._raw = b""
+            src = raw + self._data
+            start = 0
+            base = self._fed - len(raw)
+        else:
+            src = self._data
+            base = self._fed
+            start = self._begin - base
+        end = self._take_head(req, src, start, method)
+        limit = self.listener.max_header_size
+        if end - start > limit:
+            self.error = ((414, "request URI too long") if len(req.url) >= 8192
+                          else (431, "request header fields too large"))
+            raise _Reject()
+        self._next_start = (-1 if req.chunked
+                            else base + end + (req.content_length if req.content_length > 0
+                                               else 0))
         keep_alive = parser.should_keep_alive()
         # llhttp takes only 0.9, 1.0, 1.1 and 2.0, and without a Connection field keeps
         # alive exactly the 1.1 requests; get_http_version() formats a str per call.
@@ -447,6 +422,107 @@ class ClientConnection:
                 self.queue = deque()
             self.queue.append(req)
             self.pause_reading(self.PAUSE_QUEUE)
+
+    def _take_head(self, req: Request, src: bytes, start: i64, method: bytes) -> i64:
+        """Read the request head that llhttp has just validated, from `src[start:]`, the
+        bytes as they came: the URL, the fields croupier acts on, and the field lines the
+        member gets (all but the hop-by-hop and forwarding ones, in runs sliced out whole).
+        Refuses what RFC 9112 says a server must refuse. Returns where the head ends.
+
+        No parser callback per field (httptools makes two bytes objects and a Python call
+        a field, more than the rest of this walk); the walk starts where the stream says
+        the request began, and the method llhttp read must be there."""
+        i: i64 = start
+        while src[i] == 13 or src[i] == 10:     # empty lines before a request: allowed
+            i += 1
+        n: i64 = len(method)
+        if not equals_at(src, i, method) or src[i + n] != 32:
+            log.error("client %s: request head not where it was expected", self.peer.decode())
+            self.error = (400, "bad request")
+            raise _Reject()
+        i += n
+        while src[i] == 32:
+            i += 1
+        at: i64 = i
+        while src[i] != 32 and src[i] != 13:    # llhttp lets no space into a URL
+            i += 1
+        req.url = src[at:i]
+        while src[i] != 13:
+            i += 1
+        i += 2
+        keep_from: i64 = i
+        kept: list[bytes] = []
+        while True:
+            at = i
+            first = src[i]
+            if first == 13:                     # the empty line that ends the head
+                break
+            while src[i] != 13:
+                i += 1
+            i += 2
+            first |= 0x20
+            drop = False
+            if first == 0x68:                                               # h
+                if is_name(src, at, b"host"):
+                    if req.host is not None:
+                        self.error = (400, "more than one Host header")
+                        raise _Reject()
+                    req.host = field_value(src, at + 5, i - 2)
+            elif first == 0x63:                                             # c
+                if is_name(src, at, b"content-length"):
+                    # llhttp (strict) let only digits through, and only one of it
+                    req.content_length = int(field_value(src, at + 15, i - 2))
+                elif is_name(src, at, b"connection"):
+                    drop = True
+                    req.connection_field = True
+                    value = field_value(src, at + 11, i - 2)
+                    if value not in PLAIN_CONNECTION:
+                        named = [t for t in connection_tokens(value)
+                                 if t not in CONNECTION_OPTIONS]
+                        if named:
+                            req.drop = (req.drop or []) + named
+            elif first == 0x74:                                             # t
+                if is_name(src, at, b"transfer-encoding"):
+                    req.chunked = True  # llhttp accepted it, so chunked is the final coding
+                    drop = True
+                else:
+                    drop = is_name(src, at, b"te") or is_name(src, at, b"trailer")
+            elif first == 0x75:                                             # u
+                if is_name(src, at, b"upgrade"):
+                    req.upgrade_value = field_value(src, at + 8, i - 2)
+                    drop = True
+            elif first == 0x6B:                                             # k
+                drop = is_name(src, at, b"keep-alive")
+            elif first == 0x70:                                             # p
+                drop = is_name(src, at, b"proxy-connection")
+            elif first == 0x65:                                             # e
+                if is_name(src, at, b"expect"):
+                    value = field_value(src, at + 7, i - 2)
+                    if value.lower() != b"100-continue":
+                        self.error = (417, f"unsupported expectation "
+                                           f"{value.decode('latin-1')!r}")
+                        raise _Reject()
+            elif first == 0x78:                                             # x
+                if is_name(src, at, b"x-forwarded-for"):
+                    value = field_value(src, at + 16, i - 2)
+                    req.xff = req.xff + b", " + value if req.xff else value
+                    drop = True
+                else:
+                    drop = (is_name(src, at, b"x-forwarded-proto")
+                            or is_name(src, at, b"x-forwarded-host"))
+            elif first == 0x76 and is_name(src, at, b"via"):                # v
+                value = field_value(src, at + 4, i - 2)
+                req.via = req.via + b", " + value if req.via else value
+                drop = True
+            if drop:
+                if at > keep_from:
+                    kept.append(src[keep_from:at])
+                keep_from = i
+        if i > keep_from:
+            kept.append(src[keep_from:i])
+        if kept:
+            req.fields = kept[0] if len(kept) == 1 else b"".join(kept)
+        return i + 2
 
     def on_body(self, body: bytes) -> None:
         req = self.parsing
@@ -743,10 +819,11 @@ class ClientConnection:
 
     def _request_head(self, req: Request, member: Member) -> bytes:
         """The request head for the member: the copied fields, then the forwarding ones."""
-        head = req.head
+        fields = req.fields
         drop = req.drop
         if drop is not None:        # fields the client's Connection named are hop-by-hop
-            head = [head[0]] + [line for line in head[1:] if field_name(line) not in drop]
+            fields = b"".join([line + b"\r\n" for line in fields.split(b"\r\n")
+                               if line and field_name(line) not in drop])
         xff = req.xff
         via = req.via
         forwarded_for = xff + b", " + self.peer if xff else self.peer
@@ -762,7 +839,7 @@ class ClientConnection:
             tail += b"Transfer-Encoding: chunked\r\n"
         if req.upgrade:
             tail += b"Connection: upgrade\r\nUpgrade: %s\r\n" % req.upgrade_value
-        return b"%s%s\r\n" % (b"".join(head), tail)
+        return b"%s %s HTTP/1.1\r\n%s%s\r\n" % (req.method, req.url, fields, tail)
 
     # ---- writing to the member ------------------------------------------------------------
 
@@ -881,6 +958,7 @@ class ClientConnection:
         in order; then the error is answered and the connection closes."""
         self.parser_dead = True
         self.in_head = False
+        self._data = self._raw = b""
         bad = self.parsing
         self.parsing = None
         current = self.current

@@ -35,6 +35,8 @@ from croupier.proxy.http import (
     CONNECTION_OPTIONS,
     PLAIN_CONNECTION,
     connection_tokens,
+    equals_at,
+    is_name,
     reason,
 )
 
@@ -59,34 +61,6 @@ F_LENGTH: Final = 1
 F_CHUNKED: Final = 2
 _STATUS_LINES: Final = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason(code))
                         for code in range(100, 600) if reason(code) != b"Unknown"}
-
-
-def _is_name(raw: bytes, at: i64, name: bytes) -> bool:
-    """Whether the field line at `raw[at:]` (validated by llhttp: its name is a token) has
-    this lower-case name. `| 0x20` lower-cases letters and maps no other token byte onto a
-    letter or "-"."""
-    n: i64 = len(name)
-    if at + n >= len(raw) or raw[at + n] != 0x3A:     # ":" right after it: no space allowed
-        return False
-    j: i64 = 0
-    while j < n:
-        if raw[at + j] | 0x20 != name[j]:
-            return False
-        j += 1
-    return True
-
-
-def _equals(raw: bytes, at: i64, literal: bytes) -> bool:
-    """Whether `raw[at:]` starts with `literal` (no slice made to compare)."""
-    n: i64 = len(literal)
-    if at + n > len(raw):
-        return False
-    j: i64 = 0
-    while j < n:
-        if raw[at + j] != literal[j]:
-            return False
-        j += 1
-    return True
 
 
 class _StopAtHead(Exception):
@@ -395,13 +369,13 @@ class UpstreamConnection:
             first |= 0x20
             drop = False
             if first == 0x63:                                       # c
-                if _is_name(raw, at, b"content-length"):
+                if is_name(raw, at, b"content-length"):
                     flags |= F_LENGTH
                     self._length_line = raw[at:i - 2]
-                elif _is_name(raw, at, b"connection"):
+                elif is_name(raw, at, b"connection"):
                     drop = True
                     # nginx's, on every response, names no field: no need to look inside
-                    if i - at != 24 or not _equals(raw, at, b"Connection: keep-alive"):
+                    if i - at != 24 or not equals_at(raw, at, b"Connection: keep-alive"):
                         value = raw[at + 11:i - 2].strip()
                         if value not in PLAIN_CONNECTION:
                             tokens = [t for t in connection_tokens(value)
@@ -409,19 +383,19 @@ class UpstreamConnection:
                             if tokens:
                                 named = (named or []) + tokens
             elif first == 0x74:                                     # t
-                if _is_name(raw, at, b"transfer-encoding"):
+                if is_name(raw, at, b"transfer-encoding"):
                     flags |= F_CHUNKED
                     drop = True
                 else:
-                    drop = _is_name(raw, at, b"te") or _is_name(raw, at, b"trailer")
+                    drop = is_name(raw, at, b"te") or is_name(raw, at, b"trailer")
             elif first == 0x75:                                     # u
-                if _is_name(raw, at, b"upgrade"):
+                if is_name(raw, at, b"upgrade"):
                     self._upgrade = raw[at + 8:i - 2].strip()
                     drop = True
             elif first == 0x6B:                                     # k
-                drop = _is_name(raw, at, b"keep-alive")
+                drop = is_name(raw, at, b"keep-alive")
             elif first == 0x70:                                     # p
-                drop = _is_name(raw, at, b"proxy-connection")
+                drop = is_name(raw, at, b"proxy-connection")
             if drop:
                 if at > keep_from:
                     kept.append(raw[keep_from:at])
