@@ -105,6 +105,7 @@ SMUGGLING = {
     "two Host headers": b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
     "HTTP/1.1 without Host": b"GET / HTTP/1.1\r\nX-A: 1\r\n\r\n",
     "bad Host": b"GET / HTTP/1.1\r\nHost: a b/c\r\n\r\n",
+    "another protocol (llhttp takes RTSP)": b"GET / RTSP/1.1\r\nHost: x\r\n\r\n",
 }
 
 

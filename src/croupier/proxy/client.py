@@ -387,11 +387,13 @@ class ClientConnection:
         self._next_start = (-1 if req.chunked
                             else base + end + (req.content_length if req.content_length > 0
                                                else 0))
-        keep_alive = parser.should_keep_alive()
-        # llhttp takes only 0.9, 1.0, 1.1 and 2.0, and without a Connection field keeps
-        # alive exactly the 1.1 requests; get_http_version() formats a str per call.
-        http11 = req.http11 = (parser.get_http_version() == "1.1" if req.connection_field
-                               else keep_alive)
+        if req.connection_field:
+            keep_alive = parser.should_keep_alive()
+            http11 = req.http11 = parser.get_http_version() == "1.1"
+        else:
+            # Without a Connection field llhttp keeps alive exactly the HTTP/1.1 requests,
+            # as read by _take_head: no parser calls (get_http_version() makes a str).
+            http11 = keep_alive = req.http11
         if not keep_alive:
             req.close_after = True
         # llhttp upgrades only with an Upgrade field (or CONNECT, refused below).
@@ -447,8 +449,17 @@ class ClientConnection:
         while src[i] != 32 and src[i] != 13:    # llhttp lets no space into a URL
             i += 1
         req.url = src[at:i]
-        while src[i] != 13:
+        while src[i] == 32:
             i += 1
+        if src[i] == 13:                        # no version: what llhttp takes as 0.9
+            req.http11 = False
+        elif equals_at(src, i, b"HTTP/"):       # llhttp takes 1.0, 1.1 and 2.0 here
+            req.http11 = equals_at(src, i + 5, b"1.1\r")
+            while src[i] != 13:
+                i += 1
+        else:
+            self.error = (400, "not an HTTP request")     # llhttp also takes RTSP
+            raise _Reject()
         i += 2
         keep_from: i64 = i
         kept: list[bytes] = []
