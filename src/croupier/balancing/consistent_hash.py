@@ -13,6 +13,8 @@ from bisect import bisect
 from hashlib import blake2b
 from typing import TYPE_CHECKING
 
+from croupier.balancing.base import Policy
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -54,7 +56,7 @@ def key_reader(spec: str) -> Callable[[Request], bytes | None]:
     raise ValueError(f"bad hash_key {spec!r}")
 
 
-class ConsistentHash:
+class ConsistentHash(Policy):
     __slots__ = ("_fallback", "_key", "_members", "_owners", "_points")
 
     def __init__(self, members: list[Member], weights: list[int],

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from croupier.balancing.base import Policy
+
 if TYPE_CHECKING:
     from croupier.config.schema import PoolConfig
     from croupier.model.state import Member
     from croupier.proxy.client import Request
 
 
-class LeastConn:
+class LeastConn(Policy):
     __slots__ = ("_members", "_n", "_next", "_weights")
 
     def __init__(self, members: list[Member], weights: list[int],

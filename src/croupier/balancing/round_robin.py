@@ -5,14 +5,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from croupier.balancing.base import Policy
+
 if TYPE_CHECKING:
     from croupier.config.schema import PoolConfig
     from croupier.model.state import Member
     from croupier.proxy.client import Request
 
 
-class RoundRobin:
-    __slots__ = ("_current", "_members", "_n", "_next", "_total", "_weights", "pick")
+class RoundRobin(Policy):
+    __slots__ = ("_current", "_equal", "_members", "_n", "_next", "_total", "_weights")
 
     def __init__(self, members: list[Member], weights: list[int],
                  config: PoolConfig | None = None) -> None:
@@ -22,22 +24,19 @@ class RoundRobin:
         self._weights = list(weights)
         self._current = [0] * self._n
         self._total = sum(self._weights)
+        # The common case: equal weights, a plain rotation with no arithmetic per request.
+        self._equal = self._n > 0 and len(set(self._weights)) == 1
+
+    def pick(self, req: Request | None = None) -> Member | None:
+        if self._equal:
+            i = self._next
+            self._next = i + 1 if i + 1 < self._n else 0
+            return self._members[i]
         if self._n == 0:
-            self.pick = self._pick_none
-        elif len(set(self._weights)) == 1:
-            self.pick = self._pick_rotate      # the common case: no arithmetic per request
-        else:
-            self.pick = self._pick_smooth
+            return None
+        return self._pick_smooth()
 
-    def _pick_none(self, req: Request | None = None) -> Member | None:
-        return None
-
-    def _pick_rotate(self, req: Request | None = None) -> Member | None:
-        i = self._next
-        self._next = i + 1 if i + 1 < self._n else 0
-        return self._members[i]
-
-    def _pick_smooth(self, req: Request | None = None) -> Member | None:
+    def _pick_smooth(self) -> Member:
         current = self._current
         weights = self._weights
         best = 0

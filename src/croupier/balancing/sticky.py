@@ -12,8 +12,9 @@ from __future__ import annotations
 from hashlib import blake2b
 from typing import TYPE_CHECKING
 
+from croupier.balancing.base import Policy
+
 if TYPE_CHECKING:
-    from croupier.balancing.base import Policy
     from croupier.model.state import Member
     from croupier.proxy.client import Request
 
@@ -23,7 +24,7 @@ def sticky_id(member: Member) -> bytes:
     ).encode()
 
 
-class Sticky:
+class Sticky(Policy):
     __slots__ = ("_by_id", "_cookie", "_ids", "_inner", "_set_cookie_tail")
 
     def __init__(self, inner: Policy, members: list[Member], cookie: str, max_age: int) -> None:
@@ -36,7 +37,7 @@ class Sticky:
             tail += f"; Max-Age={max_age}"
         self._set_cookie_tail = tail.encode()
 
-    def pick(self, req: Request | None) -> Member | None:
+    def pick(self, req: Request | None = None) -> Member | None:
         if req is not None:
             wanted = self._read(req)
             if wanted is not None:

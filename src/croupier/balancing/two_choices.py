@@ -8,13 +8,15 @@ from bisect import bisect
 from itertools import accumulate
 from typing import TYPE_CHECKING
 
+from croupier.balancing.base import Policy
+
 if TYPE_CHECKING:
     from croupier.config.schema import PoolConfig
     from croupier.model.state import Member
     from croupier.proxy.client import Request
 
 
-class TwoChoices:
+class TwoChoices(Policy):
     __slots__ = ("_cumulative", "_members", "_n", "_random", "_total", "_weights")
 
     def __init__(self, members: list[Member], weights: list[int],

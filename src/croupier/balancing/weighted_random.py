@@ -7,13 +7,15 @@ from bisect import bisect
 from itertools import accumulate
 from typing import TYPE_CHECKING
 
+from croupier.balancing.base import Policy
+
 if TYPE_CHECKING:
     from croupier.config.schema import PoolConfig
     from croupier.model.state import Member
     from croupier.proxy.client import Request
 
 
-class WeightedRandom:
+class WeightedRandom(Policy):
     __slots__ = ("_cumulative", "_members", "_random", "_total")
 
     def __init__(self, members: list[Member], weights: list[int],
