@@ -8,6 +8,10 @@ Rules kept here (DESIGN.md, "Rules of the hot path"):
   after the queued requests are answered (RFC 9112 9.3.2 lets a client retry the rest).
 - Reading is paused for several independent reasons (a bit each): queued requests, a member
   that cannot take more request body, a body held while the member connection opens.
+- Request heads are read from the bytes as they came (`_take_head`), after llhttp validated
+  them, not field by field; where each begins is kept from the stream (head end plus
+  Content-Length). After a chunked body that ends inside a read that place is not known:
+  a request pipelined there closes the connection once the ones before it are answered.
 - httptools has no header-size limit: the head's bytes are counted here; 431 past the limit.
 - Smuggling shapes (CL with TE, two CLs, bad chunk sizes, obs-fold, bare LF) are refused by
   llhttp in strict mode (leniencies are never switched on): 400 and the connection closes.
