@@ -6,6 +6,7 @@ import pytest
 
 from croupier.proxy.http import (
     HOP_BY_HOP,
+    connection_named,
     connection_tokens,
     equals_at,
     field_value,
@@ -13,6 +14,7 @@ from croupier.proxy.http import (
     is_name,
     simple_response,
     valid_host,
+    without_fields,
 )
 
 
@@ -23,6 +25,17 @@ def test_hop_by_hop_fields_per_rfc9110():
 
 def test_connection_tokens_are_lowercased_and_trimmed():
     assert connection_tokens(b"Keep-Alive , X-Foo,,close") == [b"keep-alive", b"x-foo", b"close"]
+
+
+def test_connection_names_the_fields_it_lists_but_not_its_options():
+    assert connection_named(b"keep-alive") == [] and connection_named(b"Upgrade") == []
+    assert connection_named(b"Keep-Alive , X-Foo,,close, TE") == [b"x-foo", b"te"]
+
+
+def test_fields_named_by_connection_are_left_out_whatever_their_case():
+    fields = b"X-Foo: 1\r\nx-kept: 2\r\nx-FOO: 3\r\nTE: trailers\r\n"
+    assert without_fields(fields, [b"x-foo", b"te"]) == b"x-kept: 2\r\n"
+    assert without_fields(fields, [b"x-other"]) == fields
 
 
 def test_host_without_port():

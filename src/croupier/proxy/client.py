@@ -30,16 +30,15 @@ import httptools
 from mypy_extensions import i64
 
 from croupier.proxy.http import (
-    CONNECTION_OPTIONS,
     IDEMPOTENT,
-    PLAIN_CONNECTION,
-    connection_tokens,
+    connection_named,
     equals_at,
     field_name,
     field_value,
     is_name,
     simple_response,
     valid_host,
+    without_fields,
 )
 
 if TYPE_CHECKING:
@@ -490,12 +489,9 @@ class ClientConnection:
                 elif is_name(src, at, b"connection"):
                     drop = True
                     req.connection_field = True
-                    value = field_value(src, at + 11, i - 2)
-                    if value not in PLAIN_CONNECTION:
-                        named = [t for t in connection_tokens(value)
-                                 if t not in CONNECTION_OPTIONS]
-                        if named:
-                            req.drop = (req.drop or []) + named
+                    named = connection_named(field_value(src, at + 11, i - 2))
+                    if named:
+                        req.drop = (req.drop or []) + named
             elif first == 0x74:                                             # t
                 if is_name(src, at, b"transfer-encoding"):
                     req.chunked = True  # llhttp accepted it, so chunked is the final coding
@@ -837,8 +833,7 @@ class ClientConnection:
         fields = req.fields
         drop = req.drop
         if drop is not None:        # fields the client's Connection named are hop-by-hop
-            fields = b"".join([line + b"\r\n" for line in fields.split(b"\r\n")
-                               if line and field_name(line) not in drop])
+            fields = without_fields(fields, drop)
         xff = req.xff
         via = req.via
         forwarded_for = xff + b", " + self.peer if xff else self.peer

@@ -104,9 +104,24 @@ def connection_tokens(value: bytes) -> list[bytes]:
     return [t.strip().lower() for t in value.split(b",") if t.strip()]
 
 
+def connection_named(value: bytes) -> list[bytes]:
+    """The field names a Connection value lists (hop-by-hop for this message): its tokens
+    less the options close, keep-alive and upgrade."""
+    if value in PLAIN_CONNECTION:
+        return []
+    return [t for t in connection_tokens(value) if t not in CONNECTION_OPTIONS]
+
+
 def field_name(line: bytes) -> bytes:
     """The lower-case name of a b"Name: value\\r\\n" line of a head being built."""
     return line[:line.find(b":")].lower()
+
+
+def without_fields(fields: bytes, names: list[bytes]) -> bytes:
+    """Field lines (b"Name: value\\r\\n" each) less those with one of these lower-case
+    names. Only for heads whose Connection named fields: not the common path."""
+    return b"".join([line + b"\r\n" for line in fields.split(b"\r\n")
+                     if line and field_name(line) not in names])
 
 
 def host_without_port(host: bytes) -> bytes:

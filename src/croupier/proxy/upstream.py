@@ -32,12 +32,12 @@ import httptools
 from mypy_extensions import i64
 
 from croupier.proxy.http import (
-    CONNECTION_OPTIONS,
-    PLAIN_CONNECTION,
-    connection_tokens,
+    connection_named,
     equals_at,
+    field_value,
     is_name,
     reason,
+    without_fields,
 )
 
 if TYPE_CHECKING:
@@ -376,12 +376,9 @@ class UpstreamConnection:
                     drop = True
                     # nginx's, on every response, names no field: no need to look inside
                     if i - at != 24 or not equals_at(raw, at, b"Connection: keep-alive"):
-                        value = raw[at + 11:i - 2].strip()
-                        if value not in PLAIN_CONNECTION:
-                            tokens = [t for t in connection_tokens(value)
-                                      if t not in CONNECTION_OPTIONS]
-                            if tokens:
-                                named = (named or []) + tokens
+                        tokens = connection_named(field_value(raw, at + 11, i - 2))
+                        if tokens:
+                            named = (named or []) + tokens
             elif first == 0x74:                                     # t
                 if is_name(raw, at, b"transfer-encoding"):
                     flags |= F_CHUNKED
@@ -390,7 +387,7 @@ class UpstreamConnection:
                     drop = is_name(raw, at, b"te") or is_name(raw, at, b"trailer")
             elif first == 0x75:                                     # u
                 if is_name(raw, at, b"upgrade"):
-                    self._upgrade = raw[at + 8:i - 2].strip()
+                    self._upgrade = field_value(raw, at + 8, i - 2)
                     drop = True
             elif first == 0x6B:                                     # k
                 drop = is_name(raw, at, b"keep-alive")
@@ -411,9 +408,7 @@ class UpstreamConnection:
             named = (named or []) + [b"content-length"]
         copied = kept[0] if len(kept) == 1 else b"".join(kept)
         if named is not None:
-            lines = copied.split(b"\r\n")
-            copied = b"".join([line + b"\r\n" for line in lines
-                               if line and line[:line.find(b":")].lower() not in named])
+            copied = without_fields(copied, named)
         return copied
 
     def _head(self, status: int, framing: bytes) -> bytes:
