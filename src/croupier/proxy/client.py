@@ -85,6 +85,7 @@ class Request:
         "pool",
         "replay",
         "replay_limit",
+        "replayable",
         "response_done",
         "response_started",
         "sent_at",
@@ -118,11 +119,15 @@ class Request:
         self.content_length = -1
         self.close_after = False
         self.connection_field = False   # a Connection field came: see on_headers_complete
-        self.body: list[bytes] = []     # request body bytes held until a member connection
+        # Request body bytes held until a member connection (lists made when a body comes:
+        # most requests have none).
+        self.body: list[bytes] | None = None
         self.body_size = 0
         # Body bytes already sent, kept while they fit `replay_limit` so that a failed
-        # attempt can be replayed on another member; None once they no longer fit.
-        self.replay: list[bytes] | None = []
+        # attempt can be replayed on another member; `replayable` is False once they no
+        # longer fit.
+        self.replay: list[bytes] | None = None
+        self.replayable = True
         self.replay_limit = 65536
         self.attempts = 0
         self.tried: list[Member] | None = None
@@ -135,6 +140,20 @@ class Request:
         self.member: Member | None = None
         self.response_started = False
         self.response_done = False
+
+    def hold(self, pieces: tuple[bytes, ...]) -> None:
+        """Hold body bytes until a member connection takes the request."""
+        if self.body is None:
+            self.body = list(pieces)
+        else:
+            self.body.extend(pieces)
+
+    def keep_for_replay(self, pieces: tuple[bytes, ...] | list[bytes]) -> None:
+        """Keep body bytes sent to a member, while a failed attempt may be replayed."""
+        if self.replay is None:
+            self.replay = list(pieces)
+        else:
+            self.replay.extend(pieces)
 
     def field_values(self, lname: bytes) -> list[bytes]:
         """The values of a request field by lower-case name (balancing keys, cookies)."""
@@ -465,7 +484,9 @@ class ClientConnection:
             raise _Reject()
         i += 2
         keep_from: i64 = i
-        kept: list[bytes] = []
+        # The kept runs: most heads have one or two, so a list only from the third.
+        kept = b""
+        runs: list[bytes] | None = None
         while True:
             at = i
             first = src[i]
@@ -479,7 +500,7 @@ class ClientConnection:
             if first == 0x68:                                               # h
                 if is_name(src, at, b"host"):
                     if req.host is not None:
-                        self.error = (400, "more than one Host header")
+                        self.error = (400, "runs than one Host header")
                         raise _Reject()
                     req.host = field_value(src, at + 5, i - 2)
             elif first == 0x63:                                             # c
@@ -527,12 +548,22 @@ class ClientConnection:
                 drop = True
             if drop:
                 if at > keep_from:
-                    kept.append(src[keep_from:at])
+                    if not kept:
+                        kept = src[keep_from:at]
+                    elif runs is None:
+                        runs = [kept, src[keep_from:at]]
+                    else:
+                        runs.append(src[keep_from:at])
                 keep_from = i
         if i > keep_from:
-            kept.append(src[keep_from:i])
-        if kept:
-            req.fields = kept[0] if len(kept) == 1 else b"".join(kept)
+            run = src[keep_from:i]
+            if not kept:
+                kept = run
+            elif runs is None:
+                kept += run
+            else:
+                runs.append(run)
+        req.fields = kept if runs is None else b"".join(runs)
         return i + 2
 
     def on_body(self, body: bytes) -> None:
@@ -549,16 +580,16 @@ class ClientConnection:
             pieces: tuple[bytes, ...] = (b"%x\r\n" % len(body), body, b"\r\n")
         else:
             pieces = (body,)
-        replay = req.replay
-        if replay is not None and req.body_size > req.replay_limit:
-            req.replay = replay = None
+        if req.replayable and req.body_size > req.replay_limit:
+            req.replayable = False
+            req.replay = None
         sink = req.sink
         if sink is not None:
             self._send_up(sink, pieces)
-            if replay is not None:
-                replay.extend(pieces)
+            if req.replayable:
+                req.keep_for_replay(pieces)
         else:
-            req.body.extend(pieces)
+            req.hold(pieces)
             if req is self.current and req.body_size > _CONNECT_BUFFER:
                 self.pause_reading(self.PAUSE_CONNECT)
 
@@ -572,10 +603,10 @@ class ClientConnection:
         if not req.discard and req.chunked:
             if req.sink is not None:
                 self._send_up(req.sink, (b"0\r\n\r\n",))
-                if req.replay is not None:
-                    req.replay.append(b"0\r\n\r\n")
+                if req.replayable:
+                    req.keep_for_replay((b"0\r\n\r\n",))
             else:
-                req.body.append(b"0\r\n\r\n")
+                req.hold((b"0\r\n\r\n",))
         if req is self.current:
             self.deadline = 0.0
             if req.response_done:
@@ -647,11 +678,12 @@ class ClientConnection:
         replay = req.replay
         if replay:
             pieces += replay            # a retry: what the failed attempt had sent
-        if req.body:
-            pieces += req.body
-            if replay is not None:
-                replay += req.body
-            req.body = []
+        body = req.body
+        if body:
+            pieces += body
+            if req.replayable:
+                req.keep_for_replay(body)
+            req.body = None
         self._send_up(conn, pieces)
 
     def upstream_connected(self, req: Request, conn: UpstreamConnection) -> None:
@@ -697,7 +729,7 @@ class ClientConnection:
             return "no pool"
         if not connect and req.method not in IDEMPOTENT:
             return f"{req.method.decode('latin-1')} is not idempotent and may have been processed"
-        if req.replay is None:
+        if not req.replayable:
             return f"the body is larger than retry_body_limit ({req.replay_limit} bytes)"
         config = pool.config
         retries = config.retries if config is not None else 0
@@ -797,7 +829,7 @@ class ClientConnection:
                 content_type: bytes = b"text/plain; charset=utf-8") -> None:
         """Answer `req` ourselves (error, redirect, lookup)."""
         req.discard = True
-        req.body = []
+        req.body = None
         req.response_done = True
         if not req.body_done:
             req.close_after = True
@@ -898,7 +930,7 @@ class ClientConnection:
             if req.sink is not None:
                 req.sink.send(rest)
             else:
-                req.body.append(rest)
+                req.hold((rest,))
 
     def start_tunnel(self, conn: UpstreamConnection, rest: bytes) -> None:
         """The member switched protocols: from now on bytes are copied both ways."""

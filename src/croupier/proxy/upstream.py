@@ -355,7 +355,9 @@ class UpstreamConnection:
         i += 2
         head_from = self._head_start
         keep_from: i64 = i
-        kept: list[bytes] = []
+        # The kept runs: most heads have one or two, so a list only from the third.
+        kept = b""
+        runs: list[bytes] | None = None
         named: list[bytes] | None = None
         flags = 0
         while True:
@@ -395,18 +397,29 @@ class UpstreamConnection:
                 drop = is_name(raw, at, b"proxy-connection")
             if drop:
                 if at > keep_from:
-                    kept.append(raw[keep_from:at])
+                    if not kept:
+                        kept = raw[keep_from:at]
+                    elif runs is None:
+                        runs = [kept, raw[keep_from:at]]
+                    else:
+                        runs.append(raw[keep_from:at])
                 keep_from = i
         if i - head_from > MAX_RESPONSE_HEAD:
             raise _HeadTooLarge()
         if i > keep_from:
-            kept.append(raw[keep_from:i])
+            run = raw[keep_from:i]
+            if not kept:
+                kept = run
+            elif runs is None:
+                kept += run
+            else:
+                runs.append(run)
         if status < 200:
             self._head_start = i + 2            # an interim response: the next head follows
         self._fields = flags
         if status == 204 and flags & F_LENGTH:
             named = (named or []) + [b"content-length"]
-        copied = kept[0] if len(kept) == 1 else b"".join(kept)
+        copied = kept if runs is None else b"".join(runs)
         if named is not None:
             copied = without_fields(copied, named)
         return copied
