@@ -206,6 +206,45 @@ INTERIM_AND_FINAL_OUT = (b"HTTP/1.1 100 Continue\r\n\r\n"
                          b"x-kept: Yes \r\nX-Conn: 1\r\n\r\nok")
 
 
+# Response heads and whether the member connection may carry another exchange, as llhttp's
+# should_keep_alive() decides (croupier reads the common case from the head itself).
+KEEP_ALIVE_CASES = {
+    b"/plain": (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", True),
+    b"/nginx": (b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok",
+                True),
+    b"/close": (b"HTTP/1.1 200 OK\r\nconnection: Close\r\nContent-Length: 2\r\n\r\nok", False),
+    b"/then-close": (b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nConnection: close\r\n"
+                     b"Content-Length: 2\r\n\r\nok", False),
+    b"/proxy-close": (b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nProxy-Connection: close\r\n"
+                      b"Content-Length: 2\r\n\r\nok", False),
+    b"/token-close": (b"HTTP/1.1 200 OK\r\nConnection: keep-alive, close\r\n"
+                      b"Content-Length: 2\r\n\r\nok", False),
+    b"/http10": (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", False),
+    b"/http10-kept": (b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok",
+                      True),
+    b"/chunked": (b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n"
+                  b"\r\n2\r\nok\r\n0\r\n\r\n", True),
+}
+
+
+def test_member_connections_are_kept_exactly_when_the_response_says_so(backend_loop, croupier):
+    async def respond(head, writer):
+        writer.write(KEEP_ALIVE_CASES[head.split(b" ")[1]][0])
+        await writer.drain()
+    raw = RawBackend(backend_loop, respond)
+    c = croupier(proxy_config([raw.address]))
+    with socket.create_connection(("127.0.0.1", c.port), timeout=5) as s:
+        buf = bytearray()
+        for path, (_, kept) in KEEP_ALIVE_CASES.items():
+            s.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path)
+            assert read_response(s, buf)[::2] == (200, b"ok"), path
+            before = raw.connections
+            # The member does not close: only croupier's reading of the head decides.
+            s.sendall(b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_response(s, buf)[::2] == (200, b"ok"), path
+            assert raw.connections == before + (0 if kept else 1), path
+
+
 def test_response_heads_are_copied_as_they_came_however_they_arrive(backend_loop, croupier):
     async def respond(head, writer):
         if head.startswith(b"GET /bytewise"):

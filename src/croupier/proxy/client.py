@@ -872,6 +872,11 @@ class ClientConnection:
         via = via + b", 1.1 croupier" if via else b"1.1 croupier"
         host = req.host
         if host is not None:
+            if not req.chunked and not req.upgrade:
+                # Most requests: the whole head in one build, no intermediate bytes.
+                return (b"%s %s HTTP/1.1\r\n%sX-Forwarded-Host: %s\r\nX-Forwarded-For: %s\r\n"
+                        b"X-Forwarded-Proto: http\r\nVia: %s\r\n\r\n"
+                        % (req.method, req.url, fields, host, forwarded_for, via))
             tail = (b"X-Forwarded-Host: %s\r\nX-Forwarded-For: %s\r\n"
                     b"X-Forwarded-Proto: http\r\nVia: %s\r\n" % (host, forwarded_for, via))
         else:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, cast
 
 import httptools
@@ -77,17 +78,51 @@ class _HeadTooLarge(Exception):
 
 
 class UpstreamConnection:
-    __slots__ = ("_body_left", "_body_seen", "_body_tail", "_close_delimited", "_copied", "_fields",
-                 "_final", "_head_start", "_in_head", "_interim", "_keep_alive", "_length_line",
-                 "_message_done", "_out", "_raw",
-                 "_received", "_to_client", "_tunnel_rest", "_upgrade", "body_pending", "client",
-                 "closed", "deadline", "idle", "out_mode", "parser", "paused", "pool", "req",
-                 "response_started", "reused", "transport", "tunnel")
+    __slots__ = (
+        "_body_left",
+        "_body_seen",
+        "_body_tail",
+        "_close_delimited",
+        "_copied",
+        "_feed",
+        "_fields",
+        "_final",
+        "_head_start",
+        "_in_head",
+        "_interim",
+        "_keep_alive",
+        "_length_line",
+        "_message_done",
+        "_out",
+        "_plain_keep_alive",
+        "_raw",
+        "_received",
+        "_to_client",
+        "_tunnel_rest",
+        "_upgrade",
+        "body_pending",
+        "client",
+        "closed",
+        "deadline",
+        "idle",
+        "out_mode",
+        "parser",
+        "paused",
+        "pool",
+        "req",
+        "response_started",
+        "reused",
+        "transport",
+        "tunnel",
+    )
 
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
+        # The parser's feed_data, bound once: a member connection lives for many exchanges,
+        # and a call by name looks the method up on every read.
+        self._feed: Callable[[bytes], None] = self.parser.feed_data
         self.client: ClientConnection | None = None
         self.req: Request | None = None
         self.closed = False
@@ -118,6 +153,9 @@ class UpstreamConnection:
         self.response_started = False
         self._interim = False
         self._keep_alive = False
+        # The head read says what llhttp's should_keep_alive() would: HTTP/1.1, a
+        # Content-Length, no Transfer-Encoding, and no Connection value but "keep-alive".
+        self._plain_keep_alive = False
         self._close_delimited = False
         self.out_mode = OUT_NONE
         self._upgrade = b""
@@ -160,7 +198,7 @@ class UpstreamConnection:
         self._out = out
         stopped_at_head = too_large = past = False
         try:
-            self.parser.feed_data(data)
+            self._feed(data)
         except httptools.HttpParserUpgrade as e:
             self._tunnel_rest = data[e.args[0]:]
         except httptools.HttpParserCallbackError as e:
@@ -184,7 +222,7 @@ class UpstreamConnection:
         if stopped_at_head:
             # Anything past the head would be a body the member should not have sent.
             keep = self.parser.should_keep_alive() and data.endswith(b"\r\n\r\n")
-            self.parser = httptools.HttpResponseParser(self)
+            self._new_parser()
             self._finish(keep, now)
         elif self.tunnel:
             self._start_tunnel()
@@ -195,7 +233,11 @@ class UpstreamConnection:
             # The rest of the body needs no parsing: count it through.
             length = int(self._length_line[15:])     # after "Content-Length:"
             self._body_left = length - self._body_seen
-            self._keep_alive = self.parser.should_keep_alive()
+            self._keep_alive = self._plain_keep_alive or self.parser.should_keep_alive()
+
+    def _new_parser(self) -> None:
+        parser = self.parser = httptools.HttpResponseParser(self)
+        self._feed = parser.feed_data
 
     def _pass_body(self, data: bytes, now: float) -> None:
         """Body bytes of a Content-Length response, after its first read: to the client as
@@ -208,7 +250,7 @@ class UpstreamConnection:
         self._body_left = left
         self._flush([data])
         if left == 0:
-            self.parser = httptools.HttpResponseParser(self)    # the old one is mid-body
+            self._new_parser()              # the old one is mid-body
             self._message_done = True
             self._finish(self._keep_alive and not over, now)
 
@@ -259,11 +301,10 @@ class UpstreamConnection:
         if self._message_done:
             raise _PastTheResponse()
         self._in_head = False
-        status = self.parser.get_status_code()
         req = self.req
         out = self._out
         assert req is not None and out is not None
-        self._copied = self._copied_fields(status)
+        status = self._copied_fields()
         if status < 200 and status != 101:
             self._interim = True
             if req.http11:           # an HTTP/1.0 client cannot take interim responses
@@ -332,16 +373,17 @@ class UpstreamConnection:
             assert out is not None
             out.append(b"0\r\n\r\n")
         # Read here: once the callback returns, llhttp resets the flags it is computed from.
-        self._keep_alive = self.parser.should_keep_alive()
+        self._keep_alive = self._plain_keep_alive or self.parser.should_keep_alive()
         self._message_done = True
 
     # ---- building and sending --------------------------------------------------------------
 
-    def _copied_fields(self, status: int) -> bytes:
-        """The field lines of the response head just read (`_raw` from `_head_start`, all of
-        it there since llhttp has read it) that the client gets, each "Name: value\\r\\n":
-        all but the hop-by-hop ones and those its Connection field names, and Content-Length
-        on a 204 (RFC 9110 8.6). Notes the framing fields and the Upgrade value.
+    def _copied_fields(self) -> int:
+        """Returns the status of the response head just read (`_raw` from `_head_start`, all
+        of it there since llhttp has read it) and sets `_copied`: its field lines that the
+        client gets, each "Name: value\\r\\n": all but the hop-by-hop ones and those its
+        Connection field names, and Content-Length on a 204 (RFC 9110 8.6). Notes the
+        framing fields, the Upgrade value, and whether the head keeps the connection alive.
 
         A walk over the bytes (compiled, a byte an iteration is a few instructions), a look
         at each line's first byte, and the kept runs of lines sliced out whole: no bytes
@@ -350,7 +392,15 @@ class UpstreamConnection:
         i: i64 = self._head_start
         while raw[i] == 13 or raw[i] == 10:     # empty lines before the status line
             i += 1
-        while raw[i] != 13:                     # the status line: ours replaces it
+        # The status line (ours replaces it). llhttp took "HTTP/d.d SP 3DIGIT": when the
+        # bytes have that shape the digits are its status, else it is asked.
+        if (raw[i + 8] == 32 and 48 <= raw[i + 9] <= 57 and 48 <= raw[i + 10] <= 57
+                and 48 <= raw[i + 11] <= 57):
+            status = (raw[i + 9] - 48) * 100 + (raw[i + 10] - 48) * 10 + raw[i + 11] - 48
+        else:
+            status = self.parser.get_status_code()
+        http11 = raw[i + 5] == 49 and raw[i + 7] == 49          # 1.1
+        while raw[i] != 13:
             i += 1
         i += 2
         head_from = self._head_start
@@ -360,6 +410,7 @@ class UpstreamConnection:
         runs: list[bytes] | None = None
         named: list[bytes] | None = None
         flags = 0
+        other_connection = False        # a Connection value but "keep-alive"
         while True:
             at = i
             first = raw[i]
@@ -378,6 +429,7 @@ class UpstreamConnection:
                     drop = True
                     # nginx's, on every response, names no field: no need to look inside
                     if i - at != 24 or not equals_at(raw, at, b"Connection: keep-alive"):
+                        other_connection = True
                         tokens = connection_named(field_value(raw, at + 11, i - 2))
                         if tokens:
                             named = (named or []) + tokens
@@ -395,6 +447,7 @@ class UpstreamConnection:
                 drop = is_name(raw, at, b"keep-alive")
             elif first == 0x70:                                     # p
                 drop = is_name(raw, at, b"proxy-connection")
+                other_connection = other_connection or drop     # llhttp reads it too
             if drop:
                 if at > keep_from:
                     if not kept:
@@ -417,12 +470,14 @@ class UpstreamConnection:
         if status < 200:
             self._head_start = i + 2            # an interim response: the next head follows
         self._fields = flags
+        self._plain_keep_alive = http11 and flags == F_LENGTH and not other_connection
         if status == 204 and flags & F_LENGTH:
             named = (named or []) + [b"content-length"]
         copied = kept if runs is None else b"".join(runs)
         if named is not None:
             copied = without_fields(copied, named)
-        return copied
+        self._copied = copied
+        return status
 
     def _head(self, status: int, framing: bytes) -> bytes:
         """The response head for the client: the copied fields between our status line and
@@ -439,9 +494,12 @@ class UpstreamConnection:
         transport = client.transport if client is not None else None
         if transport is None:
             return
-        if len(out) == 1:
+        n = len(out)
+        if n == 1:
             transport.write(out[0])
-        elif len(out) < 8:
+        elif n == 2:                    # a head and its body: a concatenation, no join
+            transport.write(out[0] + out[1])
+        elif n < 8:
             # A few small pieces (a head and a short body): one joined write is cheaper
             # in the kernel than a writev of them; big bodies keep their zero-copy path.
             transport.write(b"".join(out))
