@@ -29,7 +29,7 @@ import sys
 from typing import Any
 
 from croupier.config.load import LoadedConfig, load_config
-from croupier.runtime.server import Balancer, install_signals
+from croupier.runtime.server import Balancer, freeze_startup_objects, install_signals
 
 log = logging.getLogger("croupier.workers")
 
@@ -100,6 +100,7 @@ def run_worker(config_path: str, channel_fd: int, index: int) -> None:
             await _send(writer, {"op": "error", "message": e.strerror or str(e)})
             return
         await _send(writer, {"op": "ready", "pid": os.getpid()})
+        freeze_startup_objects()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
