@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import random
 import socket
 
 import httpx
@@ -306,6 +307,45 @@ def test_a_body_over_many_reads_is_passed_on_exactly(backend_loop, croupier):
         assert not buf
     # Reused, but not after any of the three responses with bytes past them.
     assert raw.connections == 4
+
+
+def test_a_long_body_to_a_client_that_stalls_arrives_exactly(backend_loop, croupier):
+    # A long Content-Length body is read into a buffer of croupier's own and written to the
+    # client from there. A client that stops reading leaves those bytes queued in its
+    # transport: the next read must not go into them. Every byte differs, so any overwrite,
+    # loss or reordering shows; the member connection must come back in step afterwards.
+    # More than the socket buffers between member, croupier and client can hold (~11 MB).
+    body = random.Random(6).randbytes(32 * 1024 * 1024)
+    sent = [0]
+
+    async def respond(head, writer):
+        if head.startswith(b"GET /small"):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+            return
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+        for at in range(0, len(body), 65536):
+            writer.write(body[at:at + 65536])
+            await writer.drain()
+            sent[0] += 65536
+    raw = RawBackend(backend_loop, respond)
+    c = croupier(proxy_config([raw.address]))
+    with socket.create_connection(("127.0.0.1", c.port), timeout=10) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        buf = bytearray()
+        s.sendall(b"GET /long HTTP/1.1\r\nHost: x\r\n\r\n")
+        seen: list[int] = []            # the member's progress: the same twice, 300 ms apart
+        wait_until(lambda: seen.append(sent[0]) or (len(seen) > 1 and seen[-1] == seen[-2] > 0),
+                   timeout=30, interval=0.3, message="the member to stall")
+        assert sent[0] < len(body)      # croupier held back: the client read nothing
+        status, _, got = read_response(s, buf)
+        assert status == 200 and len(got) == len(body)
+        assert got == body
+        for path in (b"/long", b"/small", b"/long"):     # in step, on the same connection
+            s.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path)
+            status, _, got = read_response(s, buf)
+            assert (status, got == (b"ok" if path == b"/small" else body)) == (200, True), path
+    assert raw.connections == 1
 
 
 def test_response_head_over_64k_gives_502(backend_loop, croupier):

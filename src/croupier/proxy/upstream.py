@@ -57,6 +57,10 @@ OUT_UNTIL_CLOSE: Final = 3  # close-delimited to an HTTP/1.0 client
 # A response head larger than this is refused (502), as nginx's proxy_buffer_size and
 # HAProxy's bufsize refuse one: it is held whole until llhttp has read it.
 MAX_RESPONSE_HEAD: Final = 65536
+# A Content-Length body with at least this much left after its first read is read into a
+# buffer of our own (_BodyPump), PUMP_SIZE bytes at a time (uvloop reads 256 kB too).
+PUMP_FROM: Final = 65536
+PUMP_SIZE: Final = 262144
 # What a response head had, for its framing (bits of `_fields`).
 F_LENGTH: Final = 1
 F_CHUNKED: Final = 2
@@ -232,8 +236,37 @@ class UpstreamConnection:
         elif self.out_mode == OUT_RAW and self._final and not self._interim:
             # The rest of the body needs no parsing: count it through.
             length = int(self._length_line[15:])     # after "Content-Length:"
-            self._body_left = length - self._body_seen
+            left = self._body_left = length - self._body_seen
             self._keep_alive = self._plain_keep_alive or self.parser.should_keep_alive()
+            transport = self.transport
+            if left >= PUMP_FROM and transport is not None:
+                transport.set_protocol(cast("asyncio.BaseProtocol", _BodyPump(self)))
+
+    def pumped(self, n: int) -> None:
+        """`n` body bytes came into the pump's buffer (see _BodyPump): to the client from
+        there. What comes past the body breaks framing: cut, and no reuse."""
+        now = self.pool.time()
+        self.deadline = now + self.pool.response_timeout
+        buffer = PUMP_BUFFER
+        left = self._body_left
+        over = n > left
+        if over:
+            n = left
+        left -= n
+        self._body_left = left
+        client = self.client
+        transport = client.transport if client is not None else None
+        if transport is not None:
+            self._to_client = True
+            transport.write(buffer.view[:n])
+            if transport.get_write_buffer_size():
+                buffer.renew()          # queued for a slow client: the bytes are its now
+        if left == 0:
+            if self.transport is not None:
+                self.transport.set_protocol(cast("asyncio.BaseProtocol", self))
+            self._new_parser()
+            self._message_done = True
+            self._finish(self._keep_alive and not over, now)
 
     def _new_parser(self) -> None:
         parser = self.parser = httptools.HttpResponseParser(self)
@@ -618,6 +651,53 @@ class UpstreamConnection:
             self.transport.resume_reading()
             if not self.tunnel:
                 self.deadline = self.pool.time() + self.pool.response_timeout
+
+
+class PumpBuffer:
+    """The buffer long bodies are read into and written from (one per process: it is only
+    filled and written within one read callback), replaced when a slow client's transport
+    keeps the bytes queued."""
+
+    __slots__ = ("view",)
+
+    def __init__(self) -> None:
+        self.view = memoryview(bytearray(PUMP_SIZE))
+
+    def renew(self) -> None:
+        self.view = memoryview(bytearray(PUMP_SIZE))
+
+
+PUMP_BUFFER: Final = PumpBuffer()
+
+
+class _BodyPump:
+    """The member connection's protocol while the rest of a long Content-Length body passes
+    (from PUMP_FROM bytes): a buffered protocol, so uvloop reads into PUMP_BUFFER and the
+    body is copied by the kernel only; otherwise every read is a new bytes object, a copy of
+    each body byte in user space. The connection takes its transport back at the body's end."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: UpstreamConnection) -> None:
+        self.conn = conn
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return PUMP_BUFFER.view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.conn.pumped(nbytes)
+
+    def eof_received(self) -> bool | None:
+        return self.conn.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conn.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.conn.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.conn.resume_writing()
 
 
 class UpstreamPool:
