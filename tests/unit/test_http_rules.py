@@ -12,6 +12,7 @@ from croupier.proxy.http import (
     field_value,
     host_without_port,
     is_name,
+    length_value,
     simple_response,
     valid_host,
     without_fields,
@@ -56,6 +57,14 @@ def test_simple_response_is_well_framed():
     assert head.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
     assert b"Content-Length: 10" in head and b"Retry-After: 1" in head
     assert b"Connection: close" in head and body == b"no member\n"
+
+
+def test_content_lengths_are_read_from_the_line_whatever_their_size():
+    for value in (0, 7, 1048576, 10**18 - 1, 2**63 - 1, 2**63, 2**64 - 1):
+        line = b"Content-Length: \t%d \r\n" % value
+        assert length_value(line, 15, len(line) - 2) == value
+    line = b"content-length:42\r\n"
+    assert length_value(line, 15, len(line) - 2) == 42
 
 
 def test_field_values_lose_only_the_whitespace_around_them():

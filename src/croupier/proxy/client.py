@@ -36,6 +36,7 @@ from croupier.proxy.http import (
     field_name,
     field_value,
     is_name,
+    length_value,
     simple_response,
     valid_host,
     without_fields,
@@ -506,7 +507,7 @@ class ClientConnection:
             elif first == 0x63:                                             # c
                 if is_name(src, at, b"content-length"):
                     # llhttp (strict) let only digits through, and only one of it
-                    req.content_length = int(field_value(src, at + 15, i - 2))
+                    req.content_length = length_value(src, at + 15, i - 2)
                 elif is_name(src, at, b"connection"):
                     drop = True
                     req.connection_field = True

@@ -75,6 +75,22 @@ def field_value(raw: bytes, at: i64, end: i64) -> bytes:
     return raw[at:end]
 
 
+def length_value(raw: bytes, at: i64, end: i64) -> int:
+    """The Content-Length value at `raw[at:end]` (llhttp let only digits through, between
+    optional whitespace), read without a bytes object; int() for what i64 cannot hold."""
+    while at < end and (raw[at] == 32 or raw[at] == 9):
+        at += 1
+    while end > at and (raw[end - 1] == 32 or raw[end - 1] == 9):
+        end -= 1
+    if end - at > 18:
+        return int(raw[at:end])
+    n: i64 = 0
+    while at < end:
+        n = n * 10 + raw[at] - 48
+        at += 1
+    return n
+
+
 def reason(status: int) -> bytes:
     return _REASONS.get(status, b"Unknown")
 

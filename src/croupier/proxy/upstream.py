@@ -37,6 +37,7 @@ from croupier.proxy.http import (
     equals_at,
     field_value,
     is_name,
+    length_value,
     reason,
     without_fields,
 )
@@ -95,7 +96,7 @@ class UpstreamConnection:
         "_in_head",
         "_interim",
         "_keep_alive",
-        "_length_line",
+        "_length",
         "_message_done",
         "_out",
         "_plain_keep_alive",
@@ -141,7 +142,7 @@ class UpstreamConnection:
         self._raw = b""
         self._head_start = 0
         self._copied = b""
-        self._length_line = b""         # the Content-Length line of the head, as it came
+        self._length = 0                # the head's Content-Length
         self._body_seen = 0             # body bytes the parser has handed over
         self._body_left = 0             # body bytes still to pass on without the parser
         # The last Content-Length body bytes the parser handed over: a read that does not
@@ -235,8 +236,7 @@ class UpstreamConnection:
             self._finish(self._keep_alive and not past and ended, now)
         elif self.out_mode == OUT_RAW and self._final and not self._interim:
             # The rest of the body needs no parsing: count it through.
-            length = int(self._length_line[15:])     # after "Content-Length:"
-            left = self._body_left = length - self._body_seen
+            left = self._body_left = self._length - self._body_seen
             self._keep_alive = self._plain_keep_alive or self.parser.should_keep_alive()
             transport = self.transport
             if left >= PUMP_FROM and transport is not None:
@@ -457,7 +457,7 @@ class UpstreamConnection:
             if first == 0x63:                                       # c
                 if is_name(raw, at, b"content-length"):
                     flags |= F_LENGTH
-                    self._length_line = raw[at:i - 2]
+                    self._length = length_value(raw, at + 15, i - 2)
                 elif is_name(raw, at, b"connection"):
                     drop = True
                     # nginx's, on every response, names no field: no need to look inside
@@ -546,7 +546,7 @@ class UpstreamConnection:
 
     def attach(self, client: ClientConnection, req: Request, now: float) -> None:
         """A new exchange. (`_interim`, `_keep_alive`, `_close_delimited`, `out_mode`,
-        `_fields`, `_copied` and `_length_line` are set before they are read.)"""
+        `_fields`, `_copied` and `_length` are set before they are read.)"""
         self.client = client
         self.req = req
         self.idle = False
