@@ -663,9 +663,8 @@ class ClientConnection:
         replay = req.replay
         if req.content_length <= 0 and not req.chunked and not replay and not req.body:
             # No body will follow in this read: nothing to join the head with.
-            transport = conn.transport
-            if transport is not None and not conn.closed:
-                transport.write(head)
+            if conn.transport is not None and not conn.closed:
+                conn.send(head)
         else:
             self._send_body(req, conn, head)
         if self.write_paused:

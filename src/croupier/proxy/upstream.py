@@ -82,6 +82,10 @@ class _HeadTooLarge(Exception):
     """Raised from on_headers_complete for a head over MAX_RESPONSE_HEAD read in one go."""
 
 
+def _unconnected(data: bytes) -> None:
+    raise RuntimeError("no transport yet")
+
+
 class UpstreamConnection:
     __slots__ = (
         "_body_left",
@@ -105,6 +109,7 @@ class UpstreamConnection:
         "_to_client",
         "_tunnel_rest",
         "_upgrade",
+        "_write",
         "body_pending",
         "client",
         "closed",
@@ -124,6 +129,8 @@ class UpstreamConnection:
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
+        # The transport's write, bound once (see _feed); set by connection_made.
+        self._write: Callable[[bytes], None] = _unconnected
         self.parser = httptools.HttpResponseParser(self)
         # The parser's feed_data, bound once: a member connection lives for many exchanges,
         # and a call by name looks the method up on every read.
@@ -171,6 +178,7 @@ class UpstreamConnection:
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self._write = transport.write  # type: ignore[attr-defined]
         self.pool.balancer.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -542,7 +550,7 @@ class UpstreamConnection:
     def send(self, data: bytes) -> None:
         """Write request bytes to the member (called by the client side)."""
         assert self.transport is not None
-        self.transport.write(data)
+        self._write(data)
 
     def attach(self, client: ClientConnection, req: Request, now: float) -> None:
         """A new exchange. (`_interim`, `_keep_alive`, `_close_delimited`, `out_mode`,
