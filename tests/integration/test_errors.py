@@ -114,6 +114,13 @@ SMUGGLING = {
     "bad Host": b"GET / HTTP/1.1\r\nHost: a b/c\r\n\r\n",
     "another protocol (llhttp takes RTSP)": b"GET / RTSP/1.1\r\nHost: x\r\n\r\n",
 }
+# What the 400 says: croupier's own checks name the rule; llhttp's refusals quote llhttp.
+SMUGGLING_REASONS = {
+    "two Host headers": b"croupier: more than one Host header",
+    "HTTP/1.1 without Host": b"croupier: an HTTP/1.1 request needs a Host header",
+    "bad Host": b"croupier: bad Host header",
+    "another protocol (llhttp takes RTSP)": b"croupier: not an HTTP request",
+}
 
 
 @pytest.mark.parametrize("name", sorted(SMUGGLING))
@@ -122,6 +129,7 @@ def test_smuggling_shapes_get_400_and_a_closed_connection(name, backends, croupi
     # Each bad request is followed by a clean one on the same connection: it must not run.
     out = raw_request(c.port, SMUGGLING[name] + b"GET /second HTTP/1.1\r\nHost: x\r\n\r\n")
     assert _status(out) == 400, out
+    assert SMUGGLING_REASONS.get(name, b"croupier: bad request: ") in out, out
     assert b"Connection: close" in out
     assert out.count(b"\r\nHTTP/1.1 ") == 0    # the smuggled second request got nothing
     assert backends[0].requests == 0

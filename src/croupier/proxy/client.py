@@ -501,7 +501,7 @@ class ClientConnection:
             if first == 0x68:                                               # h
                 if is_name(src, at, b"host"):
                     if req.host is not None:
-                        self.error = (400, "runs than one Host header")
+                        self.error = (400, "more than one Host header")
                         raise _Reject()
                     req.host = field_value(src, at + 5, i - 2)
             elif first == 0x63:                                             # c
