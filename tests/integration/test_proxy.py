@@ -334,9 +334,12 @@ def test_a_long_body_to_a_client_that_stalls_arrives_exactly(backend_loop, croup
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
         buf = bytearray()
         s.sendall(b"GET /long HTTP/1.1\r\nHost: x\r\n\r\n")
-        seen: list[int] = []            # the member's progress: the same twice, 300 ms apart
-        wait_until(lambda: seen.append(sent[0]) or (len(seen) > 1 and seen[-1] == seen[-2] > 0),
-                   timeout=30, interval=0.3, message="the member to stall")
+        seen: list[int] = []
+
+        def stalled() -> bool:          # the member's progress: the same twice, 300 ms apart
+            seen.append(sent[0])
+            return len(seen) > 1 and seen[-1] == seen[-2] > 0
+        wait_until(stalled, timeout=30, interval=0.3, message="the member to stall")
         assert sent[0] < len(body)      # croupier held back: the client read nothing
         status, _, got = read_response(s, buf)
         assert status == 200 and len(got) == len(body)

@@ -12,6 +12,8 @@ from croupier.proxy.http import (
     field_value,
     host_without_port,
     is_name,
+    joined_runs,
+    kept_run,
     length_value,
     simple_response,
     valid_host,
@@ -65,6 +67,17 @@ def test_content_lengths_are_read_from_the_line_whatever_their_size():
         assert length_value(line, 15, len(line) - 2) == value
     line = b"content-length:42\r\n"
     assert length_value(line, 15, len(line) - 2) == 42
+
+
+def test_kept_runs_join_in_order_however_many_there_are():
+    raw = b"A: 1\r\nDrop: x\r\nB: 2\r\nDrop: y\r\nC: 3\r\nD: 4\r\n"
+    runs = [(0, 6), (15, 21), (30, 42)]
+    for n in range(4):
+        kept, more = b"", None
+        for start, end in runs[:n]:
+            kept, more = kept_run(kept, more, raw, start, end)
+        assert joined_runs(kept, more) == b"".join(raw[s:e] for s, e in runs[:n])
+        assert (more is None) == (n < 2)            # a list only from the second run
 
 
 def test_field_values_lose_only_the_whitespace_around_them():

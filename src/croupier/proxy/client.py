@@ -36,6 +36,8 @@ from croupier.proxy.http import (
     field_name,
     field_value,
     is_name,
+    joined_runs,
+    kept_run,
     length_value,
     simple_response,
     valid_host,
@@ -485,7 +487,6 @@ class ClientConnection:
             raise _Reject()
         i += 2
         keep_from: i64 = i
-        # The kept runs: most heads have one or two, so a list only from the third.
         kept = b""
         runs: list[bytes] | None = None
         while True:
@@ -549,22 +550,11 @@ class ClientConnection:
                 drop = True
             if drop:
                 if at > keep_from:
-                    if not kept:
-                        kept = src[keep_from:at]
-                    elif runs is None:
-                        runs = [kept, src[keep_from:at]]
-                    else:
-                        runs.append(src[keep_from:at])
+                    kept, runs = kept_run(kept, runs, src, keep_from, at)
                 keep_from = i
         if i > keep_from:
-            run = src[keep_from:i]
-            if not kept:
-                kept = run
-            elif runs is None:
-                kept += run
-            else:
-                runs.append(run)
-        req.fields = kept if runs is None else b"".join(runs)
+            kept, runs = kept_run(kept, runs, src, keep_from, i)
+        req.fields = joined_runs(kept, runs)
         return i + 2
 
     def on_body(self, body: bytes) -> None:
@@ -870,23 +860,21 @@ class ClientConnection:
         via = req.via
         forwarded_for = xff + b", " + self.peer if xff else self.peer
         via = via + b", 1.1 croupier" if via else b"1.1 croupier"
+        extra = b""
+        if req.chunked:
+            extra = b"Transfer-Encoding: chunked\r\n"
+        if req.upgrade:
+            extra += b"Connection: upgrade\r\nUpgrade: %s\r\n" % req.upgrade_value
+        # One build for the whole head: no intermediate bytes.
         host = req.host
         if host is not None:
-            if not req.chunked and not req.upgrade:
-                # Most requests: the whole head in one build, no intermediate bytes.
-                return (b"%s %s HTTP/1.1\r\n%sX-Forwarded-Host: %s\r\nX-Forwarded-For: %s\r\n"
-                        b"X-Forwarded-Proto: http\r\nVia: %s\r\n\r\n"
-                        % (req.method, req.url, fields, host, forwarded_for, via))
-            tail = (b"X-Forwarded-Host: %s\r\nX-Forwarded-For: %s\r\n"
-                    b"X-Forwarded-Proto: http\r\nVia: %s\r\n" % (host, forwarded_for, via))
-        else:
-            tail = (b"Host: %s:%d\r\nX-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\n"
-                    b"Via: %s\r\n" % (member.address.encode(), member.port, forwarded_for, via))
-        if req.chunked:
-            tail += b"Transfer-Encoding: chunked\r\n"
-        if req.upgrade:
-            tail += b"Connection: upgrade\r\nUpgrade: %s\r\n" % req.upgrade_value
-        return b"%s %s HTTP/1.1\r\n%s%s\r\n" % (req.method, req.url, fields, tail)
+            return (b"%s %s HTTP/1.1\r\n%sX-Forwarded-Host: %s\r\nX-Forwarded-For: %s\r\n"
+                    b"X-Forwarded-Proto: http\r\nVia: %s\r\n%s\r\n"
+                    % (req.method, req.url, fields, host, forwarded_for, via, extra))
+        return (b"%s %s HTTP/1.1\r\n%sHost: %s:%d\r\nX-Forwarded-For: %s\r\n"
+                b"X-Forwarded-Proto: http\r\nVia: %s\r\n%s\r\n"
+                % (req.method, req.url, fields, member.address.encode(), member.port,
+                   forwarded_for, via, extra))
 
     # ---- writing to the member ------------------------------------------------------------
 

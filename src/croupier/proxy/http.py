@@ -66,22 +66,25 @@ def equals_at(raw: bytes, at: i64, literal: bytes) -> bool:
     return True
 
 
-def field_value(raw: bytes, at: i64, end: i64) -> bytes:
-    """`raw[at:end]` less the optional whitespace (SP, HTAB) around a field value."""
+def _trimmed(raw: bytes, at: i64, end: i64) -> tuple[i64, i64]:
+    """`at, end` moved past the optional whitespace (SP, HTAB) around a field value."""
     while at < end and (raw[at] == 32 or raw[at] == 9):
         at += 1
     while end > at and (raw[end - 1] == 32 or raw[end - 1] == 9):
         end -= 1
+    return at, end
+
+
+def field_value(raw: bytes, at: i64, end: i64) -> bytes:
+    """`raw[at:end]` less the optional whitespace (SP, HTAB) around a field value."""
+    at, end = _trimmed(raw, at, end)
     return raw[at:end]
 
 
 def length_value(raw: bytes, at: i64, end: i64) -> int:
     """The Content-Length value at `raw[at:end]` (llhttp let only digits through, between
     optional whitespace), read without a bytes object; int() for what i64 cannot hold."""
-    while at < end and (raw[at] == 32 or raw[at] == 9):
-        at += 1
-    while end > at and (raw[end - 1] == 32 or raw[end - 1] == 9):
-        end -= 1
+    at, end = _trimmed(raw, at, end)
     if end - at > 18:
         return int(raw[at:end])
     n: i64 = 0
@@ -89,6 +92,23 @@ def length_value(raw: bytes, at: i64, end: i64) -> int:
         n = n * 10 + raw[at] - 48
         at += 1
     return n
+
+
+def kept_run(kept: bytes, runs: list[bytes] | None, raw: bytes, start: i64,
+             end: i64) -> tuple[bytes, list[bytes] | None]:
+    """Adds the field lines `raw[start:end]` to those a head walk keeps: the first run alone
+    in `kept`, a list only from the second (most heads keep one run). The tuple is a C
+    struct once compiled: no object per call."""
+    if not kept:
+        return raw[start:end], None
+    if runs is None:
+        return kept, [kept, raw[start:end]]
+    runs.append(raw[start:end])
+    return kept, runs
+
+
+def joined_runs(kept: bytes, runs: list[bytes] | None) -> bytes:
+    return kept if runs is None else b"".join(runs)
 
 
 def reason(status: int) -> bytes:

@@ -37,6 +37,8 @@ from croupier.proxy.http import (
     equals_at,
     field_value,
     is_name,
+    joined_runs,
+    kept_run,
     length_value,
     reason,
     without_fields,
@@ -446,7 +448,6 @@ class UpstreamConnection:
         i += 2
         head_from = self._head_start
         keep_from: i64 = i
-        # The kept runs: most heads have one or two, so a list only from the third.
         kept = b""
         runs: list[bytes] | None = None
         named: list[bytes] | None = None
@@ -491,30 +492,19 @@ class UpstreamConnection:
                 other_connection = other_connection or drop     # llhttp reads it too
             if drop:
                 if at > keep_from:
-                    if not kept:
-                        kept = raw[keep_from:at]
-                    elif runs is None:
-                        runs = [kept, raw[keep_from:at]]
-                    else:
-                        runs.append(raw[keep_from:at])
+                    kept, runs = kept_run(kept, runs, raw, keep_from, at)
                 keep_from = i
         if i - head_from > MAX_RESPONSE_HEAD:
             raise _HeadTooLarge()
         if i > keep_from:
-            run = raw[keep_from:i]
-            if not kept:
-                kept = run
-            elif runs is None:
-                kept += run
-            else:
-                runs.append(run)
+            kept, runs = kept_run(kept, runs, raw, keep_from, i)
         if status < 200:
             self._head_start = i + 2            # an interim response: the next head follows
         self._fields = flags
         self._plain_keep_alive = http11 and flags == F_LENGTH and not other_connection
         if status == 204 and flags & F_LENGTH:
             named = (named or []) + [b"content-length"]
-        copied = kept if runs is None else b"".join(runs)
+        copied = joined_runs(kept, runs)
         if named is not None:
             copied = without_fields(copied, named)
         self._copied = copied
