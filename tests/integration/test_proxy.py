@@ -280,15 +280,23 @@ def test_a_body_over_many_reads_is_passed_on_exactly(backend_loop, croupier):
     # Past its first read a Content-Length body is counted, not parsed: it must still end
     # where its length says, and bytes past a response (a whole stray one, or the start of
     # one) must not reach the client, nor be taken as the answer to a later request.
+    # A long body that comes whole with its head is sent from that read, not the parser's
+    # copy of it: the same rules hold there (an interim response before it, bytes past it).
     body = bytes(range(256)) * 4096     # 1 MiB, every byte value: more than one read (256 KiB)
+    whole = body[:100_000]
     stray = {b"/overrun": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray",
              b"/two": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray",
-             b"/partial": b"HTTP/1.1 200 OK\r\nContent-Le"}
+             b"/partial": b"HTTP/1.1 200 OK\r\nContent-Le",
+             b"/whole-overrun": b"stray"}
 
     async def respond(head, writer):
         path = head.split(b" ")[1]
         if path in (b"/two", b"/partial"):      # a short response, and more in its read
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" + stray[path])
+        elif path in (b"/whole", b"/whole-overrun", b"/interim"):      # all in one write
+            writer.write((b"HTTP/1.1 100 Continue\r\n\r\n" if path == b"/interim" else b"")
+                         + b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(whole)
+                         + whole + stray.get(path, b""))
         else:
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
                          + body[:1000])
@@ -300,13 +308,17 @@ def test_a_body_over_many_reads_is_passed_on_exactly(backend_loop, croupier):
     with socket.create_connection(("127.0.0.1", c.port), timeout=5) as s:
         buf = bytearray()
         for path, want in ((b"/", body), (b"/", body), (b"/overrun", body), (b"/", body),
-                           (b"/two", b"ok"), (b"/", body), (b"/partial", b"ok"), (b"/", body)):
+                           (b"/two", b"ok"), (b"/", body), (b"/partial", b"ok"), (b"/", body),
+                           (b"/whole", whole), (b"/interim", whole), (b"/whole", whole),
+                           (b"/whole-overrun", whole), (b"/whole", whole)):
             s.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path)
+            if path == b"/interim":
+                assert read_response(s, buf)[0] == 100
             status, _headers, got = read_response(s, buf)
             assert (status, got) == (200, want), path
         assert not buf
-    # Reused, but not after any of the three responses with bytes past them.
-    assert raw.connections == 4
+    # Reused, but not after any of the four responses with bytes past them.
+    assert raw.connections == 5
 
 
 def test_a_long_body_to_a_client_that_stalls_arrives_exactly(backend_loop, croupier):

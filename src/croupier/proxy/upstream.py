@@ -10,8 +10,8 @@ Rules kept here:
 - a body that ends at close (no Content-Length, not chunked) ends at connection_lost, because
   httptools has no llhttp_finish;
 - past its first read, a Content-Length body goes to the client as it comes, without the
-  parser (`_pass_body`: it would copy each byte once more); a fresh parser takes the next
-  response;
+  parser (`_pass_body`: it would copy each byte once more), and a long one from the end of
+  its head (`_start_body`); a fresh parser takes the next response;
 - a response head is not taken field by field (a parser callback per field costs more than
   the rest of the exchange): llhttp validates it, then the head is copied from the bytes as
   they came, less the hop-by-hop lines (`_copied_fields`). llhttp refuses obs-fold, bare CR
@@ -75,6 +75,11 @@ class _StopAtHead(Exception):
     """Raised from on_headers_complete to end a HEAD response at its head."""
 
 
+class _StopAtBody(Exception):
+    """Raised from on_headers_complete at the head of a long Content-Length body: the body
+    goes to the client from the read's own bytes (`_start_body`)."""
+
+
 class _PastTheResponse(Exception):
     """Raised from on_headers_complete for a second response in the read that ended one:
     nothing asked for it."""
@@ -98,6 +103,7 @@ class UpstreamConnection:
         "_feed",
         "_fields",
         "_final",
+        "_head_end",
         "_head_start",
         "_in_head",
         "_interim",
@@ -105,6 +111,7 @@ class UpstreamConnection:
         "_length",
         "_message_done",
         "_out",
+        "_past_head",
         "_plain_keep_alive",
         "_raw",
         "_received",
@@ -150,6 +157,8 @@ class UpstreamConnection:
         # all of it; then what of it is copied to the client.
         self._raw = b""
         self._head_start = 0
+        self._head_end = 0              # where the head just read ends in `_raw`
+        self._past_head = 0             # bytes of the read past a long body's head
         self._copied = b""
         self._length = 0                # the head's Content-Length
         self._body_seen = 0             # body bytes the parser has handed over
@@ -211,13 +220,15 @@ class UpstreamConnection:
             self._raw = raw + data if raw else data
         out: list[bytes] = []
         self._out = out
-        stopped_at_head = too_large = past = False
+        stopped_at_head = at_body = too_large = past = False
         try:
             self._feed(data)
         except httptools.HttpParserUpgrade as e:
             self._tunnel_rest = data[e.args[0]:]
         except httptools.HttpParserCallbackError as e:
-            if isinstance(e.__context__, _StopAtHead):
+            if isinstance(e.__context__, _StopAtBody):
+                at_body = True
+            elif isinstance(e.__context__, _StopAtHead):
                 stopped_at_head = True
             elif isinstance(e.__context__, _HeadTooLarge):
                 too_large = True
@@ -228,6 +239,9 @@ class UpstreamConnection:
         except httptools.HttpParserError as e:
             self._flush(out)
             self._fail(f"invalid response: {e}")
+            return
+        if at_body:
+            self._start_body(data, out, now)
             return
         self._flush(out)
         if too_large or (self._in_head
@@ -251,6 +265,38 @@ class UpstreamConnection:
             transport = self.transport
             if left >= PUMP_FROM and transport is not None:
                 transport.set_protocol(cast("asyncio.BaseProtocol", _BodyPump(self)))
+
+    def _start_body(self, data: bytes, out: list[bytes], now: float) -> None:
+        """llhttp stopped at the end of a long Content-Length body's head (`_StopAtBody`):
+        the head and what of the body came with it leave in one write, the body as a view
+        of the read (through the parser it would be copied once into a new object, and once
+        more joined to the head: for a read of 256 kB, two copies into fresh memory, whose
+        page faults cost more than the copies). The rest comes through the pump."""
+        self._out = None
+        self._keep_alive = self._plain_keep_alive or self.parser.should_keep_alive()
+        self._new_parser()                  # the old one stopped in error
+        left = self._length
+        n = self._past_head
+        start = len(data) - n
+        over = n > left                     # bytes past the body: cut, and no reuse
+        if over:
+            n = left
+        left -= n
+        self._body_left = left
+        client = self.client
+        transport = client.transport if client is not None else None
+        if transport is not None:
+            self._to_client = True
+            if n:
+                pieces: list[bytes | memoryview] = [*out, memoryview(data)[start:start + n]]
+                transport.writelines(pieces)
+            else:
+                transport.writelines(out)
+        if left == 0:
+            self._message_done = True
+            self._finish(self._keep_alive and not over, now)
+        elif left >= PUMP_FROM and self.transport is not None:
+            self.transport.set_protocol(cast("asyncio.BaseProtocol", _BodyPump(self)))
 
     def pumped(self, n: int) -> None:
         """`n` body bytes came into the pump's buffer (see _BodyPump): to the client from
@@ -353,6 +399,7 @@ class UpstreamConnection:
             if req.http11:           # an HTTP/1.0 client cannot take interim responses
                 out.append(self._head(status, b""))
             return
+        past_head = len(self._raw) - self._head_end
         self._raw = b""
         self._interim = False
         self._final = True
@@ -366,11 +413,12 @@ class UpstreamConnection:
             return
         fields = self._fields
         framing = b""
-        close_delimited = False
+        close_delimited = long_body = False
         if req.method == b"HEAD" or status == 204 or status == 304:
             self.out_mode = OUT_NONE
         elif fields & (F_LENGTH | F_CHUNKED) == F_LENGTH:
             self.out_mode = OUT_RAW
+            long_body = self._length >= PUMP_FROM
         else:
             close_delimited = not fields & F_CHUNKED
             if req.http11:
@@ -389,6 +437,9 @@ class UpstreamConnection:
         out.append(self._head(status, framing))
         if req.method == b"HEAD":
             raise _StopAtHead()
+        if long_body:
+            self._past_head = past_head
+            raise _StopAtBody()
 
     def on_body(self, body: bytes) -> None:
         if self._interim or not body:
@@ -498,6 +549,7 @@ class UpstreamConnection:
             raise _HeadTooLarge()
         if i > keep_from:
             kept, runs = kept_run(kept, runs, raw, keep_from, i)
+        self._head_end = i + 2
         if status < 200:
             self._head_start = i + 2            # an interim response: the next head follows
         self._fields = flags
