@@ -61,6 +61,9 @@ def wait_port(port: int, timeout: float = 10) -> None:
 
 
 # ---- configs: the same job for the three contenders ----------------------------------------
+# Each sends the member the same forwarding fields croupier adds (X-Forwarded-Host, -For,
+# -Proto, Via) and passes Host through: without them the others sent 80-110 bytes less a
+# request and the backends parsed four fields less.
 
 def backend_conf(tmp: Path, port: int) -> str:
     return f"""worker_processes 1; daemon off; pid {tmp}/backend-{port}.pid;
@@ -92,6 +95,11 @@ http {{ access_log off;
     keepalive_timeout 300s; client_max_body_size 8m;
     location / {{ proxy_pass http://app; proxy_http_version 1.1;
                  proxy_set_header Connection ""; client_body_buffer_size 2m;
+                 proxy_set_header Host $http_host;
+                 proxy_set_header X-Forwarded-Host $http_host;
+                 proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+                 proxy_set_header X-Forwarded-Proto $scheme;
+                 proxy_set_header Via "1.1 nginx";
                  proxy_next_upstream error timeout; proxy_connect_timeout 1s; }} }}
 }}
 """
@@ -119,6 +127,10 @@ frontend web
     default_backend app
 backend app
     balance roundrobin
+    option forwardfor
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    http-request set-header X-Forwarded-Proto http
+    http-request add-header Via "1.1 haproxy"
     option httpchk GET /
 {members}
 """
