@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import random
 import socket
+import threading
 
 import httpx
 from helpers import (
@@ -282,16 +283,28 @@ def test_a_body_over_many_reads_is_passed_on_exactly(backend_loop, croupier):
     # one) must not reach the client, nor be taken as the answer to a later request.
     # A long body that comes whole with its head is sent from that read, not the parser's
     # copy of it: the same rules hold there (an interim response before it, bytes past it).
+    # A short body's rest (under 64 kB) is counted through too: its first part is held back
+    # until the client has it, so the rest comes in a read of its own.
     body = bytes(range(256)) * 4096     # 1 MiB, every byte value: more than one read (256 KiB)
     whole = body[:100_000]
+    short = body[:10_000]
+    first_part_out = threading.Event()
     stray = {b"/overrun": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray",
              b"/two": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray",
              b"/partial": b"HTTP/1.1 200 OK\r\nContent-Le",
-             b"/whole-overrun": b"stray"}
+             b"/whole-overrun": b"stray",
+             b"/short-overrun": b"stray"}
 
     async def respond(head, writer):
         path = head.split(b" ")[1]
-        if path in (b"/two", b"/partial"):      # a short response, and more in its read
+        if path in (b"/short", b"/short-overrun"):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(short)
+                         + short[:1000])
+            await writer.drain()
+            await asyncio.get_running_loop().run_in_executor(None, first_part_out.wait, 5)
+            first_part_out.clear()
+            writer.write(short[1000:] + stray.get(path, b""))
+        elif path in (b"/two", b"/partial"):      # a short response, and more in its read
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" + stray[path])
         elif path in (b"/whole", b"/whole-overrun", b"/interim"):      # all in one write
             writer.write((b"HTTP/1.1 100 Continue\r\n\r\n" if path == b"/interim" else b"")
@@ -310,15 +323,22 @@ def test_a_body_over_many_reads_is_passed_on_exactly(backend_loop, croupier):
         for path, want in ((b"/", body), (b"/", body), (b"/overrun", body), (b"/", body),
                            (b"/two", b"ok"), (b"/", body), (b"/partial", b"ok"), (b"/", body),
                            (b"/whole", whole), (b"/interim", whole), (b"/whole", whole),
-                           (b"/whole-overrun", whole), (b"/whole", whole)):
+                           (b"/whole-overrun", whole), (b"/whole", whole),
+                           (b"/short", short), (b"/short-overrun", short), (b"/short", short)):
             s.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path)
             if path == b"/interim":
                 assert read_response(s, buf)[0] == 100
+            if path.startswith(b"/short"):
+                while b"\r\n\r\n" not in buf or len(buf) - buf.index(b"\r\n\r\n") < 1004:
+                    chunk = s.recv(65536)
+                    assert chunk, path
+                    buf += chunk
+                first_part_out.set()
             status, _headers, got = read_response(s, buf)
             assert (status, got) == (200, want), path
         assert not buf
-    # Reused, but not after any of the four responses with bytes past them.
-    assert raw.connections == 5
+    # Reused, but not after any of the five responses with bytes past them.
+    assert raw.connections == 6
 
 
 def test_a_long_body_to_a_client_that_stalls_arrives_exactly(backend_loop, croupier):

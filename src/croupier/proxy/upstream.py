@@ -260,11 +260,9 @@ class UpstreamConnection:
             self._finish(self._keep_alive and not past and ended, now)
         elif self.out_mode == OUT_RAW and self._final and not self._interim:
             # The rest of the body needs no parsing: count it through.
-            left = self._body_left = self._length - self._body_seen
+            self._body_left = self._length - self._body_seen
             self._keep_alive = self._plain_keep_alive or self.parser.should_keep_alive()
-            transport = self.transport
-            if left >= PUMP_FROM and transport is not None:
-                transport.set_protocol(cast("asyncio.BaseProtocol", _BodyPump(self)))
+            self._pump_if_long()
 
     def _start_body(self, data: bytes, out: list[bytes], now: float) -> None:
         """llhttp stopped at the end of a long Content-Length body's head (`_StopAtBody`):
@@ -274,15 +272,9 @@ class UpstreamConnection:
         page faults cost more than the copies). The rest comes through the pump."""
         self._out = None
         self._keep_alive = self._plain_keep_alive or self.parser.should_keep_alive()
-        self._new_parser()                  # the old one stopped in error
-        left = self._length
-        n = self._past_head
-        start = len(data) - n
-        over = n > left                     # bytes past the body: cut, and no reuse
-        if over:
-            n = left
-        left -= n
-        self._body_left = left
+        self._body_left = self._length
+        start = len(data) - self._past_head
+        n = self._counted(self._past_head)
         client = self.client
         transport = client.transport if client is not None else None
         if transport is not None:
@@ -292,11 +284,31 @@ class UpstreamConnection:
                 transport.writelines(pieces)
             else:
                 transport.writelines(out)
-        if left == 0:
-            self._message_done = True
-            self._finish(self._keep_alive and not over, now)
-        elif left >= PUMP_FROM and self.transport is not None:
+        if self._body_left == 0:
+            self._body_ended(over=n < self._past_head, now=now)
+        else:
+            self._pump_if_long()
+
+    def _pump_if_long(self) -> None:
+        """The rest of a long Content-Length body comes through the pump (_BodyPump)."""
+        if self._body_left >= PUMP_FROM and self.transport is not None:
             self.transport.set_protocol(cast("asyncio.BaseProtocol", _BodyPump(self)))
+
+    def _counted(self, n: int) -> int:
+        """Counts `n` bytes of a Content-Length body through, as they go to the client
+        without the parser; returns how many of them are the body's."""
+        left = self._body_left
+        if n > left:
+            n = left
+        self._body_left = left - n
+        return n
+
+    def _body_ended(self, over: bool, now: float) -> None:
+        """A body counted through has ended. Bytes that came past it (`over`) break
+        framing: they are cut, and the connection is not reused."""
+        self._new_parser()              # the old one is mid-body, or stopped at its head
+        self._message_done = True
+        self._finish(self._keep_alive and not over, now)
 
     def pumped(self, n: int) -> None:
         """`n` body bytes came into the pump's buffer (see _BodyPump): to the client from
@@ -304,12 +316,8 @@ class UpstreamConnection:
         now = self.pool.time()
         self.deadline = now + self.pool.response_timeout
         buffer = PUMP_BUFFER
-        left = self._body_left
-        over = n > left
-        if over:
-            n = left
-        left -= n
-        self._body_left = left
+        got = n
+        n = self._counted(n)
         client = self.client
         transport = client.transport if client is not None else None
         if transport is not None:
@@ -317,12 +325,10 @@ class UpstreamConnection:
             transport.write(buffer.view[:n])
             if transport.get_write_buffer_size():
                 buffer.renew()          # queued for a slow client: the bytes are its now
-        if left == 0:
+        if self._body_left == 0:
             if self.transport is not None:
                 self.transport.set_protocol(cast("asyncio.BaseProtocol", self))
-            self._new_parser()
-            self._message_done = True
-            self._finish(self._keep_alive and not over, now)
+            self._body_ended(over=n < got, now=now)
 
     def _new_parser(self) -> None:
         parser = self.parser = httptools.HttpResponseParser(self)
@@ -331,17 +337,11 @@ class UpstreamConnection:
     def _pass_body(self, data: bytes, now: float) -> None:
         """Body bytes of a Content-Length response, after its first read: to the client as
         they came. What comes past the body breaks framing: cut, and no reuse."""
-        left = self._body_left
-        over = len(data) > left
-        if over:
-            data = data[:left]
-        left -= len(data)
-        self._body_left = left
-        self._flush([data])
-        if left == 0:
-            self._new_parser()              # the old one is mid-body
-            self._message_done = True
-            self._finish(self._keep_alive and not over, now)
+        n = self._counted(len(data))
+        over = n < len(data)
+        self._flush([data[:n] if over else data])
+        if self._body_left == 0:
+            self._body_ended(over, now)
 
     def eof_received(self) -> bool | None:
         return False
