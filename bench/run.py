@@ -408,6 +408,7 @@ def main() -> None:
 
     results = {c: {n: median_of(raw[c][n]) for n in NAMES if raw[c][n]} for c in cases}
     ratios = ratios_of(results)
+    by_round = round_ratios_of(raw)
     out: dict[str, Any] = {
         "date": date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
@@ -418,11 +419,12 @@ def main() -> None:
                   f"interleaved"),
         "results": results,
         "ratios": ratios,
+        "round_ratios": by_round,
         "runs": raw,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2))
-    print_table(results, ratios)
+    print_table(results, ratios, by_round)
     png = args.out.with_suffix(".png")
     if draw(results, ratios, png, out["date"]):
         print(f"chart: {png}")
@@ -459,10 +461,35 @@ def ratios_of(results: dict[str, dict[str, dict[str, float]]]) -> dict[str, floa
     return ratios
 
 
+def round_ratios_of(raw: dict[str, dict[str, list[dict[str, float]]]]) -> dict[str, float]:
+    """The median over rounds of croupier against the better of the others in that round.
+    A round's three cells run within seconds of each other, so a slow spell of the shared
+    machine weighs on all three; the ratio of medians can pair a slow spell of one contender
+    with a fast one of another. Throughput and p99 only (idle runs once, failover counts)."""
+    ratios: dict[str, float] = {}
+    for case, metric, higher, label in METRICS:
+        runs = raw.get(case, {})
+        mine = runs.get("croupier", [])
+        others = [runs.get(n, []) for n in ("haproxy", "nginx")]
+        if case in ("idle", "failover") or not mine or not all(others):
+            continue
+        per_round = []
+        for i, cell in enumerate(mine):
+            theirs = [o[i][metric] for o in others if i < len(o)]
+            best = max(theirs) if higher else min(theirs)
+            if best:
+                per_round.append(cell[metric] / best)
+        if per_round:
+            ratios[label] = statistics.median(per_round)
+    return ratios
+
+
 def print_table(results: dict[str, dict[str, dict[str, float]]],
-                ratios: dict[str, float]) -> None:
+                ratios: dict[str, float], by_round: dict[str, float] | None = None) -> None:
+    by_round = by_round or {}
     print()
-    print(f"{'metric':<18}" + "".join(f"{n:>12}" for n in NAMES) + f"{'ratio':>10}")
+    print(f"{'metric':<18}" + "".join(f"{n:>12}" for n in NAMES) + f"{'ratio':>10}"
+          + f"{'by round':>10}")
     for case, metric, _higher, label in METRICS:
         if case not in results:
             continue
@@ -472,9 +499,13 @@ def print_table(results: dict[str, dict[str, dict[str, float]]],
             row += f"{'' if v is None else f'{v:,.1f}':>12}"
         ratio = ratios.get(label)
         row += f"{'' if ratio is None else f'{ratio:.2f}x':>10}"
+        paired = by_round.get(label)
+        row += f"{'' if paired is None else f'{paired:.2f}x':>10}"
         print(row)
     print("ratio: croupier / the better of HAProxy and nginx, idle against HAProxy "
           "(throughput: higher is better; p99, KiB/conn, failures: lower is better)")
+    print("by round: the median of that ratio taken round by round (the contenders of a "
+          "round run back to back)")
     # A throughput bought with failed requests is no figure: say so beside the table.
     for case, by_name in results.items():
         for n, r in by_name.items():
