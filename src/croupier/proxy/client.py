@@ -299,9 +299,7 @@ class ClientConnection:
             raw = self._raw
             raw = self._raw = raw + data if raw else data[self._begin - start:]
             if len(raw) > listener.max_header_size:
-                long_line = len(raw) >= 8192 and b"\r" not in raw[:8192]
-                self.error = ((414, "request URI too long") if long_line
-                              else (431, "request header fields too large"))
+                self._head_too_large(long_line=len(raw) >= 8192 and b"\r" not in raw[:8192])
                 self._parse_failed()
                 return
         if parsing is not None and not parsing.body_done and not self.in_head:
@@ -406,19 +404,15 @@ class ClientConnection:
         end = self._take_head(req, src, start, method)
         limit = self.listener.max_header_size
         if end - start > limit:
-            self.error = ((414, "request URI too long") if len(req.url) >= 8192
-                          else (431, "request header fields too large"))
+            self._head_too_large(long_line=len(req.url) >= 8192)
             raise _Reject()
         self._next_start = (-1 if req.chunked
                             else base + end + (req.content_length if req.content_length > 0
                                                else 0))
-        if req.connection_field:
-            keep_alive = parser.should_keep_alive()
-            http11 = req.http11 = parser.get_http_version() == "1.1"
-        else:
-            # Without a Connection field llhttp keeps alive exactly the HTTP/1.1 requests,
-            # as read by _take_head: no parser calls (get_http_version() makes a str).
-            http11 = keep_alive = req.http11
+        # The version as _take_head read it; without a Connection field llhttp keeps alive
+        # exactly the HTTP/1.1 requests, so the parser is asked only when one came.
+        http11 = req.http11
+        keep_alive = parser.should_keep_alive() if req.connection_field else http11
         if not keep_alive:
             req.close_after = True
         # llhttp upgrades only with an Upgrade field (or CONNECT, refused below).
@@ -449,6 +443,12 @@ class ClientConnection:
                 self.queue = deque()
             self.queue.append(req)
             self.pause_reading(self.PAUSE_QUEUE)
+
+    def _head_too_large(self, long_line: bool) -> None:
+        """A head over max_header_size: 414 when its request line alone is 8 KiB or more
+        (the URL is what grew), else 431."""
+        self.error = ((414, "request URI too long") if long_line
+                      else (431, "request header fields too large"))
 
     def _take_head(self, req: Request, src: bytes, start: i64, method: bytes) -> i64:
         """Read the request head that llhttp has just validated, from `src[start:]`, the

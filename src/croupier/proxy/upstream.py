@@ -103,7 +103,6 @@ class UpstreamConnection:
         "_feed",
         "_fields",
         "_final",
-        "_head_end",
         "_head_start",
         "_in_head",
         "_interim",
@@ -157,8 +156,7 @@ class UpstreamConnection:
         # all of it; then what of it is copied to the client.
         self._raw = b""
         self._head_start = 0
-        self._head_end = 0              # where the head just read ends in `_raw`
-        self._past_head = 0             # bytes of the read past a long body's head
+        self._past_head = 0             # bytes of the read past the head just read
         self._copied = b""
         self._length = 0                # the head's Content-Length
         self._body_seen = 0             # body bytes the parser has handed over
@@ -269,7 +267,8 @@ class UpstreamConnection:
         the head and what of the body came with it leave in one write, the body as a view
         of the read (through the parser it would be copied once into a new object, and once
         more joined to the head: for a read of 256 kB, two copies into fresh memory, whose
-        page faults cost more than the copies). The rest comes through the pump."""
+        page faults cost more than the copies). The rest is counted through as it comes
+        (`_pass_body`, or the pump when it is long)."""
         self._out = None
         self._keep_alive = self._plain_keep_alive or self.parser.should_keep_alive()
         self._body_left = self._length
@@ -399,7 +398,6 @@ class UpstreamConnection:
             if req.http11:           # an HTTP/1.0 client cannot take interim responses
                 out.append(self._head(status, b""))
             return
-        past_head = len(self._raw) - self._head_end
         self._raw = b""
         self._interim = False
         self._final = True
@@ -438,7 +436,6 @@ class UpstreamConnection:
         if req.method == b"HEAD":
             raise _StopAtHead()
         if long_body:
-            self._past_head = past_head
             raise _StopAtBody()
 
     def on_body(self, body: bytes) -> None:
@@ -549,7 +546,7 @@ class UpstreamConnection:
             raise _HeadTooLarge()
         if i > keep_from:
             kept, runs = kept_run(kept, runs, raw, keep_from, i)
-        self._head_end = i + 2
+        self._past_head = len(raw) - (i + 2)
         if status < 200:
             self._head_start = i + 2            # an interim response: the next head follows
         self._fields = flags
