@@ -15,6 +15,12 @@ Rules kept here (DESIGN.md, "Rules of the hot path"):
 - httptools has no header-size limit: the head's bytes are counted here; 431 past the limit.
 - Smuggling shapes (CL with TE, two CLs, bad chunk sizes, obs-fold, bare LF) are refused by
   llhttp in strict mode (leniencies are never switched on): 400 and the connection closes.
+- Upgrades: h2c is stripped (croupier speaks HTTP/1.1 here) and the request answered as any
+  other. Bytes behind another upgrade request are held, reading paused, until the member
+  answers it: its 101 makes them the tunnel's, anything else makes them the next requests.
+  Nothing the client sends reaches a member unparsed before that member switched protocols.
+- An absolute-form target (`GET http://a.example/x`) is routed on its authority, which
+  becomes the Host the member gets, with the target in origin-form (RFC 9112 3.2.2).
 """
 
 from __future__ import annotations
@@ -39,9 +45,11 @@ from croupier.proxy.http import (
     joined_runs,
     kept_run,
     length_value,
+    origin_form,
     simple_response,
     valid_host,
     without_fields,
+    without_h2c,
 )
 
 if TYPE_CHECKING:
@@ -181,6 +189,7 @@ class ClientConnection:
     PAUSE_QUEUE = 1
     PAUSE_UPSTREAM = 2
     PAUSE_CONNECT = 4
+    PAUSE_UPGRADE = 8
 
     __slots__ = (
         "_begin",
@@ -195,6 +204,7 @@ class ClientConnection:
         "current",
         "deadline",
         "error",
+        "held",
         "idle_since",
         "in_head",
         "last_host",
@@ -209,6 +219,7 @@ class ClientConnection:
         "transport",
         "tunnel",
         "tunnel_req",
+        "upgrading",
         "write_paused",
     )
 
@@ -236,6 +247,11 @@ class ClientConnection:
         self.parser_dead = False
         self.tunnel: UpstreamConnection | None = None
         self.tunnel_req: Request | None = None
+        # An upgrade request not answered yet, and the bytes the client sent behind it, held
+        # (reading paused) until the member's answer says whether they are the tunnel's or
+        # the next requests (see _upgrade_requested).
+        self.upgrading: Request | None = None
+        self.held: bytes | None = None
         self.deadline = 0.0
         self.idle_since = 0.0
         self.client_eof = False         # the client half-closed: no lingering needed
@@ -263,27 +279,36 @@ class ClientConnection:
             return
         if self.parser_dead:
             return
+        if self.held is not None:       # reading is paused then; a read already under way
+            self.held += data
+            return
         listener = self.listener
-        self._data = data
         self._feeding = True
-        try:
-            parser = self.parser
-            if parser is None:
-                parser = self.parser = httptools.HttpRequestParser(self)
-            parser.feed_data(data)
-        except httptools.HttpParserUpgrade as e:
-            self._upgrade_requested(data[e.args[0]:])
-        except httptools.HttpParserCallbackError:
-            self._feeding = False
-            self._flush_up()
-            self._parse_failed()
-            return
-        except httptools.HttpParserError as e:
-            self._feeding = False
-            self._flush_up()
-            self.error = (400, f"bad request: {e}")
-            self._parse_failed()
-            return
+        while True:
+            try:
+                self._data = data
+                parser = self.parser
+                if parser is None:
+                    parser = self.parser = httptools.HttpRequestParser(self)
+                parser.feed_data(data)
+            except httptools.HttpParserUpgrade as e:
+                rest = self._upgrade_requested(data, e.args[0])
+                if rest is None:
+                    return
+                data = rest             # an h2c request: what follows is parsed on
+                continue
+            except httptools.HttpParserCallbackError:
+                self._feeding = False
+                self._flush_up()
+                self._parse_failed()
+                return
+            except httptools.HttpParserError as e:
+                self._feeding = False
+                self._flush_up()
+                self.error = (400, f"bad request: {e}")
+                self._parse_failed()
+                return
+            break
         self._feeding = False
         self._data = b""
         if self._out_sink is not None:
@@ -415,8 +440,11 @@ class ClientConnection:
         keep_alive = parser.should_keep_alive() if req.connection_field else http11
         if not keep_alive:
             req.close_after = True
-        # llhttp upgrades only with an Upgrade field (or CONNECT, refused below).
-        req.upgrade = parser.should_upgrade() if req.upgrade_value else False
+        # llhttp upgrades only with an Upgrade field (or CONNECT, refused below); croupier
+        # serves HTTP/1.1, so an h2c upgrade is left out and the request answered as is.
+        if req.upgrade_value:
+            req.upgrade_value = without_h2c(req.upgrade_value)
+            req.upgrade = bool(req.upgrade_value) and parser.should_upgrade()
         host = req.host
         problem = None
         if host is None:
@@ -471,6 +499,8 @@ class ClientConnection:
         while src[i] == 32:
             i += 1
         at: i64 = i
+        # Not "/...", "*", nor CONNECT's authority-form (refused later).
+        absolute = src[at] != 0x2F and src[at] != 0x2A and method != b"CONNECT"
         while src[i] != 32 and src[i] != 13:    # llhttp lets no space into a URL
             i += 1
         req.url = src[at:i]
@@ -505,6 +535,8 @@ class ClientConnection:
                         self.error = (400, "more than one Host header")
                         raise _Reject()
                     req.host = field_value(src, at + 5, i - 2)
+                else:
+                    drop = is_name(src, at, b"http2-settings")      # h2c: never relayed
             elif first == 0x63:                                             # c
                 if is_name(src, at, b"content-length"):
                     # llhttp (strict) let only digits through, and only one of it
@@ -555,7 +587,26 @@ class ClientConnection:
         if i > keep_from:
             kept, runs = kept_run(kept, runs, src, keep_from, i)
         req.fields = joined_runs(kept, runs)
+        if absolute:
+            self._take_absolute_form(req)
         return i + 2
+
+    def _take_absolute_form(self, req: Request) -> None:
+        """A target in absolute-form (`GET http://a.example/x`): as RFC 9112 3.2.2 asks of a
+        proxy, its authority is the request's host, whatever the Host field says; routing
+        and the member both see it, and the member gets the target in origin-form, so that a
+        Host field cannot steer the route while the authority picks the member's site."""
+        split = origin_form(req.url)
+        if split is None:
+            self.error = (400, "bad request target: an absolute URL needs http:// or "
+                               "https://, a valid host, and no user name")
+            raise _Reject()
+        if req.host is None and req.http11:
+            self.error = (400, "an HTTP/1.1 request needs a Host header")
+            raise _Reject()
+        authority, req.url = split
+        req.host = authority
+        req.fields = b"Host: %s\r\n%s" % (authority, without_fields(req.fields, [b"host"]))
 
     def on_body(self, body: bytes) -> None:
         req = self.parsing
@@ -590,7 +641,7 @@ class ClientConnection:
         self.parsing = None
         req.body_done = True
         if req.upgrade:
-            return      # the tunnel starts in _upgrade_requested
+            self.upgrading = req        # llhttp stops after it: see _upgrade_requested
         if not req.discard and req.chunked:
             if req.sink is not None:
                 self._send_up(req.sink, (b"0\r\n\r\n",))
@@ -811,6 +862,8 @@ class ClientConnection:
                 self.resume_reading(self.PAUSE_QUEUE)
             if self.parser_dead:
                 self._answer_error_and_close()
+            elif self.held is not None:
+                self._parse_held(now)
             elif self.parsing is None:
                 self.deadline = self._idle_deadline(now)
 
@@ -834,10 +887,7 @@ class ClientConnection:
 
     def _answer_without_proxy(self, req: Request, pool: Pool, member: Member,
                               mode: str) -> None:
-        path = req.url.decode("latin-1")
-        if not path.startswith("/"):
-            path = "/" + path.split("/", 3)[-1] if path.count("/") >= 3 else "/"
-        url = member.url_for(path)
+        url = member.url_for(req.url.decode("latin-1"))     # origin-form (or "*")
         member.requests += 1
         if mode == "redirect":
             self._answer(req, 307, f"croupier: {url}\n",
@@ -908,34 +958,61 @@ class ClientConnection:
 
     # ---- tunnels (Upgrade, WebSocket) ------------------------------------------------------
 
-    def _upgrade_requested(self, rest: bytes) -> None:
-        """The parser stopped after an Upgrade request; its bytes beyond are tunnel data."""
+    def _upgrade_requested(self, data: bytes, end: int) -> bytes | None:
+        """llhttp stopped at `end` of this read, after a request that asked to upgrade, and
+        parses no further by itself. An upgrade croupier does not relay (h2c), or one
+        already answered, is an ordinary request: returns the bytes past it, to be parsed
+        as the next requests by a fresh parser. Otherwise they are held (None), reading
+        paused, until the member answers: after its 101 they go into the tunnel
+        (start_tunnel), after anything else they are parsed (_parse_held). Relaying them at
+        once would hand the member raw bytes croupier never routed."""
+        self._fed += end                # the stream's offsets go on from `end`
+        self._next_start = self._fed
+        rest = data[end:]
+        self._data = rest
+        req, self.upgrading = self.upgrading, None
+        self.parser = httptools.HttpRequestParser(self)
+        if req is None or req.response_done:
+            return rest
+        self.upgrading = req
+        self.held = rest
+        self.pause_reading(self.PAUSE_UPGRADE)
         self._feeding = False
         self._flush_up()
-        req = self.current
-        self.parser_dead = True         # no more HTTP on this connection from the client
-        if req is None or not req.upgrade:
-            # Queued behind another request: refuse rather than hold raw bytes.
-            self.error = (400, "upgrade while another request is in flight")
-            self._parse_failed()
-            return
-        if rest:
-            if req.sink is not None:
-                req.sink.send(rest)
-            else:
-                req.hold((rest,))
+        self._data = b""
+        if self.deadline < 0.0:         # queued behind another request: its member's time
+            self.deadline = self.listener.time() + self.listener.header_timeout
+        return None
+
+    def _parse_held(self, now: float) -> None:
+        """The upgrade request was answered without a switch: what the client sent behind
+        it is the next requests."""
+        held = self.held
+        self.held = None
+        self.upgrading = None
+        self.deadline = self._idle_deadline(now)
+        self.resume_reading(self.PAUSE_UPGRADE)
+        if held:
+            self.data_received(held)
 
     def start_tunnel(self, conn: UpstreamConnection, rest: bytes) -> None:
-        """The member switched protocols: from now on bytes are copied both ways."""
+        """The member switched protocols: from now on bytes are copied both ways, starting
+        with those the client sent behind its request."""
         req = self.current
         self.tunnel = conn
         self.tunnel_req = req           # its member stays in flight while the tunnel is open
         if req is not None:
             req.sink = None
         self.current = None
-        self.resume_reading(self.PAUSE_QUEUE | self.PAUSE_CONNECT)
+        self.parser = None
+        held = self.held
+        self.held = None
+        self.upgrading = None
+        self.resume_reading(self.PAUSE_QUEUE | self.PAUSE_CONNECT | self.PAUSE_UPGRADE)
         if rest and self.transport is not None:
             self.transport.write(rest)
+        if held:
+            conn.send(held)
         self.deadline = self.refresh_tunnel_deadline()
         conn.deadline = 0.0     # the client side's deadline covers both directions
 

@@ -174,8 +174,60 @@ _NOT_IN_HOST: Final = b" \t/\\@?#"
 
 
 def valid_host(host: bytes) -> bool:
-    """A Host value a proxy may act on: uri-host [":" port], no spaces, no userinfo or path."""
+    """A Host value a proxy may act on: uri-host [":" port], no spaces, no userinfo or path,
+    and a port, if any, of digits."""
     if not host or len(host) > 255:
         return False
     # translate() deleting the forbidden bytes is one C call; a changed length means one was there
-    return len(host.translate(None, _NOT_IN_HOST)) == len(host)
+    if len(host.translate(None, _NOT_IN_HOST)) != len(host):
+        return False
+    colon = host.rfind(b":")
+    if colon < 0 or colon < host.rfind(b"]"):       # no port (an IPv6 literal has colons)
+        return True
+    return colon + 1 == len(host) or host[colon + 1:].isdigit()
+
+
+def origin_form(url: bytes) -> tuple[bytes, bytes] | None:
+    """An absolute-form request target (RFC 9112 3.2.2) split into its authority and the
+    origin-form target a member gets: b"http://a.example:8080?q" -> (b"a.example:8080",
+    b"/?q"). None for what a reverse proxy must refuse: another scheme than http(s), no
+    authority, userinfo (RFC 9110 4.2.4), or an authority that is no valid Host."""
+    scheme_end = url.find(b"://")
+    if scheme_end < 0 or url[:scheme_end].lower() not in (b"http", b"https"):
+        return None
+    start = scheme_end + 3
+    end = len(url)
+    for stop in (b"/", b"?", b"#"):
+        at = url.find(stop, start)
+        if 0 <= at < end:
+            end = at
+    authority = url[start:end]
+    if not valid_host(authority):
+        return None
+    target = url[end:].partition(b"#")[0]       # a fragment is never sent (RFC 9110 4.2.5)
+    if not target.startswith(b"/"):
+        target = b"/" + target
+    return authority, target
+
+
+def protocols(value: bytes) -> list[bytes]:
+    """The protocols of an Upgrade value, lower-cased: b"h2c, WebSocket" -> [b"h2c",
+    b"websocket"]."""
+    return [t.strip().lower() for t in value.split(b",") if t.strip()]
+
+
+def without_h2c(value: bytes) -> bytes:
+    """An Upgrade value less h2c: croupier speaks HTTP/1.1 to clients, and an h2c upgrade
+    relayed to a member would open an HTTP/2 connection past every route (RFC 9113 3.1
+    deprecates the upgrade anyway). Empty when h2c was all it asked for."""
+    kept = [t.strip() for t in value.split(b",")
+            if t.strip() and t.strip().lower().partition(b"/")[0] != b"h2c"]
+    return b", ".join(kept)
+
+
+def switch_allowed(asked: bytes, answered: bytes) -> bool:
+    """Whether a member's 101 switches to protocols the client asked for (RFC 9110 7.8): every
+    protocol its Upgrade names must be one the request's Upgrade named."""
+    offered = protocols(asked)
+    chosen = protocols(answered)
+    return bool(chosen) and all(p in offered for p in chosen)

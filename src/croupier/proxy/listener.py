@@ -84,12 +84,9 @@ class Listener:
         """The pool for `req`: the first route that matches, else the listener's pool. (The
         client calls it only when there are routes: most listeners have none.)"""
         routes = self.routes
+        # An absolute-form target was made origin-form, its authority the host, when read.
         host = host_without_port(req.host) if req.host is not None else b""
         url = req.url
-        if not url.startswith(b"/"):       # absolute-form: route on its path
-            scheme_end = url.find(b"://")
-            slash = url.find(b"/", scheme_end + 3) if scheme_end >= 0 else -1
-            url = url[slash:] if slash >= 0 else b"/"
         for route in routes:
             if route.matches(host, url):
                 return route.pool

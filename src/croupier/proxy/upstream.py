@@ -16,7 +16,9 @@ Rules kept here:
   the rest of the exchange): llhttp validates it, then the head is copied from the bytes as
   they came, less the hop-by-hop lines (`_copied_fields`). llhttp refuses obs-fold, bare CR
   or LF and spaces before a colon, so a head it accepted is plain "Name: value" CRLF lines;
-- 1xx interim responses go to the client as they come; 101 turns both sides into a tunnel;
+- 1xx interim responses go to the client as they come; 101 turns both sides into a tunnel,
+  but only when it answers an upgrade the client asked for, to a protocol it named (else
+  502: a tunnel nobody asked for would carry raw bytes past every route);
 - a connection goes back to the pool only when the response said keep-alive, the request was
   sent whole, and nothing is left over.
 """
@@ -41,6 +43,7 @@ from croupier.proxy.http import (
     kept_run,
     length_value,
     reason,
+    switch_allowed,
     without_fields,
 )
 
@@ -87,6 +90,11 @@ class _PastTheResponse(Exception):
 
 class _HeadTooLarge(Exception):
     """Raised from on_headers_complete for a head over MAX_RESPONSE_HEAD read in one go."""
+
+
+class _BadSwitch(Exception):
+    """Raised from on_headers_complete for a 101 the client did not ask for: to a request
+    without an upgrade, or to another protocol than it named."""
 
 
 def _unconnected(data: bytes) -> None:
@@ -218,7 +226,7 @@ class UpstreamConnection:
             self._raw = raw + data if raw else data
         out: list[bytes] = []
         self._out = out
-        stopped_at_head = at_body = too_large = past = False
+        stopped_at_head = at_body = too_large = past = bad_switch = False
         try:
             self._feed(data)
         except httptools.HttpParserUpgrade as e:
@@ -232,6 +240,8 @@ class UpstreamConnection:
                 too_large = True
             elif isinstance(e.__context__, _PastTheResponse):
                 past = True
+            elif isinstance(e.__context__, _BadSwitch):
+                bad_switch = True
             else:
                 raise
         except httptools.HttpParserError as e:
@@ -242,6 +252,9 @@ class UpstreamConnection:
             self._start_body(data, out, now)
             return
         self._flush(out)
+        if bad_switch:
+            self._fail("101 Switching Protocols to a protocol the client did not ask for")
+            return
         if too_large or (self._in_head
                          and len(self._raw) - self._head_start > MAX_RESPONSE_HEAD):
             self._fail(f"response head over {MAX_RESPONSE_HEAD} bytes")
@@ -405,6 +418,8 @@ class UpstreamConnection:
         req.response_started = True
         req.status = status
         if status == 101:
+            if not req.upgrade or not switch_allowed(req.upgrade_value, self._upgrade):
+                raise _BadSwitch()
             self.tunnel = True
             out.append(self._head(status,
                                   b"Connection: upgrade\r\nUpgrade: %s\r\n" % self._upgrade))
@@ -481,6 +496,7 @@ class UpstreamConnection:
         object per line, and no find() (~500 instructions a call: a format-string parse)."""
         raw = self._raw
         i: i64 = self._head_start
+        self._upgrade = b""
         while raw[i] == 13 or raw[i] == 10:     # empty lines before the status line
             i += 1
         # The status line (ours replaces it). llhttp took "HTTP/d.d SP 3DIGIT": when the
