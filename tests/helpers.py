@@ -10,12 +10,19 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
+import tomllib
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 from aiohttp import web
 
 from croupier.config import validate_config
@@ -83,6 +90,9 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
         except OSError:
             return False
     wait_until(answers, timeout, 0.02, f"port {port}")
+
+
+CROUPIER = str(Path(sys.executable).parent / "croupier")
 
 
 # ---- croupier in-process -------------------------------------------------------------------
@@ -441,12 +451,12 @@ class Load:
 
 def write_config(tmp_path: Any, members: list[str], *, port: int | None = None,
                  admin_port: int | None = None, listener_extra: str = "", hosts: str = "",
-                 pool_extra: str = "") -> Any:
+                 pool_extra: str = "", top: str = "") -> Any:
     """A croupier.toml with one listener "web" and one pool "app", on free ports (the admin
-    API never on the default 9900 that something else may hold)."""
+    API never on the default 9900 that something else may hold); `top`: top-level keys."""
     path = tmp_path / "croupier.toml"
     quoted = ", ".join(f'"{m}"' for m in members)
-    path.write_text(f"""
+    path.write_text(f"""{top}
 [admin]
 listen = "127.0.0.1:{admin_port or free_port()}"
 
@@ -464,3 +474,59 @@ members = [{quoted}]
 {pool_extra}
 """)
     return path
+
+
+# ---- croupier as a user runs it -------------------------------------------------------------
+
+class Running:
+    def __init__(self, config: Path, port: int, env: dict[str, str] | None = None) -> None:
+        self.port = port
+        self.proc = subprocess.Popen([CROUPIER, "run", "-c", str(config)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})})
+        wait_for_port(port)
+        # The listener answers as soon as one worker serves; wait for all of them, as the
+        # admin API lists them (none in a single process).
+        admin = tomllib.loads(config.read_text())["admin"]["listen"]
+
+        def ready() -> bool:
+            try:
+                r = httpx.get(f"http://{admin}/api/v1/status", timeout=2)
+            except httpx.HTTPError:
+                return False
+            return r.status_code == 200 and all(w["ready"] for w in r.json()["workers"])
+        wait_until(ready, timeout=30, message="croupier and all its workers")
+
+    def url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def pids(self) -> list[int]:
+        """croupier's processes: the supervisor and its workers (or the one process)."""
+        kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        return [self.proc.pid, *map(int, kids)]
+
+    def peak_rss_mib(self) -> float:
+        """The highest peak RSS of any of croupier's processes."""
+        peaks = []
+        for pid in self.pids():
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peaks.append(int(line.split()[1]) / 1024)
+        assert peaks, "no VmHWM"
+        return max(peaks)
+
+    def stop(self) -> tuple[int, str]:
+        """SIGTERM and wait; if that hangs, kill every process of croupier's and fail."""
+        pids = self.pids() if self.proc.poll() is None else [self.proc.pid]
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            out, _ = self.proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            out, _ = self.proc.communicate(timeout=10)
+            raise AssertionError(
+                "croupier did not stop on SIGTERM:\n" + out.decode()[-3000:]) from None
+        return self.proc.returncode, out.decode()

@@ -263,28 +263,21 @@ def ready(target: str, reason: str, config_path: Path | None, admin_url: str | N
 
 
 def _time_arg(text: str) -> float:
-    """"+10s" (from now), an ISO 8601 time with a timezone, or epoch seconds."""
+    """"+10s" (from now), an ISO 8601 time with its offset, or epoch seconds."""
     import time
-    from datetime import datetime
 
     from croupier.config import parse_duration
-    if text.startswith("+"):
-        try:
+    from croupier.config.schema import parse_when
+    try:
+        if text.startswith("+"):
             return time.time() + parse_duration(text[1:])
-        except ValueError as e:
-            raise click.BadParameter(str(e)) from None
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise click.BadParameter(f"{text!r}: give +DURATION (+10m), an ISO 8601 time, "
-                                 "or epoch seconds") from None
-    if when.tzinfo is None:
-        raise click.BadParameter(f"{text!r} needs a timezone, such as 2026-12-01T02:00:00Z")
-    return when.timestamp()
+        try:
+            value: object = float(text)
+        except ValueError:
+            value = text
+        return parse_when(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
 
 
 @main.command()

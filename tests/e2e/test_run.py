@@ -10,77 +10,29 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from helpers import Backend, free_port, json_body, wait_for_port, wait_until, write_config
+from helpers import (
+    CROUPIER,
+    Backend,
+    Running,
+    free_port,
+    json_body,
+    wait_for_port,
+    wait_until,
+    write_config,
+)
 
-CROUPIER = str(Path(sys.executable).parent / "croupier")
 GiB = 1024**3
 
 
 # What `make test` built: the data plane compiled, unless CROUPIER_PURE=1 (setup.py).
 BUILD = "interpreted" if os.environ.get("CROUPIER_PURE") == "1" else "compiled"
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class Running:
-    def __init__(self, config: Path, port: int, env: dict[str, str] | None = None) -> None:
-        self.port = port
-        self.proc = subprocess.Popen([CROUPIER, "run", "-c", str(config)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})})
-        wait_for_port(port)
-        # The listener answers as soon as one worker serves; wait for all of them, as the
-        # admin API lists them (none in a single process).
-        admin = tomllib.loads(config.read_text())["admin"]["listen"]
-
-        def ready() -> bool:
-            try:
-                r = httpx.get(f"http://{admin}/api/v1/status", timeout=2)
-            except httpx.HTTPError:
-                return False
-            return r.status_code == 200 and all(w["ready"] for w in r.json()["workers"])
-        wait_until(ready, timeout=30, message="croupier and all its workers")
-
-    def url(self, path: str = "/") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def pids(self) -> list[int]:
-        """croupier's processes: the supervisor and its workers (or the one process)."""
-        kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
-        return [self.proc.pid, *map(int, kids)]
-
-    def peak_rss_mib(self) -> float:
-        """The highest peak RSS of any of croupier's processes."""
-        peaks = []
-        for pid in self.pids():
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peaks.append(int(line.split()[1]) / 1024)
-        assert peaks, "no VmHWM"
-        return max(peaks)
-
-    def stop(self) -> tuple[int, str]:
-        """SIGTERM and wait; if that hangs, kill every process of croupier's and fail."""
-        pids = self.pids() if self.proc.poll() is None else [self.proc.pid]
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            out, _ = self.proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            out, _ = self.proc.communicate(timeout=10)
-            raise AssertionError(
-                "croupier did not stop on SIGTERM:\n" + out.decode()[-3000:]) from None
-        return self.proc.returncode, out.decode()
 
 
 @pytest.fixture

@@ -3,58 +3,64 @@
 Every endpoint is `async def` on purpose: FastAPI runs plain `def` endpoints in a thread
 pool, and the model may only be touched from the event loop's thread.
 
-Reading needs no token; every change needs `Authorization: Bearer <token>`. It binds loopback
-by default ([admin].listen). The OpenAPI description is at /openapi.json, docs at /docs.
+Reading needs no token; every change needs `Authorization: Bearer <token>`, checked from the
+headers before any body is read (`guard.AdminGuard`), and bodies are small (413 past 64 KiB).
+It binds loopback by default ([admin].listen). The OpenAPI description is at /openapi.json,
+docs at /docs.
 """
 
 from __future__ import annotations
 
-import hmac
 import time
-from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from croupier.admin import ops
+from croupier.admin.guard import NEEDS_TOKEN, AdminGuard, token_matches
 from croupier.admin.metrics import render_metrics
-from croupier.config.schema import Duration, Port
+from croupier.config.schema import MAX_EPOCH, Address, Duration, Name, Port, Text, Weight, When
 
 if TYPE_CHECKING:
     from croupier.runtime.server import Balancer
 
 
-class StateChange(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+# The bodies the API takes: the config's own types (croupier.config.schema), so that what the
+# API accepts and what a config may say are checked by the same validators.
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class StateChange(_Body):
     state: Literal["ready", "drain", "maint"]
-    reason: str = ""
+    reason: Text = ""
 
 
-class NewMember(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    host: str | None = None
-    address: str | None = None
+class NewMember(_Body):
+    host: Name | None = None
+    address: Address | None = None
     port: Port
-    weight: int = Field(default=1, ge=0, le=1000)
+    weight: Weight = 1
 
 
-class WeightChange(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    weight: int = Field(ge=0, le=1000)
+class WeightChange(_Body):
+    weight: Weight
 
 
-class NewWindow(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    target: str
-    start: datetime | float = Field(description="ISO 8601 time, or epoch seconds")
-    end: datetime | float | None = None
+class NewWindow(_Body):
+    target: Text = Field(min_length=1)
+    start: When = Field(description="ISO 8601 time with its offset, or epoch seconds")
+    end: When | None = None
     duration: Duration | None = None
     lead: Duration = 0.0
-    reason: str = ""
-    id: str | None = None
+    reason: Text = ""
+    id: Name | None = None
 
 
 # Module level: annotations are strings here (PEP 563), and FastAPI resolves them against the
@@ -62,30 +68,33 @@ class NewWindow(BaseModel):
 _bearer = HTTPBearer(auto_error=False)
 
 
-def _epoch(value: datetime | float) -> float:
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            raise HTTPException(422, "times need a timezone (e.g. 2026-12-01T02:00:00Z)")
-        return value.timestamp()
-    return float(value)
-
-
 def build_app(balancer: Balancer, token: str) -> FastAPI:
     app = FastAPI(title="croupier admin API", version="1",
                   description="State, maintenance and metrics of a running croupier.")
+    app.add_middleware(AdminGuard, token=token)
+
     async def authorized(
         creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> None:
-        if creds is None or not hmac.compare_digest(creds.credentials.encode(), token.encode()):
-            raise HTTPException(401, "a change needs the admin token: "
-                                     "Authorization: Bearer <token>",
-                                headers={"WWW-Authenticate": "Bearer"})
+        # AdminGuard has checked already, by method; this declares the scheme in the OpenAPI
+        # description and guards each changing route by itself, whatever its method.
+        if creds is None or not token_matches(f"Bearer {creds.credentials}", token):
+            raise HTTPException(401, NEEDS_TOKEN, headers={"WWW-Authenticate": "Bearer"})
 
     change = [Depends(authorized)]      # every route that changes anything carries this
 
     @app.exception_handler(ops.OpError)
     async def op_error(request: Request, exc: ops.OpError) -> JSONResponse:
         return JSONResponse({"detail": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler echoes each bad input back, and an input of NaN or Infinity
+        # (which Python's JSON reader lets in) cannot be written as JSON: a 500. The field's
+        # place and what is wrong with it name the problem well enough.
+        return JSONResponse({"detail": [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""),
+                                         "type": e.get("type", "")} for e in exc.errors()]},
+                            status_code=422)
 
     def changed() -> None:
         balancer.save_state()
@@ -155,10 +164,12 @@ def build_app(balancer: Balancer, token: str) -> FastAPI:
     @app.post("/api/v1/schedules", status_code=201, summary="Schedule a maintenance window",
               dependencies=change)
     async def add_schedule(new: NewWindow) -> dict[str, Any]:
-        start = _epoch(new.start)
+        start = new.start
         if (new.end is None) == (new.duration is None):
             raise HTTPException(422, "give exactly one of end and duration")
-        end = _epoch(new.end) if new.end is not None else start + (new.duration or 0.0)
+        end = new.end if new.end is not None else start + (new.duration or 0.0)
+        if end > MAX_EPOCH:
+            raise HTTPException(422, "the window would end after the year 9999")
         window = balancer.scheduler.add(new.target, start, end, new.lead, "api", new.reason,
                                         new.id)
         changed()

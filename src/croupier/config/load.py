@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from croupier.config.schema import Config, MemberConfig, split_address
+from croupier.config.schema import Config, MemberConfig, is_address, split_address
 
 
 class ConfigError(Exception):
@@ -171,7 +171,7 @@ def _member_spec(pool: str, m: str | MemberConfig, hosts: dict[str, str],
         where, port = split_address(m)
         if where in hosts:
             return MemberSpec(pool, m, where, hosts[where], port, 1)
-        if _looks_like_address(where):
+        if is_address(where):
             host = host_addresses.get(where, where)
             return MemberSpec(pool, m, host, where, port, 1)
         raise ValueError(f"{where!r} is neither a host in [[hosts]] nor an IP address")
@@ -183,17 +183,9 @@ def _member_spec(pool: str, m: str | MemberConfig, hosts: dict[str, str],
         name = m.name or f"{m.host}:{m.port}"
         return MemberSpec(pool, name, m.host, hosts[m.host], m.port, m.weight, m.public_url)
     assert m.address is not None
-    if not _looks_like_address(m.address):
+    if not is_address(m.address):
         raise ValueError(f"address {m.address!r} is not an IP address")
     name = m.name or f"{m.address}:{m.port}"
     return MemberSpec(pool, name, host_addresses.get(m.address, m.address), m.address,
                       m.port, m.weight, m.public_url)
 
-
-def _looks_like_address(s: str) -> bool:
-    import ipaddress
-    try:
-        ipaddress.ip_address(s)
-    except ValueError:
-        return s == "localhost"
-    return True

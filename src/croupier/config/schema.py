@@ -7,6 +7,7 @@ are checked in `croupier.config.load`, where the error can name the key that ref
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from datetime import datetime
 from typing import Annotated, Literal
@@ -27,15 +28,41 @@ _SIZE_UNITS = {None: 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3,
                "KB": 1000, "MB": 1000**2, "GB": 1000**3}
 
 
+# The longest duration anything takes (a timeout, a maintenance window): past it a number is
+# a typo, and far enough past it, a time no clock can print.
+MAX_DURATION = 366 * 86400.0
+# The latest time a window may name (the end of year 9999, as datetime can hold it).
+MAX_EPOCH = 253402300799.0
+
+
 def parse_duration(value: object) -> float:
     """"500ms", "2s", "5m", "1h" -> seconds. A bare number is refused: the unit is the point."""
     if isinstance(value, str):
         m = _DURATION.match(value)
         if m:
-            return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+            seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+            if seconds > MAX_DURATION:
+                raise ValueError(f"duration {value!r} is over the longest allowed (366 days)")
+            return seconds
     raise ValueError(
         f"bad duration {value!r}: expected a number with a unit (ms, s, m, h), such as \"2s\""
     )
+
+
+def is_address(value: str) -> bool:
+    """An IP address (v4 or v6), or localhost: what a member's address may be."""
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return value == "localhost"
+    return True
+
+
+def _address(value: object) -> str:
+    if isinstance(value, str) and len(value) <= 64 and is_address(value):
+        return value
+    shown = value[:64] + "..." if isinstance(value, str) and len(value) > 64 else value
+    raise ValueError(f"address {shown!r} is not an IP address")
 
 
 def parse_size(value: object) -> int:
@@ -54,7 +81,36 @@ def parse_size(value: object) -> int:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 Port = Annotated[int, Field(ge=1, le=65535)]
-Name = Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+Name = Annotated[str, Field(min_length=1, max_length=128,
+                            pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+Weight = Annotated[int, Field(ge=0, le=1000)]
+Address = Annotated[str, BeforeValidator(_address)]
+# Free text people write (a reason in a history, a target): one line, printable, short, so
+# that it can go into logs, the state file and a terminal as it is.
+Text = Annotated[str, Field(max_length=500, pattern=r"^[^\x00-\x1f\x7f]*$")]
+
+def parse_when(value: object) -> float:
+    """A point in time -> epoch seconds: an ISO 8601 time with its offset
+    ("2026-12-01T02:00:00Z"), a datetime with one, or epoch seconds; between 1970 and 9999."""
+    if isinstance(value, str):
+        text = value
+        try:
+            value = datetime.fromisoformat(text.strip())
+        except ValueError:
+            raise ValueError(f"bad time {text[:40]!r}: expected ISO 8601 such as "
+                             f"\"2026-12-01T02:00:00Z\", or epoch seconds") from None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("a time needs its offset, such as 2026-12-01T02:00:00Z")
+        value = value.timestamp()
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+        if 0.0 <= seconds <= MAX_EPOCH:     # NaN compares false: refused too
+            return seconds
+    raise ValueError(f"bad time {value!r}: expected a time between 1970 and the year 9999")
+
+
+When = Annotated[float, BeforeValidator(parse_when)]
 
 
 class _Strict(BaseModel):
@@ -159,7 +215,7 @@ class MemberConfig(_Strict):
     host: Name | None = None
     address: str | None = None
     port: Port
-    weight: int = Field(default=1, ge=0, le=1000)
+    weight: Weight = 1
     name: str | None = None
     # Where clients reach the member themselves (redirect and lookup modes), when that is
     # not its address as croupier sees it: "https://shop-1.example.com".
