@@ -6,7 +6,7 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import click
 import httpx
@@ -32,7 +32,11 @@ class AdminClient:
                 detail = "; ".join(f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg')}"
                                    for d in detail)
             raise click.ClickException(f"{r.status_code}: {detail}")
-        return r.json()
+        try:
+            return r.json()
+        except ValueError:
+            raise click.ClickException(f"{self.url} answered {r.status_code} without JSON: is "
+                                       f"it croupier's admin API?") from None
 
     @staticmethod
     def target_path(target: str, suffix: str = "") -> str:
@@ -40,7 +44,11 @@ class AdminClient:
 
 
 def find_admin(config: Path | None, admin: str | None, token: str | None) -> AdminClient:
-    """--admin/--token, then CROUPIER_ADMIN/CROUPIER_TOKEN, then the config's [admin]."""
+    """--admin/--token (or CROUPIER_ADMIN/CROUPIER_TOKEN), else the config's [admin].
+
+    The config's token is sent only to the config's own admin address: it is the key to that
+    one instance, and --admin may name any server. A token for another URL is given with
+    --token or CROUPIER_TOKEN."""
     url = admin or os.environ.get("CROUPIER_ADMIN")
     tok = token or os.environ.get("CROUPIER_TOKEN")
     path = config or (Path("croupier.toml") if Path("croupier.toml").exists() else None)
@@ -49,17 +57,35 @@ def find_admin(config: Path | None, admin: str | None, token: str | None) -> Adm
             data = tomllib.loads(path.read_text()).get("admin", {})
         except (OSError, tomllib.TOMLDecodeError) as e:
             raise click.ClickException(f"cannot read {path}: {e}") from None
-        listen = data.get("listen", "127.0.0.1:9900")
-        url = url or f"http://{listen}"
-        if tok is None:
-            token_file = Path(data.get("token_file", "admin.token"))
-            if not token_file.is_absolute():
-                token_file = path.parent / token_file
-            if token_file.exists():
+        home = _with_scheme(data.get("listen", "127.0.0.1:9900"))
+        url = url or home
+        token_file = Path(data.get("token_file", "admin.token"))
+        if not token_file.is_absolute():
+            token_file = path.parent / token_file
+        if tok is None and token_file.exists():
+            if _origin(url) == _origin(home):
                 tok = token_file.read_text().strip()
+            else:
+                click.echo(f"croupier: the admin token of {path} is not sent to {url}: it is "
+                           f"the key to {home}. Give --token or CROUPIER_TOKEN for {url}.",
+                           err=True)
     if url is None:
         raise click.ClickException("which croupier? give -c croupier.toml, --admin URL, or "
                                    "CROUPIER_ADMIN")
-    if not url.startswith("http"):
-        url = f"http://{url}"
-    return AdminClient(url, tok)
+    return AdminClient(_with_scheme(url), tok)
+
+
+def _with_scheme(url: str) -> str:
+    return url if url.startswith(("http://", "https://")) else f"http://{url}"
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """What makes two URLs the same server: scheme, host and port (80/443 when left out)."""
+    parts = urlsplit(_with_scheme(url))
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if port is None:
+        port = 443 if parts.scheme == "https" else 80
+    return parts.scheme.lower(), (parts.hostname or "").lower(), port
