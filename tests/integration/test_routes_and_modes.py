@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import socket
+
 import httpx
-from helpers import free_port, json_body
+from helpers import free_port, json_body, read_response
+
+from croupier.admin import ops
 
 
 def two_pool_config(backends, **listener):
@@ -61,3 +65,28 @@ def test_lookup_mode_names_the_chosen_member(backends, croupier):
     assert first["port"] == backends[1].port
     assert first["url"] == f"http://{backends[1].address}/meetings/x"
     assert backends[1].requests == 0                   # nothing was relayed
+
+
+def test_answers_croupier_gives_itself_keep_the_connection(backends, croupier):
+    """A 307, a lookup or a 503 to a request without a body leaves the connection open for
+    the next one (it used to close every time); one with a body not read closes."""
+    config = two_pool_config(backends, mode="redirect")
+    c = croupier(config)
+    with socket.create_connection(("127.0.0.1", c.port), timeout=10) as s:
+        buf = bytearray()
+        locations = []
+        for _ in range(3):
+            s.sendall(b"GET /meetings/x HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, headers, _ = read_response(s, buf)
+            assert status == 307 and "connection" not in headers
+            locations.append(headers["location"])
+        assert locations == [f"http://{backends[i].address}/meetings/x" for i in (1, 2, 1)]
+        c.state(lambda: ops.set_state(c.balancer, ops.resolve(c.balancer, backends[0].address),
+                                      "maint", "api"))
+        s.sendall(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\nGET /meetings/y HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, headers, _ = read_response(s, buf)
+        assert status == 503 and "connection" not in headers
+        assert read_response(s, buf)[0] == 307
+        s.sendall(b"POST /meetings/z HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")
+        status, headers, _ = read_response(s, buf)
+        assert status == 307 and headers["connection"] == "close"

@@ -115,6 +115,18 @@ def test_upgrade_refused_by_the_member_parses_what_followed_as_requests(backend_
     assert_forwarded(private.heads[0], b"/private/x")
 
 
+def test_an_upgrade_croupier_answers_itself_parses_on(backend_loop, croupier):
+    public, private = recording(backend_loop, "public"), recording(backend_loop, "private")
+    config = routed(public, private)
+    config["listeners"][0]["mode"] = "redirect"
+    c = croupier(config)
+    got = exchange(c.port, WEBSOCKET + PRIVATE, answers=2)
+    assert [(s, h["location"]) for s, h, _ in got] == [(307, f"http://{public.address}/ws"),
+                                                       (307, f"http://{private.address}"
+                                                             f"/private/x")]
+    assert not public.heads and not private.heads
+
+
 class Switcher(asyncio.Protocol):
     """A member that answers an upgrade with 101 only when told, records what it received
     before it did, and echoes what comes after."""

@@ -874,8 +874,8 @@ class ClientConnection:
         req.discard = True
         req.body = None
         req.response_done = True
-        if not req.body_done:
-            req.close_after = True
+        if not req.body_done and (req.chunked or req.content_length > 0):
+            req.close_after = True      # a body still to come is not read: close instead
         if self.transport is None:
             return
         self.transport.write(simple_response(status, body, close=req.close_after,
@@ -972,11 +972,14 @@ class ClientConnection:
         self._data = rest
         req, self.upgrading = self.upgrading, None
         self.parser = httptools.HttpRequestParser(self)
-        if req is None or req.response_done:
+        if self.parser_dead:            # answered with a close: nothing more is read
+            rest = b""
+        elif req is None or req.response_done:
             return rest
-        self.upgrading = req
-        self.held = rest
-        self.pause_reading(self.PAUSE_UPGRADE)
+        else:
+            self.upgrading = req
+            self.held = rest
+            self.pause_reading(self.PAUSE_UPGRADE)
         self._feeding = False
         self._flush_up()
         self._data = b""
