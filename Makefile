@@ -36,6 +36,7 @@ demo: $(COMPILED)
 lint: $(COMPILED)
 	$(PY) -m ruff check src tests bench setup.py
 	$(PY) -m mypy src setup.py
+	$(VENV)/bin/lint-imports          # DESIGN.md's layers: pyproject.toml [tool.importlinter]
 
 test: lint
 	$(PY) -m pytest -q

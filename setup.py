@@ -9,25 +9,16 @@ from __future__ import annotations
 
 import os
 import tempfile
+from pathlib import Path
 
 from setuptools import Extension, setup
 
-# The per-request path, and the state and policies it reads (DESIGN.md, "Architecture").
-DATA_PLANE = [
-    "src/croupier/proxy/client.py",
-    "src/croupier/proxy/upstream.py",
-    "src/croupier/proxy/http.py",
-    "src/croupier/proxy/listener.py",
-    "src/croupier/model/state.py",
-    "src/croupier/balancing/__init__.py",
-    "src/croupier/balancing/base.py",
-    "src/croupier/balancing/round_robin.py",
-    "src/croupier/balancing/least_conn.py",
-    "src/croupier/balancing/weighted_random.py",
-    "src/croupier/balancing/two_choices.py",
-    "src/croupier/balancing/consistent_hash.py",
-    "src/croupier/balancing/sticky.py",
-]
+# The per-request path, and the state and policies it reads (DESIGN.md, "Architecture"): every
+# module of these packages, found by pattern, so that a new policy or data-plane file is
+# compiled without being listed (the Makefile rebuilds when any of them changes).
+DATA_PLANE_PACKAGES = ("proxy", "model", "balancing")
+DATA_PLANE = sorted(str(p) for package in DATA_PLANE_PACKAGES
+                    for p in Path("src/croupier", package).glob("*.py"))
 
 
 def ext_modules() -> list[Extension]:

@@ -81,8 +81,8 @@ def test_answers_croupier_gives_itself_keep_the_connection(backends, croupier):
             assert status == 307 and "connection" not in headers
             locations.append(headers["location"])
         assert locations == [f"http://{backends[i].address}/meetings/x" for i in (1, 2, 1)]
-        c.state(lambda: ops.set_state(c.balancer, ops.resolve(c.balancer, backends[0].address),
-                                      "maint", "api"))
+        c.state(lambda: ops.set_state(ops.resolve(c.balancer, backends[0].address), "maint",
+                                      "api"))
         s.sendall(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\nGET /meetings/y HTTP/1.1\r\nHost: x\r\n\r\n")
         status, headers, _ = read_response(s, buf)
         assert status == 503 and "connection" not in headers

@@ -20,7 +20,7 @@ def pool_of(weights: list[int], algorithm: str = "round_robin", **pool_options) 
                        "members": [f"127.0.0.1:{9000 + i}" for i in range(len(weights))],
                        **pool_options}]}
     config = validate_config(data).config.pools[0]
-    pool = Pool("p", algorithm, config)
+    pool = Pool("p", algorithm, make_policy, config)
     host = Host("h", "127.0.0.1")
     for i, w in enumerate(weights):
         m = Member(pool, f"m{i}", host, "127.0.0.1", 9000 + i, w)

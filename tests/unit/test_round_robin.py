@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections import Counter
 
+from croupier.balancing import make_policy
 from croupier.model.state import Host, Member, Pool
 
 
 def pool_of(weights: list[int]) -> Pool:
-    pool = Pool("p", "round_robin")
+    pool = Pool("p", "round_robin", make_policy)
     host = Host("h", "127.0.0.1")
     for i, w in enumerate(weights):
         pool.members.append(Member(pool, f"m{i}", host, "127.0.0.1", 9000 + i, w))

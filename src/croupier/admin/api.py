@@ -12,7 +12,7 @@ docs at /docs.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,7 +26,33 @@ from croupier.admin.metrics import render_metrics
 from croupier.config.schema import MAX_EPOCH, Address, Duration, Name, Port, Text, Weight, When
 
 if TYPE_CHECKING:
-    from croupier.runtime.server import Balancer
+    from collections.abc import Callable
+
+    from croupier.admin.schedule import Scheduler
+    from croupier.model.state import Host, Member, Pool
+    from croupier.proxy.listener import Listener
+
+
+class Instance(Protocol):
+    """What the admin API reads and changes of a running instance (the runtime's own object
+    satisfies it; the API never imports the runtime)."""
+
+    pools: dict[str, Pool]
+    hosts: dict[str, Host]
+    listeners: list[Listener]
+    scheduler: Scheduler
+    workers_view: Callable[[], list[dict[str, Any]]] | None
+
+    def add_member(self, pool_name: str, host_name: str | None, address: str | None,
+                   port: int, weight: int) -> Member: ...
+
+    def remove_member(self, member: Member) -> None: ...
+
+    def set_weight(self, member: Member, weight: int) -> None: ...
+
+    def save_state(self) -> None: ...
+
+    async def reload(self) -> dict[str, Any]: ...
 
 
 # The bodies the API takes: the config's own types (croupier.config.schema), so that what the
@@ -68,7 +94,23 @@ class NewWindow(_Body):
 _bearer = HTTPBearer(auto_error=False)
 
 
-def build_app(balancer: Balancer, token: str) -> FastAPI:
+def status_view(instance: Instance) -> dict[str, Any]:
+    return {
+        "listeners": [{"name": lst.name, "listen": lst.config.listen, "mode": lst.mode,
+                       "pool": lst.default_pool.name,
+                       "routes": [r.model_dump(exclude_none=True) for r in lst.config.routes],
+                       "open_connections": lst.open_connections}
+                      for lst in instance.listeners],
+        "pools": [{"name": p.name, "algorithm": p.algorithm,
+                   "eligible": len(p.eligible), "members": [ops.member_view(m) for m in p.members]}
+                  for p in instance.pools.values()],
+        "hosts": [ops.host_view(h) for h in instance.hosts.values()],
+        "schedules": instance.scheduler.listing(),
+        "workers": instance.workers_view() if instance.workers_view is not None else [],
+    }
+
+
+def build_app(instance: Instance, token: str) -> FastAPI:
     app = FastAPI(title="croupier admin API", version="1",
                   description="State, maintenance and metrics of a running croupier.")
     app.add_middleware(AdminGuard, token=token)
@@ -97,7 +139,7 @@ def build_app(balancer: Balancer, token: str) -> FastAPI:
                             status_code=422)
 
     def changed() -> None:
-        balancer.save_state()
+        instance.save_state()
 
     def target_view(t: ops.Target) -> dict[str, Any]:
         members = list(t.host.members) if t.host else list(t.members)
@@ -111,11 +153,11 @@ def build_app(balancer: Balancer, token: str) -> FastAPI:
 
     @app.get("/api/v1/status", summary="Listeners, pools, members, hosts and schedules")
     async def status() -> dict[str, Any]:
-        return ops.status(balancer)
+        return status_view(instance)
 
     @app.get("/api/v1/pools/{pool}", summary="One pool and its members")
     async def pool(pool: str) -> dict[str, Any]:
-        p = balancer.pools.get(pool)
+        p = instance.pools.get(pool)
         if p is None:
             raise ops.OpError(404, f"no pool named {pool!r}")
         return {"name": p.name, "algorithm": p.algorithm, "eligible": len(p.eligible),
@@ -123,28 +165,28 @@ def build_app(balancer: Balancer, token: str) -> FastAPI:
 
     @app.get("/api/v1/targets/{target:path}", summary="Members (and host) a target names")
     async def target(target: str) -> dict[str, Any]:
-        return target_view(ops.resolve(balancer, target))
+        return target_view(ops.resolve(instance, target))
 
     @app.put("/api/v1/targets/{target:path}/state", summary="Set a member's or host's admin state",
               dependencies=change)
     async def set_state(target: str, change: StateChange) -> dict[str, Any]:
-        t = ops.resolve(balancer, target)
-        ops.set_state(balancer, t, change.state, "api", change.reason)
+        t = ops.resolve(instance, target)
+        ops.set_state(t, change.state, "api", change.reason)
         changed()
         return target_view(t)
 
     @app.post("/api/v1/pools/{pool}/members", status_code=201, summary="Add a member",
               dependencies=change)
     async def add_member(pool: str, new: NewMember) -> dict[str, Any]:
-        member = balancer.add_member(pool, new.host, new.address, new.port, new.weight)
+        member = instance.add_member(pool, new.host, new.address, new.port, new.weight)
         changed()
         return ops.member_view(member)
 
     @app.delete("/api/v1/pools/{pool}/members/{member}", summary="Remove a member",
               dependencies=change)
     async def remove_member(pool: str, member: str) -> dict[str, Any]:
-        t = ops.resolve(balancer, f"{pool}/{member}")
-        balancer.remove_member(t.members[0])
+        t = ops.resolve(instance, f"{pool}/{member}")
+        instance.remove_member(t.members[0])
         changed()
         return {"removed": f"{pool}/{t.members[0].name}",
                 "in_flight": t.members[0].in_flight}
@@ -152,14 +194,14 @@ def build_app(balancer: Balancer, token: str) -> FastAPI:
     @app.put("/api/v1/pools/{pool}/members/{member}/weight", summary="Change a weight",
               dependencies=change)
     async def set_weight(pool: str, member: str, change: WeightChange) -> dict[str, Any]:
-        t = ops.resolve(balancer, f"{pool}/{member}")
-        balancer.set_weight(t.members[0], change.weight)
+        t = ops.resolve(instance, f"{pool}/{member}")
+        instance.set_weight(t.members[0], change.weight)
         changed()
         return ops.member_view(t.members[0])
 
     @app.get("/api/v1/schedules", summary="Maintenance windows, soonest first")
     async def schedules() -> list[dict[str, Any]]:
-        return balancer.scheduler.listing()
+        return instance.scheduler.listing()
 
     @app.post("/api/v1/schedules", status_code=201, summary="Schedule a maintenance window",
               dependencies=change)
@@ -170,7 +212,7 @@ def build_app(balancer: Balancer, token: str) -> FastAPI:
         end = new.end if new.end is not None else start + (new.duration or 0.0)
         if end > MAX_EPOCH:
             raise HTTPException(422, "the window would end after the year 9999")
-        window = balancer.scheduler.add(new.target, start, end, new.lead, "api", new.reason,
+        window = instance.scheduler.add(new.target, start, end, new.lead, "api", new.reason,
                                         new.id)
         changed()
         return window.view(time.time())
@@ -178,18 +220,18 @@ def build_app(balancer: Balancer, token: str) -> FastAPI:
     @app.delete("/api/v1/schedules/{window_id}", summary="Cancel a maintenance window",
               dependencies=change)
     async def remove_schedule(window_id: str) -> dict[str, Any]:
-        window = balancer.scheduler.remove(window_id)
+        window = instance.scheduler.remove(window_id)
         changed()
         return window.view(time.time())
 
     @app.post("/api/v1/reload", summary="Re-read the config file",
               dependencies=change)
     async def reload() -> dict[str, Any]:
-        return await balancer.reload()
+        return await instance.reload()
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
     async def metrics() -> PlainTextResponse:
-        body, content_type = render_metrics(balancer)
+        body, content_type = render_metrics(instance)
         return PlainTextResponse(body, media_type=content_type)
 
     return app

@@ -4,7 +4,7 @@ hot path. Names follow the Prometheus conventions (`_total` counters, base units
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -19,12 +19,21 @@ from prometheus_client.registry import Collector
 from croupier import __version__, data_plane_build
 
 if TYPE_CHECKING:
-    from croupier.runtime.server import Balancer
+    from croupier.model.state import Host, Pool
+    from croupier.proxy.listener import Listener
 
 
-class BalancerCollector(Collector):
-    def __init__(self, balancer: Balancer) -> None:
-        self.balancer = balancer
+class Scraped(Protocol):
+    """What a scrape reads of a running instance."""
+
+    pools: dict[str, Pool]
+    hosts: dict[str, Host]
+    listeners: list[Listener]
+
+
+class InstanceCollector(Collector):
+    def __init__(self, instance: Scraped) -> None:
+        self.instance = instance
 
     def collect(self) -> Iterator[Metric]:
         labels = ["pool", "member", "host"]
@@ -50,7 +59,7 @@ class BalancerCollector(Collector):
         latency = SummaryMetricFamily("croupier_member_response_seconds",
                                       "Time from sending a request to its whole response.",
                                       labels=labels)
-        for pool in self.balancer.pools.values():
+        for pool in self.instance.pools.values():
             for m in pool.members:
                 lv = [pool.name, m.name, m.host.name]
                 requests.add_metric(lv, m.requests)
@@ -69,12 +78,12 @@ class BalancerCollector(Collector):
                     weight, latency)
         hosts = GaugeMetricFamily("croupier_host_up", "1 if the host's check passes.",
                                   labels=["host"])
-        for h in self.balancer.hosts.values():
+        for h in self.instance.hosts.values():
             hosts.add_metric([h.name], 1.0 if h.health != "down" else 0.0)
         yield hosts
         conns = GaugeMetricFamily("croupier_listener_connections",
                                   "Open client connections.", labels=["listener"])
-        for lst in self.balancer.listeners:
+        for lst in self.instance.listeners:
             conns.add_metric([lst.name], lst.open_connections)
         yield conns
         info = GaugeMetricFamily("croupier_build_info", "Always 1: the version, and whether "
@@ -84,7 +93,7 @@ class BalancerCollector(Collector):
         yield info
 
 
-def render_metrics(balancer: Balancer) -> tuple[bytes, str]:
+def render_metrics(instance: Scraped) -> tuple[bytes, str]:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(BalancerCollector(balancer))
+    registry.register(InstanceCollector(instance))
     return generate_latest(registry), CONTENT_TYPE_LATEST

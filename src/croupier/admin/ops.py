@@ -8,12 +8,12 @@ it serves in), or "host:NAME".
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from croupier.model.state import Host, Member, strongest
 
 if TYPE_CHECKING:
-    from croupier.runtime.server import Balancer
+    from croupier.model.state import Pool
 
 STATES = ("ready", "drain", "maint")
 
@@ -27,6 +27,13 @@ class OpError(Exception):
         self.message = message
 
 
+class Model(Protocol):
+    """The pools and hosts an operator's targets name (a running instance has them)."""
+
+    pools: dict[str, Pool]
+    hosts: dict[str, Host]
+
+
 @dataclass(frozen=True)
 class Target:
     text: str
@@ -34,31 +41,30 @@ class Target:
     host: Host | None = None
 
 
-def resolve(balancer: Balancer, text: str) -> Target:
+def resolve(model: Model, text: str) -> Target:
     if text.startswith("host:"):
         name = text[5:]
-        host = balancer.hosts.get(name)
+        host = model.hosts.get(name)
         if host is None:
             raise OpError(404, f"no host named {name!r}")
         return Target(text, host=host)
     if "/" in text:
         pool_name, _, member_name = text.partition("/")
-        pool = balancer.pools.get(pool_name)
+        pool = model.pools.get(pool_name)
         if pool is None:
             raise OpError(404, f"no pool named {pool_name!r}")
         for m in pool.members:
             if m.name == member_name or f"{m.address}:{m.port}" == member_name:
                 return Target(text, members=(m,))
         raise OpError(404, f"pool {pool_name!r} has no member {member_name!r}")
-    found = tuple(m for p in balancer.pools.values() for m in p.members
+    found = tuple(m for p in model.pools.values() for m in p.members
                   if m.name == text or f"{m.address}:{m.port}" == text)
     if not found:
         raise OpError(404, f"no member {text!r} in any pool (use pool/member or host:NAME)")
     return Target(text, members=found)
 
 
-def set_state(balancer: Balancer, target: Target, state: str, origin: str,
-              cause: str = "") -> None:
+def set_state(target: Target, state: str, origin: str, cause: str = "") -> None:
     """Set (or, with "ready", clear) the admin state that `origin` holds on a target."""
     if state not in STATES:
         raise OpError(422, f"state must be one of {', '.join(STATES)}")
@@ -128,21 +134,5 @@ def host_view(host: Host) -> dict[str, Any]:
     }
 
 
-def status(balancer: Balancer) -> dict[str, Any]:
-    return {
-        "listeners": [{"name": lst.name, "listen": lst.config.listen, "mode": lst.mode,
-                       "pool": lst.default_pool.name,
-                       "routes": [r.model_dump(exclude_none=True) for r in lst.config.routes],
-                       "open_connections": lst.open_connections}
-                      for lst in balancer.listeners],
-        "pools": [{"name": p.name, "algorithm": p.algorithm,
-                   "eligible": len(p.eligible), "members": [member_view(m) for m in p.members]}
-                  for p in balancer.pools.values()],
-        "hosts": [host_view(h) for h in balancer.hosts.values()],
-        "schedules": balancer.scheduler.listing(),
-        "workers": balancer.workers_view() if balancer.workers_view is not None else [],
-    }
-
-
-__all__ = ["STATES", "OpError", "Target", "drained", "host_view", "member_view", "resolve",
-           "set_state", "status", "strongest"]
+__all__ = ["STATES", "Model", "OpError", "Target", "drained", "host_view", "member_view",
+           "resolve", "set_state", "strongest"]

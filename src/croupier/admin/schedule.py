@@ -24,7 +24,9 @@ from croupier.admin.ops import OpError, resolve, set_state
 from croupier.model.state import strongest
 
 if TYPE_CHECKING:
-    from croupier.runtime.server import Balancer
+    from collections.abc import Callable
+
+    from croupier.admin.ops import Model
 
 log = logging.getLogger("croupier.schedule")
 
@@ -56,8 +58,11 @@ class Window:
 
 
 class Scheduler:
-    def __init__(self, balancer: Balancer) -> None:
-        self.balancer = balancer
+    def __init__(self, model: Model, loop: asyncio.AbstractEventLoop,
+                 persist: Callable[[], None]) -> None:
+        self.model = model
+        self.loop = loop
+        self.persist = persist          # keeps the API's windows (the state file)
         self.windows: list[Window] = []
         self._applied: dict[str, str] = {}     # target text -> state the schedule holds on it
         self._ids = itertools.count(1)
@@ -71,7 +76,7 @@ class Scheduler:
             raise OpError(422, "lead must not be negative")
         if end <= time.time():
             raise OpError(422, "that window has already ended")
-        resolve(self.balancer, target)         # the target must exist now
+        resolve(self.model, target)         # the target must exist now
         if window_id is None:
             taken = {w.id for w in self.windows}
             window_id = next(i for i in (f"w{n}" for n in self._ids) if i not in taken)
@@ -112,21 +117,21 @@ class Scheduler:
             if self._applied.get(target, "ready") == state:
                 continue
             try:
-                resolved = resolve(self.balancer, target)
+                resolved = resolve(self.model, target)
             except OpError as e:
                 log.warning("maintenance window target %s: %s", target, e.message)
                 self._applied.pop(target, None)
                 continue
-            set_state(self.balancer, resolved, state, "schedule", "maintenance window")
+            set_state(resolved, state, "schedule", "maintenance window")
             if state == "ready":
                 self._applied.pop(target, None)
             else:
                 self._applied[target] = state
-        if ended and self.balancer.state_file is not None:
-            self.balancer.save_state()
+        if ended:
+            self.persist()
 
     def start(self) -> None:
-        self._task = self.balancer.loop.create_task(self._run())
+        self._task = self.loop.create_task(self._run())
 
     async def _run(self) -> None:
         while True:

@@ -12,8 +12,8 @@ from croupier.balancing.two_choices import TwoChoices
 from croupier.balancing.weighted_random import WeightedRandom
 
 if TYPE_CHECKING:
-    from croupier.balancing.base import Policy
     from croupier.config.schema import PoolConfig
+    from croupier.model.policy import Policy
     from croupier.model.state import Member
 
 POLICIES: dict[str, type[Policy]] = {

@@ -13,14 +13,14 @@ from bisect import bisect
 from hashlib import blake2b
 from typing import TYPE_CHECKING
 
-from croupier.balancing.base import Policy
+from croupier.model.policy import Policy
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from croupier.config.schema import PoolConfig
+    from croupier.model.policy import PickContext
     from croupier.model.state import Member
-    from croupier.proxy.client import Request
 
 POINTS_PER_WEIGHT = 160
 
@@ -29,7 +29,7 @@ def _h(data: bytes) -> int:
     return int.from_bytes(blake2b(data, digest_size=8).digest(), "big")
 
 
-def key_reader(spec: str) -> Callable[[Request], bytes | None]:
+def key_reader(spec: str) -> Callable[[PickContext], bytes | None]:
     """How to read the key a pool hashes on, decided once at config time."""
     if spec == "client_ip":
         return lambda req: req.peer
@@ -38,14 +38,14 @@ def key_reader(spec: str) -> Callable[[Request], bytes | None]:
     kind, _, name = spec.partition(":")
     wanted = name.strip().lower().encode()
     if kind == "header":
-        def header(req: Request) -> bytes | None:
+        def header(req: PickContext) -> bytes | None:
             values = req.field_values(wanted)
             return values[0] if values else None
         return header
     if kind == "cookie":
         prefix = wanted + b"="
 
-        def cookie(req: Request) -> bytes | None:
+        def cookie(req: PickContext) -> bytes | None:
             for v in req.field_values(b"cookie"):
                 for part in v.split(b";"):
                     part = part.strip()
@@ -75,7 +75,7 @@ class ConsistentHash(Policy):
         self._key = key_reader(config.hash_key if config is not None else "client_ip")
         self._fallback = 0
 
-    def pick(self, req: Request | None = None) -> Member | None:
+    def pick(self, req: PickContext | None = None) -> Member | None:
         if not self._members:
             return None
         key = self._key(req) if req is not None else None

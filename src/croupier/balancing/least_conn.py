@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from croupier.balancing.base import Policy
+from croupier.model.policy import Policy
 
 if TYPE_CHECKING:
     from croupier.config.schema import PoolConfig
+    from croupier.model.policy import PickContext
     from croupier.model.state import Member
-    from croupier.proxy.client import Request
 
 
 class LeastConn(Policy):
@@ -23,7 +23,7 @@ class LeastConn(Policy):
         self._n = len(members)
         self._next = 0
 
-    def pick(self, req: Request | None = None) -> Member | None:
+    def pick(self, req: PickContext | None = None) -> Member | None:
         n = self._n
         if n == 0:
             return None

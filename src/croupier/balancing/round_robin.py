@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from croupier.balancing.base import Policy
+from croupier.model.policy import Policy
 
 if TYPE_CHECKING:
     from croupier.config.schema import PoolConfig
+    from croupier.model.policy import PickContext
     from croupier.model.state import Member
-    from croupier.proxy.client import Request
 
 
 class RoundRobin(Policy):
@@ -27,7 +27,7 @@ class RoundRobin(Policy):
         # The common case: equal weights, a plain rotation with no arithmetic per request.
         self._equal = self._n > 0 and len(set(self._weights)) == 1
 
-    def pick(self, req: Request | None = None) -> Member | None:
+    def pick(self, req: PickContext | None = None) -> Member | None:
         if self._equal:
             i = self._next
             self._next = i + 1 if i + 1 < self._n else 0

@@ -12,11 +12,11 @@ from __future__ import annotations
 from hashlib import blake2b
 from typing import TYPE_CHECKING
 
-from croupier.balancing.base import Policy
+from croupier.model.policy import Policy
 
 if TYPE_CHECKING:
+    from croupier.model.policy import PickContext
     from croupier.model.state import Member
-    from croupier.proxy.client import Request
 
 
 def sticky_id(member: Member) -> bytes:
@@ -37,7 +37,7 @@ class Sticky(Policy):
             tail += f"; Max-Age={max_age}"
         self._set_cookie_tail = tail.encode()
 
-    def pick(self, req: Request | None = None) -> Member | None:
+    def pick(self, req: PickContext | None = None) -> Member | None:
         if req is not None:
             wanted = self._read(req)
             if wanted is not None:
@@ -49,7 +49,7 @@ class Sticky(Policy):
             req.set_cookie = self._cookie + self._ids[id(member)] + self._set_cookie_tail
         return member
 
-    def _read(self, req: Request) -> bytes | None:
+    def _read(self, req: PickContext) -> bytes | None:
         prefix = self._cookie
         for value in req.field_values(b"cookie"):
             for part in value.split(b";"):

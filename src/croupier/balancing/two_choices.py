@@ -8,12 +8,12 @@ from bisect import bisect
 from itertools import accumulate
 from typing import TYPE_CHECKING
 
-from croupier.balancing.base import Policy
+from croupier.model.policy import Policy
 
 if TYPE_CHECKING:
     from croupier.config.schema import PoolConfig
+    from croupier.model.policy import PickContext
     from croupier.model.state import Member
-    from croupier.proxy.client import Request
 
 
 class TwoChoices(Policy):
@@ -28,7 +28,7 @@ class TwoChoices(Policy):
         self._n = len(members)
         self._random = random.random
 
-    def pick(self, req: Request | None = None) -> Member | None:
+    def pick(self, req: PickContext | None = None) -> Member | None:
         if self._total <= 0:
             return None
         if self._n == 1:

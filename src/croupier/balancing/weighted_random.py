@@ -7,12 +7,12 @@ from bisect import bisect
 from itertools import accumulate
 from typing import TYPE_CHECKING
 
-from croupier.balancing.base import Policy
+from croupier.model.policy import Policy
 
 if TYPE_CHECKING:
     from croupier.config.schema import PoolConfig
+    from croupier.model.policy import PickContext
     from croupier.model.state import Member
-    from croupier.proxy.client import Request
 
 
 class WeightedRandom(Policy):
@@ -25,7 +25,7 @@ class WeightedRandom(Policy):
         self._total = self._cumulative[-1] if self._cumulative else 0
         self._random = random.random
 
-    def pick(self, req: Request | None = None) -> Member | None:
+    def pick(self, req: PickContext | None = None) -> Member | None:
         if self._total <= 0:
             return None
         return self._members[bisect(self._cumulative, self._random() * self._total)]

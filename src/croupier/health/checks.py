@@ -17,14 +17,13 @@ import contextlib
 import logging
 import random
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import aiohttp
 
 if TYPE_CHECKING:
     from croupier.config.schema import HealthConfig, HostCheckConfig
-    from croupier.model.state import Host, Member
-    from croupier.runtime.server import Balancer
+    from croupier.model.state import Host, Member, Pool
 
 log = logging.getLogger("croupier.health")
 
@@ -64,29 +63,39 @@ def next_health(current: str, counts_as_up: bool, streak: Streak, rise: int, fal
     return current
 
 
-class Checker:
-    """Runs every configured check of one balancer."""
+class Watched(Protocol):
+    """What the checks read of a running instance: its pools and hosts, the hosts' own
+    checks, and its event loop."""
 
-    def __init__(self, balancer: Balancer) -> None:
-        self.balancer = balancer
+    pools: dict[str, Pool]
+    hosts: dict[str, Host]
+    host_checks: dict[str, HostCheckConfig]
+    loop: asyncio.AbstractEventLoop
+
+
+class Checker:
+    """Runs every configured check of one instance."""
+
+    def __init__(self, instance: Watched) -> None:
+        self.instance = instance
         self.tasks: dict[object, asyncio.Task[None]] = {}
         self._session: aiohttp.ClientSession | None = None
         self._rng = random.Random()
 
     def start(self) -> None:
-        for pool in self.balancer.pools.values():
+        for pool in self.instance.pools.values():
             cfg = pool.config.health if pool.config is not None else None
             if cfg is None:
                 continue
             for member in pool.members:
                 self.watch_member(member, cfg)
-        for host in self.balancer.hosts.values():
-            hcfg = self.balancer.host_checks.get(host.name)
+        for host in self.instance.hosts.values():
+            hcfg = self.instance.host_checks.get(host.name)
             if hcfg is not None:
-                self.tasks[host] = self.balancer.loop.create_task(self._host_loop(host, hcfg))
+                self.tasks[host] = self.instance.loop.create_task(self._host_loop(host, hcfg))
 
     def watch_member(self, member: Member, cfg: HealthConfig) -> None:
-        self.tasks[member] = self.balancer.loop.create_task(self._member_loop(member, cfg))
+        self.tasks[member] = self.instance.loop.create_task(self._member_loop(member, cfg))
 
     def unwatch(self, target: object) -> None:
         task = self.tasks.pop(target, None)

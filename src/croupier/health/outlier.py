@@ -12,19 +12,19 @@ The data plane calls `failure()` on the rare failing request and clears
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from croupier.model.state import Member
-    from croupier.runtime.server import Balancer
 
 log = logging.getLogger("croupier.outlier")
 
 
 class Outlier:
-    def __init__(self, balancer: Balancer) -> None:
-        self.balancer = balancer
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
         self._returned_at: dict[Member, float] = {}
 
     def failure(self, member: Member, why: str) -> None:
@@ -38,7 +38,7 @@ class Outlier:
     def eject(self, member: Member, why: str) -> None:
         pool = member.pool
         cfg = pool.config.outlier  # type: ignore[union-attr]
-        now = self.balancer.loop.time()
+        now = self.loop.time()
         ejected = sum(1 for m in pool.members if m.ejected)
         if (ejected + 1) * 100 > cfg.max_ejected_percent * len(pool.members):
             if member.consecutive_failures == cfg.consecutive_failures:   # say it once
@@ -57,13 +57,13 @@ class Outlier:
         pool.refresh()
         if member.upstream is not None:
             member.upstream.close_idle()
-        self.balancer.loop.call_later(duration, self._return, member, member.ejected_until)
+        self.loop.call_later(duration, self._return, member, member.ejected_until)
 
     def _return(self, member: Member, until: float) -> None:
         if member.ejected_until != until:
             return                          # cleared or re-ejected since
         member.ejected_until = 0.0
         member.consecutive_failures = 0
-        self._returned_at[member] = self.balancer.loop.time()
+        self._returned_at[member] = self.loop.time()
         member.record("back from ejection", f"ejection #{member.ejections} ended")
         member.pool.refresh()

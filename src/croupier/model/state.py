@@ -15,14 +15,11 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Literal
-
-from croupier.balancing import make_policy
+from typing import TYPE_CHECKING, Literal, Protocol
 
 if TYPE_CHECKING:
-    from croupier.balancing.base import Policy
     from croupier.config.schema import PoolConfig
-    from croupier.proxy.upstream import UpstreamPool
+    from croupier.model.policy import Policy, PolicyFactory
 
 Health = Literal["up", "down", "unknown"]
 AdminState = Literal["ready", "drain", "maint"]
@@ -60,6 +57,13 @@ class _Recorded:
     def record(self, change: str, cause: str) -> None:
         self.history.append(Event(change, cause))
         log.warning("%s: %s (%s)", self.label(), change, cause)
+
+
+class Upstream(Protocol):
+    """A member's kept-alive connections (the data plane's UpstreamPool), as the control plane
+    handles them: emptied when the member may take no more requests."""
+
+    def close_idle(self) -> None: ...
 
 
 def strongest(states: dict[str, str]) -> str:
@@ -127,7 +131,7 @@ class Member(_Recorded):
         self.ejected_until = 0.0        # loop time; 0 when not ejected
         self.ejections = 0              # how often in a row: the back-off grows with it
         self.history: deque[Event] = deque(maxlen=HISTORY)
-        self.upstream: UpstreamPool | None = None
+        self.upstream: Upstream | None = None
         self.public_url: str | None = None  # where clients reach it (redirect, lookup)
         self.ramp_from = 0.0                # slow start: when it came back (0: not ramping)
 
@@ -173,13 +177,14 @@ class Member(_Recorded):
 
 
 class Pool:
-    __slots__ = ("_dealt", "_retry_seen", "_retry_tokens", "_window", "algorithm", "built",
-                 "config", "eligible", "members", "name", "policy", "ramping", "retry_body_limit",
-                 "retry_cap")
+    __slots__ = ("_dealt", "_make_policy", "_retry_seen", "_retry_tokens", "_window",
+                 "algorithm", "built", "config", "eligible", "members", "name", "policy",
+                 "ramping", "retry_body_limit", "retry_cap")
 
     WINDOW = 10         # seconds of requests the retry budget is measured against
 
-    def __init__(self, name: str, algorithm: str, config: PoolConfig | None = None) -> None:
+    def __init__(self, name: str, algorithm: str, make_policy: PolicyFactory,
+                 config: PoolConfig | None = None) -> None:
         self.name = name
         self.algorithm = algorithm
         self.config: PoolConfig | None = None
@@ -187,7 +192,8 @@ class Pool:
         self.configure(config)
         self.members: list[Member] = []
         self.eligible: list[Member] = []
-        self.policy: Policy = make_policy(algorithm, [])
+        self._make_policy = make_policy
+        self.policy: Policy = make_policy(algorithm, [], None, None, None)
         self.ramping = False        # some member is in slow start: refresh it every second
         self.built = False
         self._dealt: tuple[object, ...] = ()   # what the policy was built from
@@ -271,7 +277,7 @@ class Pool:
         self.eligible = eligible
         self.ramping = ramping
         self.built = True
-        self.policy = make_policy(self.algorithm, eligible, weights, config, self.members)
+        self.policy = self._make_policy(self.algorithm, eligible, weights, config, self.members)
 
     def describe_unavailable(self) -> str:
         """Why no member may take a request, for the 503 body and the log."""

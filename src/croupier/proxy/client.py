@@ -55,7 +55,7 @@ from croupier.proxy.http import (
 if TYPE_CHECKING:
     from croupier.model.state import Member, Pool
     from croupier.proxy.listener import Listener
-    from croupier.proxy.upstream import UpstreamConnection
+    from croupier.proxy.upstream import UpstreamConnection, UpstreamPool
 
 log = logging.getLogger("croupier.proxy")
 
@@ -268,7 +268,7 @@ class ClientConnection:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = (peer[0] if peer else "unknown").encode()
-        self.listener.balancer.connections.add(self)
+        self.listener.context.connections.add(self)
         self.listener.open_connections += 1
         self.deadline = self.listener.time() + self.listener.keepalive_timeout
 
@@ -345,7 +345,7 @@ class ClientConnection:
 
     def connection_lost(self, exc: Exception | None) -> None:
         listener = self.listener
-        listener.balancer.connections.discard(self)
+        listener.context.connections.discard(self)
         listener.open_connections -= 1
         self.transport = None
         tunnel, self.tunnel = self.tunnel, None
@@ -687,8 +687,9 @@ class ClientConnection:
         req.member = member
         req.attempts += 1
         req.sent_at = now = self.listener.time()
-        upstream = member.upstream
-        assert upstream is not None
+        # The model knows a member's connections only as its Upstream protocol; every member
+        # the data plane sees has an UpstreamPool (cast: a native call, not a generic one).
+        upstream = cast("UpstreamPool", member.upstream)
         conn = None if fresh else upstream.acquire()
         if conn is not None:
             self._attach(req, conn, now)
@@ -742,7 +743,7 @@ class ClientConnection:
         req.sink = None
         self._release_member(req, failed=not stale)
         if member is not None and not stale:
-            self.listener.balancer.outlier.failure(member, why)
+            self.listener.context.failure(member, why)
         if self.transport is None or req is not self.current:
             return
         where = f"pool {member.pool.name!r} member {member.name}" if member else "?"
@@ -814,7 +815,7 @@ class ClientConnection:
             if req.status >= 500:
                 outlier = member.pool.config.outlier if member.pool.config else None
                 if outlier is not None and outlier.include_5xx:
-                    self.listener.balancer.outlier.failure(member, f"status {req.status}")
+                    self.listener.context.failure(member, f"status {req.status}")
             elif member.consecutive_failures:
                 member.consecutive_failures = 0
         if member is not None:      # as _release_member, without the call

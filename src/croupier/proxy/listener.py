@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from croupier.config.schema import ListenerConfig
     from croupier.model.state import Pool
     from croupier.proxy.client import Request
-    from croupier.runtime.server import Balancer
+    from croupier.proxy.context import ProxyContext
 
 
 class Route:
@@ -49,14 +49,15 @@ class Route:
 
 
 class Listener:
-    __slots__ = ("balancer", "body_timeout", "config", "default_pool", "header_timeout",
+    __slots__ = ("body_timeout", "config", "context", "default_pool", "header_timeout",
                  "keepalive_timeout", "max_body_size", "max_header_size", "max_pipelined",
                  "mode", "name", "open_connections", "routes", "send_timeout", "server", "time",
                  "tunnel_timeout")
 
-    def __init__(self, balancer: Balancer, config: ListenerConfig, pools: dict[str, Pool]) -> None:
-        self.balancer = balancer
-        self.time = balancer.loop.time     # bound once: the hot path reads the clock often
+    def __init__(self, context: ProxyContext, config: ListenerConfig,
+                 pools: dict[str, Pool]) -> None:
+        self.context = context
+        self.time = context.time           # bound once: the hot path reads the clock often
         self.name = config.name
         self.open_connections = 0
         self.server: asyncio.Server | None = None

@@ -50,7 +50,7 @@ from croupier.proxy.http import (
 if TYPE_CHECKING:
     from croupier.model.state import Member
     from croupier.proxy.client import ClientConnection, Request
-    from croupier.runtime.server import Balancer
+    from croupier.proxy.context import ProxyContext
 
 log = logging.getLogger("croupier.upstream")
 
@@ -196,7 +196,7 @@ class UpstreamConnection:
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self._write = transport.write  # type: ignore[attr-defined]
-        self.pool.balancer.connections.add(self)
+        self.pool.context.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel:
@@ -360,7 +360,7 @@ class UpstreamConnection:
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.pool.balancer.connections.discard(self)
+        self.pool.context.connections.discard(self)
         if self.idle:
             self.idle = False
             self.pool.forget(self)
@@ -766,13 +766,13 @@ class _BodyPump:
 class UpstreamPool:
     """The kept-alive connections to one member, reused last-in first-out."""
 
-    __slots__ = ("balancer", "connect_timeout", "idle", "idle_timeout", "max_idle", "member",
+    __slots__ = ("connect_timeout", "context", "idle", "idle_timeout", "max_idle", "member",
                  "open", "response_timeout", "time")
 
-    def __init__(self, balancer: Balancer, member: Member, connect_timeout: float,
+    def __init__(self, context: ProxyContext, member: Member, connect_timeout: float,
                  response_timeout: float, idle_timeout: float, max_idle: int) -> None:
-        self.balancer = balancer
-        self.time = balancer.loop.time
+        self.context = context
+        self.time = context.time
         self.member = member
         self.connect_timeout = connect_timeout
         self.response_timeout = response_timeout
@@ -812,10 +812,10 @@ class UpstreamPool:
     def connect(self, client: ClientConnection, req: Request) -> None:
         """Open a new connection for `req`; the client hears back either way."""
         self.open += 1
-        self.balancer.loop.create_task(self._connect(client, req))
+        self.context.loop.create_task(self._connect(client, req))
 
     async def _connect(self, client: ClientConnection, req: Request) -> None:
-        loop = self.balancer.loop
+        loop = self.context.loop
         member = self.member
         try:
             # No Python base class (see client_protocol): uvloop only calls its methods.

@@ -27,16 +27,18 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, cast
 
 from croupier.admin.ops import OpError
 from croupier.admin.schedule import Scheduler
+from croupier.balancing import make_policy
 from croupier.config.load import ConfigError, LoadedConfig, MemberSpec, load_config
 from croupier.config.schema import HostCheckConfig, PoolConfig, split_address
 from croupier.health.checks import Checker
 from croupier.health.outlier import Outlier
 from croupier.model.state import Host, Member, Pool
 from croupier.proxy.client import ClientConnection, client_protocol
+from croupier.proxy.context import ProxyContext
 from croupier.proxy.listener import Listener
 from croupier.proxy.upstream import UpstreamPool
 
@@ -44,12 +46,6 @@ log = logging.getLogger("croupier")
 
 SWEEP_INTERVAL = 0.25
 STATE_VERSION = 1
-
-
-class _HasDeadline(Protocol):
-    deadline: float
-
-    def on_timeout(self) -> None: ...
 
 
 def _bind(address: str, port: int, reuse_port: bool = False) -> socket.socket:
@@ -77,7 +73,10 @@ class Balancer:
         self.role = role
         self.loaded = loaded
         self.loop = loop or asyncio.get_event_loop()
-        self.connections: set[_HasDeadline] = set()
+        self.outlier = Outlier(self.loop)
+        # What the data plane is given of this process (the listeners and member pools).
+        self.context = ProxyContext(self.loop, self.outlier.failure)
+        self.connections = self.context.connections
         self.hosts: dict[str, Host] = {}
         self.pools: dict[str, Pool] = {}
         self.listeners: list[Listener] = []
@@ -87,9 +86,8 @@ class Balancer:
         self._admin_server: Any = None
         self._admin_task: asyncio.Task[None] | None = None
         self.admin_port: int | None = None
-        self.outlier = Outlier(self)
         self.checker = Checker(self)
-        self.scheduler = Scheduler(self)
+        self.scheduler = Scheduler(self, self.loop, self._persist_windows)
         self.overlay = self._empty_overlay()
         # Called after a change of membership, weights or config (the supervisor tells its
         # workers); state changes (health, admin) are noticed by comparing snapshots.
@@ -132,7 +130,7 @@ class Balancer:
                 host.address = h.address
         wanted_pools: dict[str, Pool] = {}
         for pc in config.pools:
-            pool = self.pools.get(pc.name) or Pool(pc.name, pc.algorithm, pc)
+            pool = self.pools.get(pc.name) or Pool(pc.name, pc.algorithm, make_policy, pc)
             pool.configure(pc)
             pool.algorithm = pc.algorithm
             specs = [s for s in loaded.members[pc.name]
@@ -215,10 +213,10 @@ class Balancer:
 
     def _configure_upstream(self, member: Member, pc: PoolConfig) -> None:
         if member.upstream is None:
-            member.upstream = UpstreamPool(self, member, pc.connect_timeout, pc.response_timeout,
-                                           pc.idle_timeout, pc.max_idle)
+            member.upstream = UpstreamPool(self.context, member, pc.connect_timeout,
+                                           pc.response_timeout, pc.idle_timeout, pc.max_idle)
         else:
-            up = member.upstream
+            up = cast(UpstreamPool, member.upstream)
             up.connect_timeout = pc.connect_timeout
             up.response_timeout = pc.response_timeout
             up.idle_timeout = pc.idle_timeout
@@ -228,7 +226,7 @@ class Balancer:
         """A member leaves: no new requests; those in flight finish on their own."""
         self.checker.unwatch(member)
         if member.upstream is not None:
-            member.upstream.max_idle = 0
+            cast(UpstreamPool, member.upstream).max_idle = 0
             member.upstream.close_idle()
         member.record("removed", f"{member.in_flight} request(s) in flight finish")
 
@@ -311,6 +309,11 @@ class Balancer:
                               for w in self.scheduler.windows if w.origin == "api"]
         return overlay
 
+    def _persist_windows(self) -> None:
+        """Windows ended: the state file keeps only those still to come."""
+        if self.state_file is not None:
+            self.save_state()
+
     def save_state(self) -> None:
         """Write the runtime overlay atomically: a crash mid-write leaves the old file whole."""
         overlay = self._snapshot_overlay()
@@ -368,7 +371,7 @@ class Balancer:
 
     def listeners_for(self, loaded: LoadedConfig) -> Iterator[Listener]:
         for lc in loaded.config.listeners:
-            listener = Listener(self, lc, self.pools)
+            listener = Listener(self.context, lc, self.pools)
             self.listeners.append(listener)
             yield listener
 
@@ -495,7 +498,7 @@ class Balancer:
             else:
                 if listener is not None and listener.server is not None:
                     listener.server.close()         # open connections finish on their own
-                listener = Listener(self, lc, self.pools)
+                listener = Listener(self.context, lc, self.pools)
                 if lc.name in socks:
                     listener.server = await self.loop.create_server(
                         client_protocol(listener), sock=socks[lc.name], backlog=4096)

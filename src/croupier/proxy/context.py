@@ -1,0 +1,36 @@
+"""What the data plane is given of the process around it: a narrow context, never the whole
+runtime (DESIGN.md, "Architecture"). The composition root makes one per event loop."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from croupier.model.state import Member
+
+
+class HasDeadline(Protocol):
+    """A connection the timeout sweep looks at: `deadline` is loop time, 0 for none."""
+
+    deadline: float
+
+    def on_timeout(self) -> None: ...
+
+
+def _no_outlier(member: Member, why: str) -> None:
+    pass
+
+
+class ProxyContext:
+    __slots__ = ("connections", "failure", "loop", "time")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop,
+                 failure: Callable[[Member, str], None] = _no_outlier) -> None:
+        self.loop = loop
+        self.time = loop.time           # bound once: the hot path reads the clock often
+        # Every open connection, client and member side, for the timeout sweep and the stop.
+        self.connections: set[HasDeadline] = set()
+        # A member failed live traffic (passive ejection counts it).
+        self.failure = failure
