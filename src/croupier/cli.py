@@ -174,7 +174,7 @@ def status(config_path: Path | None, admin_url: str | None, token: str | None,
             health = m["health"] + (" ejected" if m["ejected"] else "") + (
                 " host down" if m["host_health"] == "down" else "")
             table.add_row(pool["name"], m["name"], m["host"], health, admin,
-                          "yes" if m["eligible"] else "no", str(m["in_flight"]),
+                          "yes" if m["eligible"] else m.get("reason", "no"), str(m["in_flight"]),
                           str(m["requests"]), str(m["failures"]),
                           "" if m["mean_response_ms"] is None else f"{m['mean_response_ms']:.2f}")
     console.print(table)

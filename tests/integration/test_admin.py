@@ -205,5 +205,14 @@ def test_metrics_in_prometheus_format(backends, admin_croupier):
     assert line in text
     assert "# TYPE croupier_member_response_seconds summary" in text
     assert 'croupier_member_admin_state{' in text and 'state="ready"} 1.0' in text
+    c.state(lambda: c.member("app", 1).host.__setattr__("health", "down"))
+    c.state(lambda: c.balancer.pools["app"].refresh())
+    text = httpx.get(f"http://127.0.0.1:{c.balancer.admin_port}/metrics").text
+    for member in backends:             # all on one host, 127.0.0.1
+        for why, value in (("host-down", "1.0"), ("ready", "0.0")):
+            assert (f'croupier_member_reason{{host="127.0.0.1",member="{member.address}",'
+                    f'pool="app",reason="{why}"}} {value}') in text
+    view = httpx.get(f"http://127.0.0.1:{c.balancer.admin_port}/api/v1/pools/app").json()
+    assert [m["reason"] for m in view["members"]] == ["host-down"] * 3   # one host for all
     build = "interpreted" if os.environ.get("CROUPIER_PURE") == "1" else "compiled"
     assert f'croupier_build_info{{data_plane="{build}",version="{__version__}"}} 1.0' in text

@@ -53,7 +53,7 @@ def test_host_state_is_inherited():
     pool.members[0].host.admin["api"] = "maint"
     pool.refresh()
     assert pool.policy.pick() is None
-    assert "2 maint" in pool.describe_unavailable()
+    assert "2 host-maint" in pool.describe_unavailable()
 
 
 def test_weight_zero_takes_no_requests():

@@ -17,6 +17,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from croupier import __version__, data_plane_build
+from croupier.model.state import Reason
 
 if TYPE_CHECKING:
     from croupier.model.state import Host, Pool
@@ -55,6 +56,9 @@ class InstanceCollector(Collector):
         admin = GaugeMetricFamily("croupier_member_admin_state",
                                   "1 for the member's admin state in force.",
                                   labels=[*labels, "state"])
+        reason = GaugeMetricFamily("croupier_member_reason",
+                                   "1 for why the member takes no new request (ready: it does).",
+                                   labels=[*labels, "reason"])
         weight = GaugeMetricFamily("croupier_member_weight", "Balancing weight.", labels=labels)
         latency = SummaryMetricFamily("croupier_member_response_seconds",
                                       "Time from sending a request to its whole response.",
@@ -68,14 +72,17 @@ class InstanceCollector(Collector):
                 in_flight.add_metric(lv, m.in_flight)
                 up.add_metric(lv, 1.0 if m.health == "up" or (
                     m.health == "unknown" and m.initial_up) else 0.0)
-                eligible.add_metric(lv, 1.0 if m.may_take_request() else 0.0)
+                why = m.why_not()
+                eligible.add_metric(lv, 1.0 if why is Reason.READY else 0.0)
+                for r in Reason:
+                    reason.add_metric([*lv, r.value], 1.0 if why is r else 0.0)
                 ejected.add_metric(lv, 1.0 if m.ejected else 0.0)
                 for state in ("ready", "drain", "maint"):
                     admin.add_metric([*lv, state], 1.0 if m.admin_state == state else 0.0)
                 weight.add_metric(lv, m.weight)
                 latency.add_metric(lv, m.answered, m.latency_total)
         yield from (requests, failures, retries, in_flight, up, eligible, ejected, admin,
-                    weight, latency)
+                    reason, weight, latency)
         hosts = GaugeMetricFamily("croupier_host_up", "1 if the host's check passes.",
                                   labels=["host"])
         for h in self.instance.hosts.values():

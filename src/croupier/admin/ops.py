@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from croupier.model.state import Host, Member, strongest
+from croupier.model.state import Host, Member, Reason, strongest
 
 if TYPE_CHECKING:
     from croupier.model.state import Pool
@@ -97,6 +97,7 @@ def drained(member: Member) -> bool:
 
 def member_view(member: Member) -> dict[str, Any]:
     requests = member.requests
+    why = member.why_not()
     return {
         "pool": member.pool.name,
         "name": member.name,
@@ -110,7 +111,8 @@ def member_view(member: Member) -> dict[str, Any]:
             {"host": member.host.admin_state} if member.host.admin_state != "ready" else {}),
         "host_health": member.host.health,
         "ejected": member.ejected,
-        "eligible": member.may_take_request(),
+        "reason": why.value,
+        "eligible": why is Reason.READY,
         "drained": drained(member),
         "in_flight": member.in_flight,
         "requests": requests,
@@ -129,7 +131,7 @@ def host_view(host: Host) -> dict[str, Any]:
         "health": host.health,
         "admin_state": host.admin_state,
         "admin_origins": dict(host.admin),
-        "members": [f"{m.pool.name}/{m.name}" for m in host.members],
+        "members": [m.key for m in host.members],
         "history": [e.as_dict() for e in host.history],
     }
 

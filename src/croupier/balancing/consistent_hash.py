@@ -67,7 +67,7 @@ class ConsistentHash(Policy):
             # Points come from the member's name, so they do not move when others change;
             # weights are in hundredths, a weight of 1 is 100.
             count = max(1, POINTS_PER_WEIGHT * w // 100)
-            name = f"{m.pool.name}/{m.name}".encode()
+            name = m.key.encode()
             ring.extend((_h(name + b"#%d" % p), i) for p in range(count))
         ring.sort()
         self._points = [p for p, _ in ring]

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 def sticky_id(member: Member) -> bytes:
-    return blake2b(f"{member.pool.name}/{member.name}".encode(), digest_size=8).hexdigest(
+    return blake2b(member.key.encode(), digest_size=8).hexdigest(
     ).encode()
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from enum import StrEnum
 from typing import TYPE_CHECKING, Literal, Protocol
 
 if TYPE_CHECKING:
@@ -57,6 +58,22 @@ class _Recorded:
     def record(self, change: str, cause: str) -> None:
         self.history.append(Event(change, cause))
         log.warning("%s: %s (%s)", self.label(), change, cause)
+
+
+class Reason(StrEnum):
+    """Why a member takes no new request now, or READY: one list that the data plane (through
+    Pool.refresh), the admin API, the CLI, metrics and 503 bodies all render (Envoy's
+    HEALTH_FLAG list). Checked in this order: the first that holds is the reason."""
+
+    READY = "ready"
+    MAINT = "maint"                 # its own admin state
+    HOST_MAINT = "host-maint"       # inherited from its host
+    DRAINED = "drained"
+    HOST_DRAINED = "host-drained"
+    HOST_DOWN = "host-down"         # the host's own check failed
+    EJECTED = "ejected"             # passive: live traffic kept failing
+    DOWN = "down"                   # its health check failed (or has not passed yet)
+    WEIGHT_ZERO = "weight-0"
 
 
 class Upstream(Protocol):
@@ -106,13 +123,14 @@ class Member(_Recorded):
 
     __slots__ = ("address", "admin", "answered", "consecutive_failures", "ejected_until",
                  "ejections", "eligible", "failures", "health", "history", "host", "in_flight",
-                 "initial_up", "latency_total", "name", "pool", "port", "public_url",
+                 "initial_up", "key", "latency_total", "name", "pool", "port", "public_url",
                  "ramp_from", "requests", "retries", "upstream", "weight")
 
     def __init__(self, pool: Pool, name: str, host: Host, address: str, port: int,
                  weight: int) -> None:
         self.pool = pool
         self.name = name
+        self.key = f"{pool.name}/{name}"    # how the state file, workers and targets name it
         self.host = host
         self.address = address
         self.port = port
@@ -156,21 +174,38 @@ class Member(_Recorded):
         inherited = self.host.admin_state
         return own if _RANK[own] >= _RANK[inherited] else inherited
 
-    def may_take_request(self, sticky: bool = False) -> bool:
-        """THE eligibility predicate: the only place that decides who gets new work.
-        `sticky`: the request's session is bound to this member, and a drained member keeps
-        the sessions it has (maint, down, ejected or weight 0 still refuse it)."""
-        if self.weight <= 0:
-            return False
-        state = self.admin_state
-        if state == "maint" or (state == "drain" and not sticky):
-            return False
-        if self.host.health == "down" or self.ejected:
-            return False
+    def why_not(self, sticky: bool = False) -> Reason:
+        """THE eligibility predicate, the only place that decides who gets new work: READY
+        when the member may take a new request, else why not. `sticky`: the request's
+        session is bound to this member, and a drained member keeps the sessions it has
+        (maint, down, ejected or weight 0 still refuse it)."""
+        own = strongest(self.admin)
+        host = self.host
+        inherited = strongest(host.admin) if host.admin else "ready"
+        if own == "maint":
+            return Reason.MAINT
+        if inherited == "maint":
+            return Reason.HOST_MAINT
+        if not sticky:
+            if own == "drain":
+                return Reason.DRAINED
+            if inherited == "drain":
+                return Reason.HOST_DRAINED
+        if host.health == "down":
+            return Reason.HOST_DOWN
+        if self.ejected_until > 0.0:
+            return Reason.EJECTED
         health = self.health
         # `unknown` (no check has finished yet) counts as the pool's `initial` says: up for
         # members present at start, so that a restart does not black out a pool.
-        return health == "up" or (health == "unknown" and self.initial_up)
+        if health == "down" or (health == "unknown" and not self.initial_up):
+            return Reason.DOWN
+        if self.weight <= 0:
+            return Reason.WEIGHT_ZERO
+        return Reason.READY
+
+    def may_take_request(self, sticky: bool = False) -> bool:
+        return self.why_not(sticky) is Reason.READY
 
     def __repr__(self) -> str:
         return f"<Member {self.pool.name}/{self.name}>"
@@ -285,18 +320,8 @@ class Pool:
             return "the pool has no members"
         reasons: dict[str, int] = {}
         for m in self.members:
-            if m.admin_state != "ready":
-                why = m.admin_state
-            elif m.host.health == "down":
-                why = "host down"
-            elif m.ejected:
-                why = "ejected"
-            elif m.health == "down" or (m.health == "unknown" and not m.initial_up):
-                why = "down"
-            elif m.weight <= 0:
-                why = "weight 0"
-            else:
-                why = "busy"
-            reasons[why] = reasons.get(why, 0) + 1
+            why = m.why_not()
+            text = "busy" if why is Reason.READY else why.value
+            reasons[text] = reasons.get(text, 0) + 1
         parts = ", ".join(f"{n} {why}" for why, n in sorted(reasons.items()))
         return f"{len(self.members)} members: {parts}"

@@ -276,7 +276,7 @@ class Balancer:
 
     def remove_member(self, member: Member) -> None:
         pool = member.pool
-        key = f"{pool.name}/{member.name}"
+        key = member.key
         self.overlay["added"] = [a for a in self.overlay["added"]
                                  if not (a["pool"] == pool.name and a["name"] == member.name)]
         if any(s.name == member.name for s in self._config_specs(pool.name)):
@@ -292,7 +292,7 @@ class Balancer:
     def set_weight(self, member: Member, weight: int) -> None:
         before = member.weight
         member.weight = weight
-        self.overlay["weights"][f"{member.pool.name}/{member.name}"] = weight
+        self.overlay["weights"][member.key] = weight
         member.record(f"weight {before} -> {weight}", "by the admin API")
         member.pool.refresh()
 
@@ -300,7 +300,7 @@ class Balancer:
 
     def _snapshot_overlay(self) -> dict[str, Any]:
         overlay = self.overlay
-        overlay["member_admin"] = {f"{m.pool.name}/{m.name}": m.admin["api"]
+        overlay["member_admin"] = {m.key: m.admin["api"]
                                    for m in self.members() if "api" in m.admin}
         overlay["host_admin"] = {h.name: h.admin["api"] for h in self.hosts.values()
                                  if "api" in h.admin}

@@ -43,7 +43,7 @@ WATCH_EVERY = 0.2        # how often the supervisor looks whether a worker is st
 def member_state(balancer: Balancer) -> dict[str, Any]:
     """What the supervisor decides and the workers follow."""
     return {
-        "members": {f"{m.pool.name}/{m.name}": [m.health, m.admin, m.weight, m.initial_up]
+        "members": {m.key: [m.health, m.admin, m.weight, m.initial_up]
                     for m in balancer.members()},
         "hosts": {h.name: [h.health, h.admin] for h in balancer.hosts.values()},
     }
@@ -52,7 +52,7 @@ def member_state(balancer: Balancer) -> dict[str, Any]:
 def apply_state(balancer: Balancer, state: dict[str, Any]) -> None:
     members = state["members"]
     for m in balancer.members():
-        got = members.get(f"{m.pool.name}/{m.name}")
+        got = members.get(m.key)
         if got is not None:
             m.health, m.admin, m.weight, m.initial_up = got[0], dict(got[1]), got[2], got[3]
     for name, (health, admin) in state["hosts"].items():
@@ -68,8 +68,8 @@ def apply_state(balancer: Balancer, state: dict[str, Any]) -> None:
 
 def worker_stats(balancer: Balancer) -> dict[str, Any]:
     return {
-        "members": {f"{m.pool.name}/{m.name}": [m.requests, m.failures, m.retries, m.in_flight,
-                                                m.answered, m.latency_total, m.ejected]
+        "members": {m.key: [m.requests, m.failures, m.retries, m.in_flight, m.answered,
+                            m.latency_total, m.ejected]
                     for m in balancer.members()},
         "connections": {lst.name: lst.open_connections for lst in balancer.listeners},
     }
@@ -299,7 +299,7 @@ class Supervisor:
                 for name, n in w.stats.get("connections", {}).items():
                     connections[name] = connections.get(name, 0) + n
             for m in self.balancer.members():
-                key = f"{m.pool.name}/{m.name}"
+                key = m.key
                 summed = totals.get(key)
                 if summed is not None:
                     (m.requests, m.failures, m.retries, m.in_flight, m.answered,
