@@ -58,6 +58,9 @@ def run(config_path: Path, log_level: str) -> None:
     except OSError as e:
         click.echo(f"croupier: {e.strerror or e}", err=True)
         sys.exit(1)
+    except ConfigError as e:
+        click.echo(f"croupier: the config is not valid:\n{e.render()}", err=True)
+        sys.exit(1)
 
 
 @main.command(hidden=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from croupier.config.load import names_member
 from croupier.model.state import Host, Member, Reason, strongest
 
 if TYPE_CHECKING:
@@ -54,11 +55,11 @@ def resolve(model: Model, text: str) -> Target:
         if pool is None:
             raise OpError(404, f"no pool named {pool_name!r}")
         for m in pool.members:
-            if m.name == member_name or f"{m.address}:{m.port}" == member_name:
+            if names_member(text, pool.name, m.name, m.address, m.port):
                 return Target(text, members=(m,))
         raise OpError(404, f"pool {pool_name!r} has no member {member_name!r}")
     found = tuple(m for p in model.pools.values() for m in p.members
-                  if m.name == text or f"{m.address}:{m.port}" == text)
+                  if names_member(text, p.name, m.name, m.address, m.port))
     if not found:
         raise OpError(404, f"no member {text!r} in any pool (use pool/member or host:NAME)")
     return Target(text, members=found)

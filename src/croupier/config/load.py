@@ -160,9 +160,34 @@ def validate_config(data: dict[str, Any], path: Path | str = "<config>") -> Load
             specs.append(spec)
         members[p.name] = specs
 
+    all_specs = [spec for specs in members.values() for spec in specs]
+    host_names = set(hosts) | {spec.host for spec in all_specs}
+    for i, mc in enumerate(config.maintenance):
+        if not names_target(mc.target, all_specs, host_names):
+            problems.append((f"maintenance[{i}].target",
+                             f"{mc.target!r} names no member or host of this config (give "
+                             f"pool/member, a member's address:port, or host:NAME)"))
+
     if problems:
         raise ConfigError(path, problems)
     return LoadedConfig(Path(path), config, members)
+
+
+def names_member(target: str, pool: str, name: str, address: str, port: int) -> bool:
+    """Whether an operator's target ("pool/member", or a member's name or address:port in
+    any pool) names this member: the one rule for the config's windows and the admin API."""
+    if "/" in target:
+        pool_name, _, target = target.partition("/")
+        if pool_name != pool:
+            return False
+    return target == name or target == f"{address}:{port}"
+
+
+def names_target(target: str, specs: list[MemberSpec], hosts: set[str]) -> bool:
+    """Whether a target ("host:NAME" too) names something among these members and hosts."""
+    if target.startswith("host:"):
+        return target[5:] in hosts
+    return any(names_member(target, s.pool, s.name, s.address, s.port) for s in specs)
 
 
 def _member_spec(pool: str, m: str | MemberConfig, hosts: dict[str, str],

@@ -58,6 +58,15 @@ def is_address(value: str) -> bool:
     return True
 
 
+_HOST_NAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
+                        r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+
+
+def is_host_name(value: str) -> bool:
+    """A DNS host name (RFC 1123): labels of letters, digits and inner hyphens."""
+    return bool(_HOST_NAME.match(value))
+
+
 def _address(value: object) -> str:
     if isinstance(value, str) and len(value) <= 64 and is_address(value):
         return value
@@ -79,6 +88,9 @@ def parse_size(value: object) -> int:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+# A timeout or an interval: zero would make every request a 504, or a check loop spin.
+Timeout = Annotated[float, BeforeValidator(parse_duration),
+                    Field(gt=0, description="a duration over zero")]
 Size = Annotated[int, BeforeValidator(parse_size)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 Name = Annotated[str, Field(min_length=1, max_length=128,
@@ -169,11 +181,11 @@ class ListenerConfig(_Strict):
     pool: Name
     routes: list[RouteConfig] = []
     # Client-side limits and timeouts: the defaults are those a careful operator would pick.
-    header_timeout: Duration = 10.0      # first byte of a request head to its end (slowloris)
-    body_timeout: Duration = 60.0        # longest silence while a request body is arriving
-    keepalive_timeout: Duration = 60.0   # idle time between requests on one connection
-    send_timeout: Duration = 60.0        # longest time a client may leave our writes unread
-    tunnel_timeout: Duration = 3600.0    # longest silence both ways on an upgraded connection
+    header_timeout: Timeout = 10.0      # first byte of a request head to its end (slowloris)
+    body_timeout: Timeout = 60.0        # longest silence while a request body is arriving
+    keepalive_timeout: Timeout = 60.0   # idle time between requests on one connection
+    send_timeout: Timeout = 60.0        # longest time a client may leave our writes unread
+    tunnel_timeout: Timeout = 3600.0    # longest silence both ways on an upgraded connection
     max_header_size: Size = 16384        # request line + headers; 431 past it
     max_body_size: Size = 0              # 413 past it; 0 = no limit
     max_pipelined: int = Field(default=16, ge=1, le=1024)
@@ -191,8 +203,8 @@ class HostCheckConfig(_Strict):
     type: Literal["tcp", "http"] = "tcp"
     port: Port | None = None            # tcp: the port to connect to
     url: str | None = None              # http: the URL to GET; 2xx/3xx passes
-    interval: Duration = 2.0
-    timeout: Duration = 1.0
+    interval: Timeout = 2.0
+    timeout: Timeout = 1.0
     rise: int = Field(default=2, ge=1)
     fall: int = Field(default=2, ge=1)
 
@@ -208,6 +220,13 @@ class HostCheckConfig(_Strict):
 class HostConfig(_Strict):
     name: Name
     address: str = Field(min_length=1)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        if not (is_address(v) or is_host_name(v)):
+            raise ValueError(f"address {v[:64]!r} is neither an IP address nor a host name")
+        return v
     check: HostCheckConfig | None = None
 
 
@@ -266,9 +285,9 @@ class HealthConfig(_Strict):
     port: Port | None = None            # check another port than the member's
     expect_status: StatusSet = frozenset(range(200, 400))
     body_regex: str | None = None
-    interval: Duration = 2.0
-    fast_interval: Duration | None = None   # while a member is changing state; default interval/2
-    timeout: Duration = 1.0
+    interval: Timeout = 2.0
+    fast_interval: Timeout | None = None   # while a member is changing state; default interval/2
+    timeout: Timeout = 1.0
     rise: int = Field(default=2, ge=1)
     fall: int = Field(default=3, ge=1)
     jitter: float = Field(default=0.1, ge=0.0, le=0.5)   # +- share of the interval
@@ -300,8 +319,8 @@ class OutlierConfig(_Strict):
     enabled: bool = True
     consecutive_failures: int = Field(default=5, ge=1)
     include_5xx: bool = True            # a 5xx answer counts as a failure
-    base_ejection: Duration = 10.0      # the first ejection; doubles on each repeat
-    max_ejection: Duration = 300.0
+    base_ejection: Timeout = 10.0      # the first ejection; doubles on each repeat
+    max_ejection: Timeout = 300.0
     max_ejected_percent: int = Field(default=50, ge=0, le=100)
 
 
@@ -315,11 +334,11 @@ class PoolConfig(_Strict):
     members: list[str | MemberConfig] = Field(min_length=1)
     health: HealthConfig | None = None
     outlier: OutlierConfig = OutlierConfig()
-    connect_timeout: Duration = 3.0
-    response_timeout: Duration = 30.0    # request sent -> response, and between response reads
+    connect_timeout: Timeout = 3.0
+    response_timeout: Timeout = 30.0    # request sent -> response, and between response reads
     # Kept below the usual backend keep-alive (uvicorn, node: 5s) so the backend never closes
     # a connection that we are about to reuse (DESIGN.md, known pitfalls).
-    idle_timeout: Duration = 4.0
+    idle_timeout: Timeout = 4.0
     max_idle: int = Field(default=64, ge=0)
     retries: int = Field(default=2, ge=0, le=10)     # other members tried after a failure
     retry_body_limit: Size = 65536      # bodies up to this size are kept for a replay

@@ -17,13 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import json
 import logging
 import os
 import secrets
 import signal
 import socket
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,11 +39,11 @@ from croupier.proxy.client import ClientConnection, client_protocol
 from croupier.proxy.context import ProxyContext
 from croupier.proxy.listener import Listener
 from croupier.proxy.upstream import UpstreamPool
+from croupier.runtime import state_file
 
 log = logging.getLogger("croupier")
 
 SWEEP_INTERVAL = 0.25
-STATE_VERSION = 1
 
 
 def _bind(address: str, port: int, reuse_port: bool = False) -> socket.socket:
@@ -98,8 +96,8 @@ class Balancer:
                            if admin.enabled and role != "worker" else None)
         if overlay is not None:
             self.overlay = overlay
-        elif self.state_file is not None and self.state_file.exists():
-            self.overlay = self._read_state(self.state_file)
+        elif self.state_file is not None:
+            self.overlay = state_file.read(self.state_file)
         self._apply(loaded, first=True)
 
     # ---- building the model ---------------------------------------------------------------
@@ -114,8 +112,7 @@ class Balancer:
 
     @staticmethod
     def _empty_overlay() -> dict[str, Any]:
-        return {"version": STATE_VERSION, "member_admin": {}, "host_admin": {}, "added": [],
-                "removed": [], "weights": {}, "windows": []}
+        return state_file.empty()
 
     def _apply(self, loaded: LoadedConfig, first: bool) -> None:
         """Make the model match `loaded` plus the overlay, keeping what is still there."""
@@ -175,15 +172,21 @@ class Balancer:
                 host.admin["api"] = state
         for pool in self.pools.values():
             pool.refresh()
-        # Maintenance windows: the config's, replaced on each load, and the API's, kept.
+        self._drop_stale_overlay()
+        # Maintenance windows: the config's, replaced on each load, and the API's, kept. One
+        # whose target is gone (removed through the API since) is dropped with a warning: it
+        # must never keep croupier from starting or reloading.
         self.scheduler.windows = [w for w in self.scheduler.windows if w.origin == "api"]
         if first:
             now = time.time()
             for w in overlay["windows"]:
                 if w["end"] > now:
-                    with contextlib.suppress(OpError):
+                    try:
                         self.scheduler.add(w["target"], w["start"], w["end"], w["lead"], "api",
                                            w.get("reason", ""), w["id"])
+                    except OpError as e:
+                        log.warning("maintenance window %s from the state file dropped: %s",
+                                    w.get("id"), e.message)
         for i, mc in enumerate(config.maintenance):
             start, end = mc.span()
             if end > time.time():
@@ -191,7 +194,25 @@ class Balancer:
                     self.scheduler.add(mc.target, start, end, mc.lead, "config", mc.reason,
                                        mc.id or f"config-{i + 1}")
                 except OpError as e:
-                    raise ConfigError(loaded.path, [(f"maintenance[{i}]", e.message)]) from None
+                    log.warning("%s: maintenance[%d] (%s) left out: %s", loaded.path, i,
+                                mc.target, e.message)
+
+    def _drop_stale_overlay(self) -> None:
+        """Admin states and weights the state file holds for members or hosts that are gone
+        (the config changed under it) are dropped, each with a warning: the file is advisory."""
+        overlay = self.overlay
+        keys = {m.key for m in self.members()}
+        for kind in ("member_admin", "weights"):
+            for key in [k for k in overlay[kind] if k not in keys]:
+                log.warning("state file: %s for %s dropped: no such member now", kind, key)
+                del overlay[kind][key]
+        for name in [h for h in overlay["host_admin"] if h not in self.hosts]:
+            log.warning("state file: admin state of host %s dropped: no such host now", name)
+            del overlay["host_admin"][name]
+        for added in [a for a in overlay["added"] if a["pool"] not in self.pools]:
+            log.warning("state file: member %s added to pool %s dropped: no such pool now",
+                        added["name"], added["pool"])
+            overlay["added"].remove(added)
 
     def _new_member(self, pool: Pool, pc: PoolConfig, spec: MemberSpec,
                     present_at_start: bool) -> Member:
@@ -315,41 +336,12 @@ class Balancer:
             self.save_state()
 
     def save_state(self) -> None:
-        """Write the runtime overlay atomically: a crash mid-write leaves the old file whole."""
+        """Keep the runtime overlay in the state file (and tell the workers)."""
         overlay = self._snapshot_overlay()
         if self.on_change is not None:
             self.on_change(reload=False)
-        path = self.state_file
-        if path is None:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(overlay, f, indent=1, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-
-    def _read_state(self, path: Path) -> dict[str, Any]:
-        try:
-            data = json.loads(path.read_text())
-            if data.get("version") != STATE_VERSION:
-                raise ValueError(f"unknown version {data.get('version')!r}")
-        except (OSError, ValueError) as e:
-            raise ConfigError(path, [("(state file)", f"cannot be read: {e}; move it aside to "
-                                                      "start from the config alone")]) from None
-        overlay = self._empty_overlay()
-        overlay.update({k: data[k] for k in overlay if k in data})
-        log.info("runtime state from %s: %d member and %d host admin state(s), %d added, "
-                 "%d removed, %d window(s)", path, len(overlay["member_admin"]),
-                 len(overlay["host_admin"]), len(overlay["added"]), len(overlay["removed"]),
-                 len(overlay["windows"]))
-        return overlay
+        if self.state_file is not None:
+            state_file.write(self.state_file, overlay)
 
     # ---- serving ----------------------------------------------------------------------------
 

@@ -1,0 +1,99 @@
+"""The state file: what operators changed at run time (admin states, added and removed
+members, weights, maintenance windows), kept beside the config so that it survives a restart.
+
+It is advisory: a file that cannot be read, or holds what no croupier wrote, never keeps
+croupier from starting. It is set aside (kept for whoever wants to look) and croupier starts
+from the config alone, saying so. Written atomically: a crash mid-write leaves the old file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from croupier.config.schema import Address, Name, Port, Text, Weight, When
+
+log = logging.getLogger("croupier.state")
+
+VERSION: Final = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class AddedMember(_Strict):
+    pool: Name
+    name: Text
+    host: Text
+    address: Address
+    port: Port
+    weight: Weight
+
+
+class SavedWindow(_Strict):
+    id: Name
+    target: Text
+    start: When
+    end: When
+    lead: float = Field(ge=0)           # seconds of drain before start
+    reason: Text = ""
+
+
+class StateFile(_Strict):
+    version: Literal[1] = VERSION
+    member_admin: dict[str, Literal["drain", "maint"]] = {}
+    host_admin: dict[str, Literal["drain", "maint"]] = {}
+    added: list[AddedMember] = []
+    removed: list[str] = []
+    weights: dict[str, Weight] = {}
+    windows: list[SavedWindow] = []
+
+
+def empty() -> dict[str, Any]:
+    return StateFile().model_dump()
+
+
+def read(path: Path) -> dict[str, Any]:
+    """The overlay the file holds; the config alone (empty) if there is none to trust."""
+    if not path.exists():
+        return empty()
+    try:
+        state = StateFile.model_validate_json(path.read_bytes())
+    except (OSError, ValidationError) as e:
+        aside = path.with_name(path.name + ".unreadable")
+        with contextlib.suppress(OSError):
+            os.replace(path, aside)
+        why = (f"{len(e.errors())} problem(s), first: "
+               f"{'.'.join(map(str, e.errors()[0]['loc']))}: {e.errors()[0]['msg']}"
+               if isinstance(e, ValidationError) else str(e))
+        log.warning("state file %s cannot be used (%s): starting from the config alone; the "
+                    "file is kept as %s", path, why, aside)
+        return empty()
+    log.info("runtime state from %s: %d member and %d host admin state(s), %d added, "
+             "%d removed, %d window(s)", path, len(state.member_admin), len(state.host_admin),
+             len(state.added), len(state.removed), len(state.windows))
+    return state.model_dump()
+
+
+def write(path: Path, overlay: dict[str, Any]) -> None:
+    """Write atomically: to a temporary file beside it, synced, then renamed over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(overlay, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
