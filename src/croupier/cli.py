@@ -39,22 +39,24 @@ def main() -> None:
               type=click.Choice(["debug", "info", "warning", "error"]))
 def run(config_path: Path, log_level: str) -> None:
     """Serve the listeners of a config until SIGTERM or Ctrl-C."""
-    import os
-
     loaded = _load(config_path)
     _setup_logging(log_level)
+    from croupier.runtime.workers import cores_available
     workers = loaded.config.workers
-    count = (os.cpu_count() or 1) if workers == "auto" else workers
+    count = cores_available() if workers == "auto" else workers
     from croupier import __version__, data_plane_build
     logging.getLogger("croupier").info("croupier %s, data plane %s, %d worker(s)",
                                        __version__, data_plane_build(), count)
+    from croupier.runtime import state_file
     try:
+        lock = state_file.hold_lock(state_file.lock_path(loaded))
         if count == 1:
             from croupier.runtime.server import run as serve
             serve(loaded)
         else:
             from croupier.runtime.workers import run_supervised
             run_supervised(loaded, count)
+        lock.close()
     except OSError as e:
         click.echo(f"croupier: {e.strerror or e}", err=True)
         sys.exit(1)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from croupier.runtime.sockets import probe
+
 
 def make_app(name: str) -> web.Application:
     async def classes(request: web.Request) -> web.Response:
@@ -82,6 +84,17 @@ def run_demo(listen_port: int, first_app_port: int, instances: int, admin_port: 
     from croupier.runtime.server import run
 
     ports = [first_app_port + i for i in range(instances)]
+    # Every port first: a demo instance that cannot bind would leave croupier proxying to
+    # whatever already listens there.
+    wanted = [(listen_port, "the demo listener", "--port"),
+              (admin_port, "the admin API", "--admin-port"),
+              *((p, f"demo instance {i + 1}", "--app-port") for i, p in enumerate(ports))]
+    for port, what, option in wanted:
+        try:
+            probe(f"127.0.0.1:{port}", what)
+        except OSError as e:
+            raise SystemExit(f"croupier demo: {e.strerror}; another process has it (choose "
+                             f"another with {option})") from None
     procs = []
     for i, port in enumerate(ports):
         procs.append(subprocess.Popen(
@@ -107,7 +120,10 @@ def run_demo(listen_port: int, first_app_port: int, instances: int, admin_port: 
         print(f"  croupier drain local:{ports[1]} --wait -c {path}   # planned maintenance")
         print(f"  croupier ready local:{ports[1]} -c {path}")
         print("Ctrl-C stops the demo.", flush=True)
-        run(load_config(path))
+        try:
+            run(load_config(path))
+        except OSError as e:
+            raise SystemExit(f"croupier demo: {e.strerror or e}") from None
     finally:
         for p in procs:
             p.terminate()

@@ -84,7 +84,7 @@ class Scheduler:
         if any(w.id == window.id for w in self.windows):
             raise OpError(409, f"a window with id {window.id!r} exists")
         self.windows.append(window)
-        log.warning("maintenance window %s for %s: %s to %s (drain %gs before)", window.id,
+        log.info("maintenance window %s for %s: %s to %s (drain %gs before)", window.id,
                     target, _fmt(start), _fmt(end), lead)
         self.evaluate()
         return window
@@ -111,7 +111,7 @@ class Scheduler:
         ended = [w for w in self.windows if w.end <= now]
         for w in ended:
             self.windows.remove(w)
-            log.warning("maintenance window %s for %s ended", w.id, w.target)
+            log.info("maintenance window %s for %s ended", w.id, w.target)
         for target in set(self._applied) | set(wanted):
             state = wanted.get(target, "ready")
             if self._applied.get(target, "ready") == state:

@@ -392,11 +392,17 @@ def _check_hash_key(v: str) -> str:
                      "cookie:NAME")
 
 
+class RuntimeConfig(_Strict):
+    # How long SIGTERM lets requests in flight finish before what is left is closed.
+    stop_grace: Duration = 10.0
+
+
 class Config(_Strict):
     # Processes that serve the listeners (SO_REUSEPORT); checks, schedules and the admin API
     # run once, in a supervisor, when there is more than one. "auto": one per core.
     workers: int | Literal["auto"] = Field(default="auto", ge=1, le=64)
     admin: AdminConfig = AdminConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
     listeners: list[ListenerConfig] = Field(min_length=1)
     hosts: list[HostConfig] = []
     pools: list[PoolConfig] = Field(min_length=1)

@@ -57,7 +57,7 @@ class _Recorded:
 
     def record(self, change: str, cause: str) -> None:
         self.history.append(Event(change, cause))
-        log.warning("%s: %s (%s)", self.label(), change, cause)
+        log.info("%s: %s (%s)", self.label(), change, cause)
 
 
 class Reason(StrEnum):

@@ -1129,6 +1129,19 @@ class ClientConnection:
             transport.resume_reading()
         self.deadline = self.listener.time() + LINGER
 
+    def shutdown(self) -> None:
+        """The process is stopping: an idle connection closes now, one with a request in
+        flight closes once that is answered (with `Connection: close` when its head has not
+        gone out yet); a tunnel runs on until the stop's grace ends."""
+        transport = self.transport
+        if transport is None or self.tunnel is not None:
+            return
+        req = self.current
+        if req is None:
+            transport.close()       # nothing asked of us: nothing is lost
+        else:
+            req.close_after = True
+
     def _idle_deadline(self, now: float = -1.0) -> float:
         if now < 0.0:
             now = self.listener.time()

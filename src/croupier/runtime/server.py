@@ -31,7 +31,7 @@ from croupier.admin.ops import OpError
 from croupier.admin.schedule import Scheduler
 from croupier.balancing import make_policy
 from croupier.config.load import ConfigError, LoadedConfig, MemberSpec, load_config
-from croupier.config.schema import HostCheckConfig, PoolConfig, split_address
+from croupier.config.schema import HostCheckConfig, PoolConfig
 from croupier.health.checks import Checker
 from croupier.health.outlier import Outlier
 from croupier.model.state import Host, Member, Pool
@@ -39,26 +39,11 @@ from croupier.proxy.client import ClientConnection, client_protocol
 from croupier.proxy.context import ProxyContext
 from croupier.proxy.listener import Listener
 from croupier.proxy.upstream import UpstreamPool
-from croupier.runtime import state_file
+from croupier.runtime import sockets, state_file
 
 log = logging.getLogger("croupier")
 
 SWEEP_INTERVAL = 0.25
-
-
-def _bind(address: str, port: int, reuse_port: bool = False) -> socket.socket:
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:      # every worker binds its own socket; the kernel spreads connections
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((address, port))
-    except OSError:
-        sock.close()
-        raise
-    sock.setblocking(False)
-    return sock
 
 
 class Balancer:
@@ -368,12 +353,8 @@ class Balancer:
             yield listener
 
     async def _listen(self, listener: Listener) -> None:
-        address, port = split_address(listener.config.listen)
-        try:
-            sock = _bind(address, port, reuse_port=self.role == "worker")
-        except OSError as e:
-            raise OSError(e.errno, f"cannot listen on {listener.config.listen} "
-                                   f"(listener {listener.name!r}): {e.strerror}") from None
+        sock = sockets.bind_named(listener.config.listen, f"listener {listener.name!r}",
+                                  reuse_port=self.role == "worker")
         listener.server = await self.loop.create_server(
             client_protocol(listener), sock=sock, backlog=4096)
 
@@ -384,12 +365,7 @@ class Balancer:
 
         admin = self.loaded.config.admin
         token = self._admin_token()
-        address, port = split_address(admin.listen)
-        try:
-            sock = _bind(address, port)
-        except OSError as e:
-            raise OSError(e.errno, f"cannot listen on {admin.listen} ([admin].listen): "
-                                   f"{e.strerror}") from None
+        sock = sockets.bind_named(admin.listen, "[admin].listen")
         self.admin_port = sock.getsockname()[1]
 
         class EmbeddedServer(uvicorn.Server):
@@ -453,23 +429,25 @@ class Balancer:
             if overlay is not None:
                 self.overlay = overlay
         except ConfigError as e:
-            log.error("reload refused, the running config stays:\n%s", e.render())
-            return {"reloaded": False, "errors": [f"{k}: {r}" for k, r in e.problems]}
+            return _refused([f"{e.path}: {k}: {r}" for k, r in e.problems])
         old = {lst.name: lst for lst in self.listeners}
         new_listen = {lc.name: lc.listen for lc in loaded.config.listeners}
-        busy = [lc for lc in loaded.config.listeners
-                if self.role != "supervisor"
-                and (lc.name not in old or old[lc.name].config.listen != lc.listen)]
-        # Bind new addresses first, so a reload that cannot listen changes nothing.
+        moved = [lc for lc in loaded.config.listeners
+                 if lc.name not in old or old[lc.name].config.listen != lc.listen]
+        # Bind new addresses first, so a reload that cannot listen changes nothing. The
+        # supervisor binds none itself, but finds another process on a new port.
         socks: dict[str, socket.socket] = {}
         try:
-            for lc in busy:
-                address, port = split_address(lc.listen)
-                socks[lc.name] = _bind(address, port, reuse_port=self.role == "worker")
+            for lc in moved:
+                if self.role == "supervisor":
+                    sockets.probe(lc.listen, f"listener {lc.name!r}")
+                else:
+                    socks[lc.name] = sockets.bind_named(lc.listen, f"listener {lc.name!r}",
+                                                        reuse_port=self.role == "worker")
         except OSError as e:
             for s in socks.values():
                 s.close()
-            return {"reloaded": False, "errors": [f"cannot listen: {e.strerror}"]}
+            return _refused([f"{self.loaded.path}: {e.strerror}"])
         await self.checker.stop()
         self._snapshot_overlay()
         previous = self.loaded
@@ -481,7 +459,7 @@ class Balancer:
             for s in socks.values():
                 s.close()
             self.checker.start()
-            return {"reloaded": False, "errors": [f"{k}: {r}" for k, r in e.problems]}
+            return _refused([f"{e.path}: {k}: {r}" for k, r in e.problems])
         listeners = []
         for lc in loaded.config.listeners:
             listener = old.pop(lc.name, None)
@@ -504,16 +482,22 @@ class Balancer:
         self.save_state()
         if self.on_change is not None:
             self.on_change(reload=True)
-        log.warning("config reloaded from %s: %d listener(s), %d pool(s), %d member(s)",
+        log.info("config reloaded from %s: %d listener(s), %d pool(s), %d member(s)",
                     loaded.path, len(listeners), len(self.pools), len(self.members()))
         return {"reloaded": True, "listeners": sorted(new_listen),
                 "pools": sorted(self.pools), "members": len(self.members())}
 
-    async def stop(self, grace: float = 10.0) -> None:
-        """Stop accepting; let requests in flight finish (up to `grace` s); close the rest."""
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting; close idle connections at once, and the others once their request
+        in flight is answered, within `grace` seconds ([runtime] stop_grace); then the rest."""
+        if grace is None:
+            grace = self.loaded.config.runtime.stop_grace
         for listener in self.listeners:
             if listener.server is not None:
                 listener.server.close()
+        for conn in list(self.connections):
+            if isinstance(conn, ClientConnection):
+                conn.shutdown()
         deadline = self.loop.time() + grace
         while self.loop.time() < deadline and any(
                 isinstance(c, ClientConnection) and (c.current is not None or c.tunnel)
@@ -535,6 +519,12 @@ class Balancer:
         for listener in self.listeners:
             if listener.server is not None:
                 await listener.server.wait_closed()
+
+
+def _refused(errors: list[str]) -> dict[str, Any]:
+    """A reload that changes nothing: logged at ERROR with its reasons, and answered so."""
+    log.error("reload refused, the running config stays: %s", "; ".join(errors))
+    return {"reloaded": False, "errors": errors}
 
 
 def install_signals(reload: Any) -> tuple[asyncio.Event, asyncio.Event]:

@@ -9,16 +9,21 @@ from the config alone, saying so. Written atomically: a crash mid-write leaves t
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import IO, TYPE_CHECKING, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from croupier.config.schema import Address, Name, Port, Text, Weight, When
+
+if TYPE_CHECKING:
+    from croupier.config.load import LoadedConfig
 
 log = logging.getLogger("croupier.state")
 
@@ -97,3 +102,31 @@ def write(path: Path, overlay: dict[str, Any]) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def lock_path(loaded: LoadedConfig) -> Path:
+    """Beside the state file (beside the config when there is none): one per config."""
+    admin = loaded.config.admin
+    name = Path(admin.state_file if admin.enabled else loaded.path.name)
+    path = name if name.is_absolute() else loaded.path.parent / name
+    return path.with_name(path.name + ".lock")
+
+
+def hold_lock(path: Path) -> IO[str]:
+    """Lock `path` for as long as the returned file stays open (the process's life), or
+    raise OSError naming the process that holds it: two instances of one config would share
+    its ports (SO_REUSEPORT) and its state file, each with its own view."""
+    f = open(path, "a+")  # noqa: SIM115 (held open on purpose: the lock lives with it)
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "?"
+        f.close()
+        raise OSError(errno.EEXIST, f"another croupier (pid {holder}) runs this config: "
+                                    f"{path} is locked") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f

@@ -21,14 +21,17 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 from croupier.config.load import LoadedConfig, load_config
+from croupier.runtime import sockets
 from croupier.runtime.server import Balancer, freeze_startup_objects, install_signals
 
 log = logging.getLogger("croupier.workers")
@@ -38,6 +41,39 @@ STATS_EVERY = 0.1        # workers -> supervisor: counters
 RESTART_DELAY = 0.5
 START_TIMEOUT = 30.0
 WATCH_EVERY = 0.2        # how often the supervisor looks whether a worker is still alive
+
+
+def cores_available() -> int:
+    """What `workers = "auto"` means: the cores this process may run on (its CPU affinity, as
+    HAProxy counts them, not the machine's), fewer if a cgroup CPU quota allows less."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    quota = _cgroup_quota()
+    if quota is not None:
+        cores = min(cores, max(1, math.ceil(quota)))
+    return max(1, cores)
+
+
+def _cgroup_quota() -> float | None:
+    """CPUs' worth of time a cgroup allows (v2 cpu.max, or v1 cfs quota/period), if capped."""
+    for quota_file, period_file in (("/sys/fs/cgroup/cpu.max", None),
+                                    ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us",
+                                     "/sys/fs/cgroup/cpu/cpu.cfs_period_us")):
+        try:
+            fields = Path(quota_file).read_text().split()
+            if period_file is not None:
+                fields.append(Path(period_file).read_text().strip())
+        except OSError:
+            continue
+        if len(fields) < 2 or fields[0] in ("max", "-1"):
+            return None
+        try:
+            return int(fields[0]) / int(fields[1])
+        except (ValueError, ZeroDivisionError):
+            return None
+    return None
 
 
 def member_state(balancer: Balancer) -> dict[str, Any]:
@@ -173,6 +209,10 @@ class Supervisor:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        # Workers bind with SO_REUSEPORT, which would let them share a port quietly with
+        # another process that set it too (a second croupier): find one first.
+        for lc in self.loaded.config.listeners:
+            sockets.probe(lc.listen, f"listener {lc.name!r}")
         self.balancer = Balancer(self.loaded, loop, role="supervisor")
         self.balancer.on_change = self._changed
         self.balancer.workers_view = self.view
@@ -317,7 +357,8 @@ class Supervisor:
             if w.writer is not None and not w.writer.is_closing():
                 with contextlib.suppress(ConnectionError):
                     await _send(w.writer, {"op": "stop"})
-        deadline = asyncio.get_running_loop().time() + 15
+        # The workers' own grace, and a little more for them to close and exit.
+        deadline = asyncio.get_running_loop().time() + self.loaded.config.runtime.stop_grace + 5
         for w in self.workers:
             proc = w.proc
             if proc is None:
