@@ -66,15 +66,15 @@ def run(config_path: Path, log_level: str) -> None:
 
 
 @main.command(hidden=True)
-@click.option("-c", "--config", "config_path", required=True)
 @click.option("--channel-fd", required=True, type=int)
 @click.option("--index", required=True, type=int)
 @click.option("--log-level", default="info")
-def worker(config_path: str, channel_fd: int, index: int, log_level: str) -> None:
-    """One worker process (started by `croupier run` when workers > 1)."""
+def worker(channel_fd: int, index: int, log_level: str) -> None:
+    """One worker process (started by `croupier run` when workers > 1): it is sent its
+    config by the supervisor, over the channel."""
     _setup_logging(log_level)
     from croupier.runtime.workers import run_worker
-    run_worker(config_path, channel_fd, index)
+    run_worker(channel_fd, index)
 
 
 @main.command()
@@ -186,11 +186,17 @@ def status(config_path: Path | None, admin_url: str | None, token: str | None,
     hosts = [h for h in data["hosts"] if h["admin_state"] != "ready" or h["health"] != "up"]
     for h in hosts:
         console.print(f"host {h['name']}: health {h['health']}, admin {h['admin_state']}")
+    digest = data.get("config", {}).get("digest", "")
+    console.print(f"config {data.get('config', {}).get('path', '?')} ({digest[:12]})")
     workers = data.get("workers") or []
     if workers:
         ready = sum(1 for w in workers if w["ready"])
         console.print(f"workers: {ready} of {len(workers)} ready (pids "
                       + ", ".join(str(w["pid"]) for w in workers) + ")")
+        for w in workers:
+            if w.get("digest") and w["digest"] != digest:
+                console.print(f"worker {w['index']} (pid {w['pid']}) serves another config: "
+                              f"{w['digest'][:12]}")
     for w in data["schedules"]:
         console.print(f"window {w['id']} {w['target']}: {w['status']}, "
                       f"{_when(w['start'])} to {_when(w['end'])}, drain {w['lead']:g}s before")
@@ -401,5 +407,6 @@ def reload(config_path: Path | None, admin_url: str | None, token: str | None) -
     if not r["reloaded"]:
         raise click.ClickException("reload refused, the running config stays:\n" +
                                    "\n".join(r["errors"]))
-    click.echo(f"reloaded: {len(r['listeners'])} listener(s), {len(r['pools'])} pool(s), "
-               f"{r['members']} member(s)")
+    click.echo(f"reloaded ({r['digest'][:12]}): {len(r['listeners'])} listener(s), "
+               f"{len(r['pools'])} pool(s), {r['members']} member(s)"
+               + (f", served by {len(r['workers'])} worker(s)" if "workers" in r else ""))

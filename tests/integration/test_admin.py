@@ -172,7 +172,7 @@ def test_reload_under_load_drops_nothing_and_the_new_member_takes_its_share(
         path.write_text(path.read_text().replace(
             f'"{backends[2].address}"]', f'"{backends[2].address}", "{backends[3].address}"]'))
         out = cli(path, "reload")
-        assert "reloaded: 1 listener(s), 1 pool(s), 4 member(s)" in out.stdout
+        assert "1 listener(s), 1 pool(s), 4 member(s)" in out.stdout
         served = load.total()
         wait_until(lambda: load.total() > served + 400, message="load after the reload")
     finally:

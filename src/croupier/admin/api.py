@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from croupier.admin.schedule import Scheduler
+    from croupier.config.load import LoadedConfig
     from croupier.model.state import Host, Member, Pool
     from croupier.proxy.listener import Listener
 
@@ -42,6 +43,7 @@ class Instance(Protocol):
     listeners: list[Listener]
     scheduler: Scheduler
     workers_view: Callable[[], list[dict[str, Any]]] | None
+    loaded: LoadedConfig
 
     def add_member(self, pool_name: str, host_name: str | None, address: str | None,
                    port: int, weight: int) -> Member: ...
@@ -96,6 +98,7 @@ _bearer = HTTPBearer(auto_error=False)
 
 def status_view(instance: Instance) -> dict[str, Any]:
     return {
+        "config": {"path": str(instance.loaded.path), "digest": instance.loaded.digest},
         "listeners": [{"name": lst.name, "listen": lst.config.listen, "mode": lst.mode,
                        "pool": lst.default_pool.name,
                        "routes": [r.model_dump(exclude_none=True) for r in lst.config.routes],

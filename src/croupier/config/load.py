@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,10 @@ class LoadedConfig:
     path: Path
     config: Config
     members: dict[str, list[MemberSpec]]   # pool name -> members, in config order
+    # The TOML as it was read (what workers are sent: they never read the file) and its
+    # SHA-256, which says which config a process serves.
+    text: str = ""
+    digest: str = ""
 
 
 def _key(loc: tuple[int | str, ...], data: dict[str, Any]) -> str:
@@ -89,10 +95,20 @@ def load_config(path: Path | str) -> LoadedConfig:
     except OSError as e:
         raise ConfigError(path, [("(file)", e.strerror or str(e))]) from None
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
         raise ConfigError(path, [("(syntax)", str(e))]) from None
-    return validate_config(data, path)
+    return load_text(text, path)
+
+
+def load_text(text: str, path: Path | str) -> LoadedConfig:
+    """A config from its TOML text (read from `path`, or sent by the supervisor)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(path, [("(syntax)", str(e))]) from None
+    loaded = validate_config(data, path)
+    return replace(loaded, text=text, digest=hashlib.sha256(text.encode()).hexdigest())
 
 
 def validate_config(data: dict[str, Any], path: Path | str = "<config>") -> LoadedConfig:
@@ -170,7 +186,8 @@ def validate_config(data: dict[str, Any], path: Path | str = "<config>") -> Load
 
     if problems:
         raise ConfigError(path, problems)
-    return LoadedConfig(Path(path), config, members)
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+    return LoadedConfig(Path(path), config, members, digest=digest)
 
 
 def names_member(target: str, pool: str, name: str, address: str, port: int) -> bool:

@@ -19,6 +19,8 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Literal, Protocol
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from croupier.config.schema import PoolConfig
     from croupier.model.policy import Policy, PolicyFactory
 
@@ -213,8 +215,8 @@ class Member(_Recorded):
 
 class Pool:
     __slots__ = ("_dealt", "_make_policy", "_retry_seen", "_retry_tokens", "_window",
-                 "algorithm", "built", "config", "eligible", "members", "name", "policy",
-                 "ramping", "retry_body_limit", "retry_cap")
+                 "algorithm", "built", "config", "eligible", "members", "name", "on_refresh",
+                 "policy", "ramping", "retry_body_limit", "retry_cap")
 
     WINDOW = 10         # seconds of requests the retry budget is measured against
 
@@ -229,6 +231,9 @@ class Pool:
         self.eligible: list[Member] = []
         self._make_policy = make_policy
         self.policy: Policy = make_policy(algorithm, [], None, None, None)
+        # Told of every refresh, which follows every change of state (the supervisor pushes
+        # the new states to its workers).
+        self.on_refresh: Callable[[], None] | None = None
         self.ramping = False        # some member is in slow start: refresh it every second
         self.built = False
         self._dealt: tuple[object, ...] = ()   # what the policy was built from
@@ -281,6 +286,8 @@ class Pool:
         """Recompute who may take requests, and their weights, and hand them to a fresh
         policy. A member that comes back (health, admin, ejection, or added) while the pool
         has `slow_start` ramps from 5% of its weight to all of it over that time."""
+        if self.on_refresh is not None:
+            self.on_refresh()
         config = self.config
         eligible = [m for m in self.members if m.may_take_request()]
         slow = config.slow_start if config is not None else 0.0

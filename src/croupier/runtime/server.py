@@ -23,9 +23,9 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from croupier.admin.ops import OpError
 from croupier.admin.schedule import Scheduler
@@ -44,6 +44,19 @@ from croupier.runtime import sockets, state_file
 log = logging.getLogger("croupier")
 
 SWEEP_INTERVAL = 0.25
+
+
+class Coordinator(Protocol):
+    """Who else must agree to a reload: the supervisor's workers."""
+
+    async def prepare(self, loaded: LoadedConfig) -> list[str]:
+        """Every worker validates `loaded` and binds its new listeners; the errors, if any
+        could not (then all have let go of what they prepared)."""
+        ...
+
+    async def commit(self) -> list[dict[str, Any]]:
+        """Every worker serves what it prepared; what each says it now serves."""
+        ...
 
 
 class Balancer:
@@ -72,9 +85,12 @@ class Balancer:
         self.checker = Checker(self)
         self.scheduler = Scheduler(self, self.loop, self._persist_windows)
         self.overlay = self._empty_overlay()
-        # Called after a change of membership, weights or config (the supervisor tells its
-        # workers); state changes (health, admin) are noticed by comparing snapshots.
-        self.on_change: Any = None
+        # The supervisor's: after a change of membership or weights (it tells its workers),
+        # after any member or host state change (it pushes the new states), and the workers'
+        # two phases of a reload.
+        self.on_change: Callable[[], None] | None = None
+        self.on_state: Callable[[], None] | None = None
+        self.coordinator: Coordinator | None = None
         self.workers_view: Any = None   # the supervisor's list of workers, for the status
         admin = loaded.config.admin
         self.state_file = (self._beside(admin.state_file)
@@ -113,6 +129,7 @@ class Balancer:
         wanted_pools: dict[str, Pool] = {}
         for pc in config.pools:
             pool = self.pools.get(pc.name) or Pool(pc.name, pc.algorithm, make_policy, pc)
+            pool.on_refresh = self._state_changed
             pool.configure(pc)
             pool.algorithm = pc.algorithm
             specs = [s for s in loaded.members[pc.name]
@@ -198,6 +215,10 @@ class Balancer:
             log.warning("state file: member %s added to pool %s dropped: no such pool now",
                         added["name"], added["pool"])
             overlay["added"].remove(added)
+
+    def _state_changed(self) -> None:
+        if self.on_state is not None:
+            self.on_state()
 
     def _new_member(self, pool: Pool, pc: PoolConfig, spec: MemberSpec,
                     present_at_start: bool) -> Member:
@@ -320,11 +341,11 @@ class Balancer:
         if self.state_file is not None:
             self.save_state()
 
-    def save_state(self) -> None:
+    def save_state(self, notify: bool = True) -> None:
         """Keep the runtime overlay in the state file (and tell the workers)."""
         overlay = self._snapshot_overlay()
-        if self.on_change is not None:
-            self.on_change(reload=False)
+        if notify and self.on_change is not None:
+            self.on_change()
         if self.state_file is not None:
             state_file.write(self.state_file, overlay)
 
@@ -421,45 +442,56 @@ class Balancer:
                 log.exception("timeout handling failed")
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
-    async def reload(self, overlay: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Re-read the config file. Nothing in flight is dropped; on error nothing changes.
-        A worker is handed the supervisor's overlay with the order to reload."""
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the config file (SIGHUP, the admin API). Nothing in flight is dropped; on
+        any error nothing changes, anywhere: with workers, every one of them prepares first,
+        and the reload is committed only when all could (see Coordinator)."""
         try:
             loaded = load_config(self.loaded.path)
-            if overlay is not None:
-                self.overlay = overlay
         except ConfigError as e:
             return _refused([f"{e.path}: {k}: {r}" for k, r in e.problems])
-        old = {lst.name: lst for lst in self.listeners}
-        new_listen = {lc.name: lc.listen for lc in loaded.config.listeners}
-        moved = [lc for lc in loaded.config.listeners
-                 if lc.name not in old or old[lc.name].config.listen != lc.listen]
-        # Bind new addresses first, so a reload that cannot listen changes nothing. The
-        # supervisor binds none itself, but finds another process on a new port.
+        try:
+            socks = self.bind_new_listeners(loaded)
+        except OSError as e:
+            return _refused([f"{loaded.path}: {e.strerror}"])
+        if self.coordinator is not None:
+            errors = await self.coordinator.prepare(loaded)
+            if errors:
+                return _refused(errors)
+        result = await self.commit(loaded, socks)
+        if self.coordinator is not None:
+            result["workers"] = await self.coordinator.commit()
+        return result
+
+    def bind_new_listeners(self, loaded: LoadedConfig) -> dict[str, socket.socket]:
+        """Bind the listeners `loaded` adds or moves, before anything changes, so that a
+        reload that cannot listen changes nothing (OSError naming the listener). The
+        supervisor binds none itself, but finds another process on a new port."""
+        old = {lst.name: lst.config.listen for lst in self.listeners}
         socks: dict[str, socket.socket] = {}
         try:
-            for lc in moved:
+            for lc in loaded.config.listeners:
+                if old.get(lc.name) == lc.listen:
+                    continue
                 if self.role == "supervisor":
                     sockets.probe(lc.listen, f"listener {lc.name!r}")
                 else:
                     socks[lc.name] = sockets.bind_named(lc.listen, f"listener {lc.name!r}",
                                                         reuse_port=self.role == "worker")
-        except OSError as e:
-            for s in socks.values():
-                s.close()
-            return _refused([f"{self.loaded.path}: {e.strerror}"])
+        except OSError:
+            for sock in socks.values():
+                sock.close()
+            raise
+        return socks
+
+    async def commit(self, loaded: LoadedConfig,
+                     socks: dict[str, socket.socket]) -> dict[str, Any]:
+        """Serve `loaded` from now on, with the sockets bind_new_listeners made for it."""
         await self.checker.stop()
         self._snapshot_overlay()
-        previous = self.loaded
         self.loaded = loaded
-        try:
-            self._apply(loaded, first=False)
-        except ConfigError as e:
-            self.loaded = previous
-            for s in socks.values():
-                s.close()
-            self.checker.start()
-            return _refused([f"{e.path}: {k}: {r}" for k, r in e.problems])
+        self._apply(loaded, first=False)
+        old = {lst.name: lst for lst in self.listeners}
         listeners = []
         for lc in loaded.config.listeners:
             listener = old.pop(lc.name, None)
@@ -479,12 +511,12 @@ class Balancer:
         self.listeners = listeners
         if self.role != "worker":
             self.checker.start()
-        self.save_state()
-        if self.on_change is not None:
-            self.on_change(reload=True)
-        log.info("config reloaded from %s: %d listener(s), %d pool(s), %d member(s)",
-                    loaded.path, len(listeners), len(self.pools), len(self.members()))
-        return {"reloaded": True, "listeners": sorted(new_listen),
+        self.save_state(notify=False)       # the workers hear of it in the commit
+        log.info("config reloaded from %s (%s): %d listener(s), %d pool(s), %d member(s)",
+                 loaded.path, loaded.digest[:12], len(listeners), len(self.pools),
+                 len(self.members()))
+        return {"reloaded": True, "digest": loaded.digest,
+                "listeners": sorted(lc.name for lc in loaded.config.listeners),
                 "pools": sorted(self.pools), "members": len(self.members())}
 
     async def stop(self, grace: float | None = None) -> None:

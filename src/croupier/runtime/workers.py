@@ -2,16 +2,18 @@
 
 - Each worker is `croupier worker`, a subprocess that binds its own SO_REUSEPORT socket for
   every listener and runs only the data plane. The kernel spreads new connections across them.
-- The supervisor binds no listener. It runs what must run once: health checks, maintenance
-  windows, the admin API and the state file, on a model of its own that holds no connection.
-- Down, over a socketpair per worker (JSON lines): member and host state (health, admin
-  state, weight) whenever it changes, checked every 50 ms, so every worker sees a change
-  within 100 ms; membership and config changes as an "apply" (with a reload when the config
-  file changed).
-- Up, every 100 ms: each worker's counters (requests, failures, retries, in flight,
-  latency, ejections); the supervisor adds them up for the admin API and /metrics, and
-  `drained` is true only when no worker has anything in flight.
-- A worker that dies is started again; only its own connections were affected.
+- The supervisor binds no listener (it probe-binds each first, to find another process on
+  it). It runs what must run once: health checks, maintenance windows, the admin API and the
+  state file, on a model of its own that holds no connection. It owns the truth: workers
+  never read the config file, they are sent the text the supervisor accepted.
+- They talk in typed, versioned messages (runtime/messages.py), one JSON line each over a
+  socketpair per worker. Down: member and host state, pushed when a pool is refreshed (which
+  follows every change), so every worker follows within a loop turn; membership and weight
+  changes; a reload in two phases (prepare everywhere, then commit, or abort everywhere).
+  Up: each worker's counters every STATS_EVERY; the supervisor adds them up for the admin
+  API and /metrics, and `drained` is true only when no worker has anything in flight.
+- A worker that dies is started again, with the config the supervisor serves; only its own
+  connections were affected.
 - Passive ejection and the retry budget act in each worker on what that worker sees.
 """
 
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import os
@@ -30,16 +31,36 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from croupier.config.load import LoadedConfig, load_config
-from croupier.runtime import sockets
+from pydantic import BaseModel, ValidationError
+
+from croupier.config.load import ConfigError, LoadedConfig, load_text
+from croupier.runtime import messages, sockets
+from croupier.runtime.messages import (
+    Abort,
+    Apply,
+    Commit,
+    Committed,
+    Counters,
+    Failed,
+    HostState,
+    Init,
+    MemberState,
+    Prepare,
+    Prepared,
+    Push,
+    Ready,
+    States,
+    Stats,
+    Stop,
+)
 from croupier.runtime.server import Balancer, freeze_startup_objects, install_signals
 
 log = logging.getLogger("croupier.workers")
 
-STATE_EVERY = 0.05       # supervisor -> workers: state, when it changed
 STATS_EVERY = 0.1        # workers -> supervisor: counters
 RESTART_DELAY = 0.5
 START_TIMEOUT = 30.0
+ANSWER_TIMEOUT = 10.0    # how long a reload waits for every worker's answer
 WATCH_EVERY = 0.2        # how often the supervisor looks whether a worker is still alive
 
 
@@ -76,25 +97,25 @@ def _cgroup_quota() -> float | None:
     return None
 
 
-def member_state(balancer: Balancer) -> dict[str, Any]:
+def member_states(balancer: Balancer) -> States:
     """What the supervisor decides and the workers follow."""
-    return {
-        "members": {m.key: [m.health, m.admin, m.weight, m.initial_up]
-                    for m in balancer.members()},
-        "hosts": {h.name: [h.health, h.admin] for h in balancer.hosts.values()},
-    }
+    return States(
+        members={m.key: MemberState(health=m.health, admin=dict(m.admin), weight=m.weight,
+                                    initial_up=m.initial_up) for m in balancer.members()},
+        hosts={h.name: HostState(health=h.health, admin=dict(h.admin))
+               for h in balancer.hosts.values()})
 
 
-def apply_state(balancer: Balancer, state: dict[str, Any]) -> None:
-    members = state["members"]
+def apply_states(balancer: Balancer, states: States) -> None:
     for m in balancer.members():
-        got = members.get(m.key)
+        got = states.members.get(m.key)
         if got is not None:
-            m.health, m.admin, m.weight, m.initial_up = got[0], dict(got[1]), got[2], got[3]
-    for name, (health, admin) in state["hosts"].items():
+            m.health, m.admin, m.weight, m.initial_up = (got.health, dict(got.admin),
+                                                         got.weight, got.initial_up)
+    for name, host_state in states.hosts.items():
         host = balancer.hosts.get(name)
         if host is not None:
-            host.health, host.admin = health, dict(admin)
+            host.health, host.admin = host_state.health, dict(host_state.admin)
     for pool in balancer.pools.values():
         pool.refresh()
         for m in pool.members:
@@ -102,23 +123,27 @@ def apply_state(balancer: Balancer, state: dict[str, Any]) -> None:
                 m.upstream.close_idle()
 
 
-def worker_stats(balancer: Balancer) -> dict[str, Any]:
-    return {
-        "members": {m.key: [m.requests, m.failures, m.retries, m.in_flight, m.answered,
-                            m.latency_total, m.ejected]
-                    for m in balancer.members()},
-        "connections": {lst.name: lst.open_connections for lst in balancer.listeners},
-    }
+def worker_stats(balancer: Balancer) -> Stats:
+    return Stats(
+        members={m.key: Counters(requests=m.requests, failures=m.failures, retries=m.retries,
+                                 in_flight=m.in_flight, answered=m.answered,
+                                 latency_total=m.latency_total, ejected=m.ejected)
+                 for m in balancer.members()},
+        connections={lst.name: lst.open_connections for lst in balancer.listeners})
 
 
-async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
-    writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+async def _send(writer: asyncio.StreamWriter, message: BaseModel) -> None:
+    writer.write(messages.encode(message))
     await writer.drain()
+
+
+def _problems(e: ConfigError) -> list[str]:
+    return [f"{e.path}: {k}: {r}" for k, r in e.problems]
 
 
 # ---- the worker ---------------------------------------------------------------------------
 
-def run_worker(config_path: str, channel_fd: int, index: int) -> None:
+def run_worker(channel_fd: int, index: int) -> None:
     """`croupier worker`: serve the listeners, follow the supervisor, report counters."""
     from croupier.runtime import eventloop
 
@@ -126,32 +151,39 @@ def run_worker(config_path: str, channel_fd: int, index: int) -> None:
         loop = asyncio.get_running_loop()
         sock = socket.socket(fileno=channel_fd)
         reader, writer = await asyncio.open_connection(sock=sock)
-        first = json.loads(await reader.readline())
-        balancer = Balancer(load_config(config_path), loop, role="worker",
-                            overlay=first["overlay"])
-        apply_state(balancer, first["state"])
+        first = messages.to_worker.validate_json(await reader.readline())
+        if not isinstance(first, Init):
+            raise SystemExit(f"worker {index}: expected init, got {first.op}")
+        try:
+            loaded = load_text(first.config, first.path)
+        except ConfigError as e:
+            await _send(writer, Failed(message="; ".join(_problems(e))))
+            return
+        balancer = Balancer(loaded, loop, role="worker", overlay=first.overlay)
+        apply_states(balancer, first.states)
         try:
             await balancer.start()
         except OSError as e:
-            await _send(writer, {"op": "error", "message": e.strerror or str(e)})
+            await _send(writer, Failed(message=e.strerror or str(e)))
             return
-        await _send(writer, {"op": "ready", "pid": os.getpid()})
+        await _send(writer, Ready(pid=os.getpid(), digest=loaded.digest))
         freeze_startup_objects()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: None)   # the supervisor reloads us
+        prepared: dict[int, tuple[LoadedConfig, dict[str, socket.socket]]] = {}
 
         async def report() -> None:
             while True:
                 await asyncio.sleep(STATS_EVERY)
                 try:
-                    await _send(writer, {"op": "stats", **worker_stats(balancer)})
+                    await _send(writer, worker_stats(balancer))
                 except (ConnectionError, OSError):
                     stop.set()              # the supervisor is gone: so are we
                     return
 
-        async def listen() -> None:
+        async def follow() -> None:
             while True:
                 try:
                     line = await reader.readline()
@@ -160,21 +192,42 @@ def run_worker(config_path: str, channel_fd: int, index: int) -> None:
                 if not line:
                     stop.set()              # the supervisor is gone: so are we
                     return
-                msg = json.loads(line)
-                if msg["op"] == "state":
-                    apply_state(balancer, msg["state"])
-                elif msg["op"] == "apply":
-                    if msg.get("reload"):
-                        await balancer.reload(msg["overlay"])
-                    else:
-                        balancer.overlay = msg["overlay"]
-                        balancer._apply(balancer.loaded, first=False)
-                    apply_state(balancer, msg["state"])
-                elif msg["op"] == "stop":
+                msg = messages.to_worker.validate_json(line)
+                if isinstance(msg, Push):
+                    apply_states(balancer, msg.states)
+                elif isinstance(msg, Apply):
+                    balancer.overlay = msg.overlay
+                    balancer._apply(balancer.loaded, first=False)
+                    apply_states(balancer, msg.states)
+                elif isinstance(msg, Prepare):
+                    try:
+                        new = load_text(msg.config, balancer.loaded.path)
+                        prepared[msg.seq] = (new, balancer.bind_new_listeners(new))
+                        errors: list[str] = []
+                    except ConfigError as e:
+                        errors = _problems(e)
+                    except OSError as e:
+                        errors = [f"worker {index}: {e.strerror or e}"]
+                    await _send(writer, Prepared(seq=msg.seq, errors=errors))
+                elif isinstance(msg, Commit):
+                    if msg.seq not in prepared:
+                        await _send(writer, Committed(seq=msg.seq, digest=balancer.loaded.digest,
+                                                      errors=["nothing was prepared"]))
+                        continue
+                    new, socks = prepared.pop(msg.seq)
+                    balancer.overlay = msg.overlay
+                    await balancer.commit(new, socks)
+                    apply_states(balancer, msg.states)
+                    await _send(writer, Committed(seq=msg.seq, digest=balancer.loaded.digest))
+                elif isinstance(msg, Abort):
+                    _, socks = prepared.pop(msg.seq, (None, {}))
+                    for s in socks.values():
+                        s.close()
+                elif isinstance(msg, Stop):
                     stop.set()
                     return
 
-        tasks = [loop.create_task(report()), loop.create_task(listen())]
+        tasks = [loop.create_task(report()), loop.create_task(follow())]
         await stop.wait()
         for t in tasks:
             t.cancel()
@@ -191,21 +244,28 @@ class Worker:
         self.index = index
         self.proc: subprocess.Popen[bytes] | None = None
         self.writer: asyncio.StreamWriter | None = None
-        self.stats: dict[str, Any] = {}
+        self.stats: Stats | None = None
         self.ready = False              # this incarnation said it serves
+        self.digest = ""                # the config it said it serves
         self.error: str | None = None
+        self.answers: dict[int, asyncio.Future[Prepared | Committed]] = {}
 
 
 class Supervisor:
+    """Starts the workers, tells them what to serve, and adds up what they count. It is the
+    Balancer's Coordinator: a reload is committed only when every worker has prepared it."""
+
     def __init__(self, loaded: LoadedConfig, workers: int) -> None:
         self.loaded = loaded
         self.count = workers
         self.workers = [Worker(i) for i in range(workers)]
         self.stopping = False
         self.balancer: Balancer | None = None
-        self._last_state = ""
         self._tasks: set[asyncio.Task[Any]] = set()     # held: a task nobody holds may vanish
-        self._retired: dict[str, list[float]] = {}    # counters of workers that died
+        self._retired: dict[str, Counters] = {}         # counters of workers that died
+        self._seq = 0
+        self._pushed: States | None = None
+        self._push_due = False
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -215,13 +275,14 @@ class Supervisor:
             sockets.probe(lc.listen, f"listener {lc.name!r}")
         self.balancer = Balancer(self.loaded, loop, role="supervisor")
         self.balancer.on_change = self._changed
+        self.balancer.on_state = self._state_changed
+        self.balancer.coordinator = self
         self.balancer.workers_view = self.view
         await self.balancer.start()
         for w in self.workers:
             await self._spawn(w)
         # Wait for the workers as they are now: one that dies while starting is started again
         # by its watcher, and it is the new one that must say it is ready.
-        loop = asyncio.get_running_loop()
         deadline = loop.time() + START_TIMEOUT
         while not all(w.ready for w in self.workers):
             failed = next((w.error for w in self.workers if w.error is not None), None)
@@ -229,7 +290,6 @@ class Supervisor:
                 await self.stop()
                 raise OSError(0, failed or f"workers did not start in {START_TIMEOUT:g}s")
             await asyncio.sleep(0.02)
-        self._task(self._push_state())
         self._task(self._sum_stats())
 
     def _task(self, coro: Any) -> None:
@@ -237,23 +297,30 @@ class Supervisor:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _live(self) -> list[Worker]:
+        return [w for w in self.workers
+                if w.ready and w.writer is not None and not w.writer.is_closing()]
+
     async def _spawn(self, w: Worker) -> None:
-        assert self.balancer is not None
+        balancer = self.balancer
+        assert balancer is not None
         ours, theirs = socket.socketpair()
         w.ready = False
         w.error = None
+        w.answers = {}
         # Plain Popen, watched by polling: uvloop's own process handles take over SIGCHLD
         # through libuv, and after one respawn the supervisor stopped hearing SIGTERM.
         w.proc = subprocess.Popen(
-            [sys.executable, "-m", "croupier", "worker", "-c", str(self.loaded.path),
-             "--channel-fd", str(theirs.fileno()), "--index", str(w.index)],
+            [sys.executable, "-m", "croupier", "worker", "--channel-fd", str(theirs.fileno()),
+             "--index", str(w.index)],
             pass_fds=(theirs.fileno(),))
         theirs.close()
         reader, writer = await asyncio.open_connection(sock=ours)
         w.writer = writer
-        self.balancer._snapshot_overlay()
-        await _send(writer, {"op": "init", "overlay": self.balancer.overlay,
-                             "state": member_state(self.balancer)})
+        balancer._snapshot_overlay()
+        loaded = balancer.loaded
+        await _send(writer, Init(config=loaded.text, path=str(loaded.path), digest=loaded.digest,
+                                 overlay=balancer.overlay, states=member_states(balancer)))
         self._task(self._listen(w, reader))
         self._task(self._watch(w))
 
@@ -265,19 +332,41 @@ class Supervisor:
                 line = b""              # the worker died: its watcher starts another
             if not line:
                 return
-            msg = json.loads(line)
-            if msg["op"] == "ready":
-                log.info("worker %d ready (pid %d)", w.index, msg["pid"])
-                w.ready = True
-            elif msg["op"] == "error":
-                w.error = msg["message"]
-            elif msg["op"] == "stats":
+            try:
+                msg = messages.to_supervisor.validate_json(line)
+            except ValidationError as e:
+                log.error("worker %d sent what it should not (%s): stopping it", w.index, e)
+                if w.proc is not None:
+                    w.proc.kill()
+                return
+            if isinstance(msg, Stats):
                 w.stats = msg
+            elif isinstance(msg, Ready):
+                w.digest = msg.digest
+                assert self.balancer is not None
+                if msg.digest != self.balancer.loaded.digest:
+                    # Started while a reload was committed: it serves what is no longer
+                    # accepted. Its watcher starts it again with what is.
+                    log.warning("worker %d started on a config since replaced: restarting it",
+                                w.index)
+                    if w.proc is not None:
+                        w.proc.terminate()
+                    continue
+                log.info("worker %d ready (pid %d)", w.index, msg.pid)
+                w.ready = True
+            elif isinstance(msg, Failed):
+                w.error = msg.message
+            elif isinstance(msg, (Prepared, Committed)):
+                answer = w.answers.pop(msg.seq, None)
+                if answer is not None and not answer.done():
+                    answer.set_result(msg)
 
     def view(self) -> list[dict[str, Any]]:
         """The workers, for the admin API's status."""
         return [{"index": w.index, "pid": w.proc.pid if w.proc is not None else None,
-                 "ready": w.ready} for w in self.workers]
+                 "ready": w.ready, "digest": w.digest,
+                 "requests": {k: c.requests for k, c in w.stats.members.items()}
+                 if w.stats is not None else {}} for w in self.workers]
 
     async def _watch(self, w: Worker) -> None:
         proc = w.proc
@@ -286,67 +375,145 @@ class Supervisor:
             await asyncio.sleep(WATCH_EVERY)
         if self.stopping or w.error is not None or w.proc is not proc:
             return
-        log.error("worker %d (pid %d) exited with %s; starting it again", w.index, w.proc.pid,
+        log.error("worker %d (pid %d) exited with %s; starting it again", w.index, proc.pid,
                   code)
-        for key, counts in w.stats.get("members", {}).items():   # keep counters monotonic
-            kept = self._retired.setdefault(key, [0, 0, 0, 0, 0, 0.0])
-            for i in (0, 1, 2, 4, 5):
-                kept[i] += counts[i]
-        w.stats = {}
+        for key, counts in (w.stats.members if w.stats is not None else {}).items():
+            kept = self._retired.setdefault(key, Counters())   # keep counters monotonic
+            kept.requests += counts.requests
+            kept.failures += counts.failures
+            kept.retries += counts.retries
+            kept.answered += counts.answered
+            kept.latency_total += counts.latency_total
+        w.stats = None
+        w.ready = False
+        for answer in w.answers.values():
+            if not answer.done():
+                answer.set_exception(ConnectionError(f"worker {w.index} exited"))
         await asyncio.sleep(RESTART_DELAY)
         if not self.stopping:
             await self._spawn(w)
 
-    def _changed(self, reload: bool) -> None:
-        """Membership, weights or config changed in the supervisor: tell every worker."""
-        assert self.balancer is not None
-        self.balancer._snapshot_overlay()
-        message = {"op": "apply", "reload": reload, "overlay": self.balancer.overlay,
-                   "state": member_state(self.balancer)}
+    # ---- telling the workers --------------------------------------------------------------
+
+    def _broadcast(self, message: BaseModel) -> None:
         for w in self.workers:
             if w.writer is not None and not w.writer.is_closing():
                 self._task(_send(w.writer, message))
 
-    async def _push_state(self) -> None:
+    def _changed(self) -> None:
+        """Membership or weights changed in the supervisor: tell every worker."""
         assert self.balancer is not None
-        while not self.stopping:
-            await asyncio.sleep(STATE_EVERY)
-            state = member_state(self.balancer)
-            encoded = json.dumps(state, sort_keys=True)
-            if encoded == self._last_state:
+        self.balancer._snapshot_overlay()
+        self._broadcast(Apply(overlay=self.balancer.overlay,
+                              states=member_states(self.balancer)))
+
+    def _state_changed(self) -> None:
+        """A pool was refreshed: states may have changed. Pushed once this loop turn ends,
+        however many pools a change refreshed."""
+        if not self._push_due:
+            self._push_due = True
+            asyncio.get_running_loop().call_soon(self._push)
+
+    def _push(self) -> None:
+        self._push_due = False
+        if self.balancer is None:
+            return
+        states = member_states(self.balancer)
+        if states != self._pushed:
+            self._pushed = states
+            self._broadcast(Push(states=states))
+
+    # ---- reloads, in two phases (Balancer's Coordinator) ----------------------------------
+
+    async def _ask(self, workers: list[Worker], message: Prepare | Commit,
+                   ) -> list[tuple[Worker, Prepared | Committed | None]]:
+        """Send `message` to each worker and wait for its answer (None: none came)."""
+        loop = asyncio.get_running_loop()
+        waits = []
+        for w in workers:
+            answer: asyncio.Future[Prepared | Committed] = loop.create_future()
+            w.answers[message.seq] = answer
+            assert w.writer is not None
+            with contextlib.suppress(ConnectionError):
+                await _send(w.writer, message)
+            waits.append(answer)
+        done, _ = await asyncio.wait(waits, timeout=ANSWER_TIMEOUT) if waits else (set(), set())
+        return [(w, a.result() if a in done and a.exception() is None else None)
+                for w, a in zip(workers, waits, strict=True)]
+
+    async def prepare(self, loaded: LoadedConfig) -> list[str]:
+        self._seq += 1
+        workers = self._live()
+        if len(workers) < len(self.workers):
+            return [f"{len(self.workers) - len(workers)} worker(s) not ready: try again"]
+        answers = await self._ask(workers, Prepare(seq=self._seq, config=loaded.text,
+                                                   digest=loaded.digest))
+        errors = []
+        for w, answer in answers:
+            if answer is None:
+                errors.append(f"worker {w.index} did not answer in {ANSWER_TIMEOUT:g}s")
+            else:
+                errors += answer.errors
+        if errors:
+            self._broadcast(Abort(seq=self._seq))
+        return sorted(set(errors))
+
+    async def commit(self) -> list[dict[str, Any]]:
+        assert self.balancer is not None
+        balancer = self.balancer
+        balancer._snapshot_overlay()
+        answers = await self._ask(self._live(), Commit(seq=self._seq, overlay=balancer.overlay,
+                                                       states=member_states(balancer)))
+        served = []
+        for w, answer in answers:
+            if (not isinstance(answer, Committed) or answer.errors
+                    or answer.digest != balancer.loaded.digest):
+                # It cannot serve what all the others serve now: a new one will.
+                log.error("worker %d did not take the reload (%s): restarting it", w.index,
+                          answer.errors or answer.digest if isinstance(answer, Committed)
+                          else "no answer")
+                if w.proc is not None:
+                    w.proc.terminate()
                 continue
-            self._last_state = encoded
-            for w in self.workers:
-                if w.writer is not None and not w.writer.is_closing():
-                    with contextlib.suppress(ConnectionError):
-                        await _send(w.writer, {"op": "state", "state": state})
+            w.digest = answer.digest
+            served.append({"index": w.index, "pid": w.proc.pid if w.proc else None,
+                           "digest": answer.digest})
+        return served
+
+    # ---- counting -------------------------------------------------------------------------
 
     async def _sum_stats(self) -> None:
         """The supervisor's members show the sum of every worker's counters."""
         assert self.balancer is not None
         while not self.stopping:
             await asyncio.sleep(STATS_EVERY)
-            totals: dict[str, list[float]] = {k: list(v) for k, v in self._retired.items()}
+            totals: dict[str, Counters] = {k: v.model_copy() for k, v in self._retired.items()}
             ejected: set[str] = set()
             connections: dict[str, int] = {}
             for w in self.workers:
-                for key, counts in w.stats.get("members", {}).items():
-                    t = totals.setdefault(key, [0, 0, 0, 0, 0, 0.0])
-                    for i in range(6):
-                        t[i] += counts[i]
-                    if counts[6]:
+                if w.stats is None:
+                    continue
+                for key, counts in w.stats.members.items():
+                    t = totals.setdefault(key, Counters())
+                    t.requests += counts.requests
+                    t.failures += counts.failures
+                    t.retries += counts.retries
+                    t.in_flight += counts.in_flight
+                    t.answered += counts.answered
+                    t.latency_total += counts.latency_total
+                    if counts.ejected:
                         ejected.add(key)
-                for name, n in w.stats.get("connections", {}).items():
+                for name, n in w.stats.connections.items():
                     connections[name] = connections.get(name, 0) + n
             for m in self.balancer.members():
-                key = m.key
-                summed = totals.get(key)
+                summed = totals.get(m.key)
                 if summed is not None:
-                    (m.requests, m.failures, m.retries, m.in_flight, m.answered,
-                     m.latency_total) = (int(summed[0]), int(summed[1]), int(summed[2]),
-                                         int(summed[3]), int(summed[4]), summed[5])
+                    m.requests, m.failures, m.retries = (summed.requests, summed.failures,
+                                                         summed.retries)
+                    m.in_flight, m.answered = summed.in_flight, summed.answered
+                    m.latency_total = summed.latency_total
                 # Shown, not acted on: each worker ejects on what it sees itself.
-                m.ejected_until = 1.0 if key in ejected else 0.0
+                m.ejected_until = 1.0 if m.key in ejected else 0.0
             for lst in self.balancer.listeners:
                 lst.open_connections = connections.get(lst.name, 0)
 
@@ -356,7 +523,7 @@ class Supervisor:
         for w in self.workers:
             if w.writer is not None and not w.writer.is_closing():
                 with contextlib.suppress(ConnectionError):
-                    await _send(w.writer, {"op": "stop"})
+                    await _send(w.writer, Stop())
         # The workers' own grace, and a little more for them to close and exit.
         deadline = asyncio.get_running_loop().time() + self.loaded.config.runtime.stop_grace + 5
         for w in self.workers:

@@ -1,0 +1,153 @@
+"""What the supervisor and its workers say to each other: typed, versioned messages (pydantic),
+one JSON line each over a socketpair per worker.
+
+Down (supervisor -> worker): the config is sent as its TOML text with its digest, so a worker
+never reads the config file (a worker restarted after a refused reload serves what its
+siblings serve); member state is pushed when it changes. A reload is two phases: every worker
+prepares (validates, binds new listeners) and answers; only when all could does the supervisor
+commit, and each worker answers with the digest it now serves; else all abort.
+
+Up (worker -> supervisor): ready with its digest, its counters every STATS_EVERY seconds, and
+the answers of a reload.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+VERSION: Final = 1
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: Literal[1] = VERSION
+
+
+class MemberState(BaseModel):
+    """What the supervisor decides of a member and every worker follows."""
+
+    model_config = ConfigDict(extra="forbid")
+    health: Literal["up", "down", "unknown"]
+    admin: dict[str, str]
+    weight: int
+    initial_up: bool
+
+
+class HostState(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    health: Literal["up", "down", "unknown"]
+    admin: dict[str, str]
+
+
+class States(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    members: dict[str, MemberState] = {}        # by member key (pool/name)
+    hosts: dict[str, HostState] = {}
+
+
+class Counters(BaseModel):
+    """One member's counters in one worker."""
+
+    model_config = ConfigDict(extra="forbid")
+    requests: int = 0
+    failures: int = 0
+    retries: int = 0
+    in_flight: int = 0
+    answered: int = 0
+    latency_total: float = 0.0
+    ejected: bool = False
+
+
+# ---- down -----------------------------------------------------------------------------------
+
+class Init(_Message):
+    op: Literal["init"] = "init"
+    config: str                 # the TOML text the supervisor accepted
+    path: str                   # where it came from: for error messages, and relative paths
+    digest: str
+    overlay: dict[str, Any]     # what operators changed at run time (runtime/state_file.py)
+    states: States
+
+
+class Push(_Message):
+    """Member and host state changed (health, admin state, weight)."""
+
+    op: Literal["push"] = "push"
+    states: States
+
+
+class Apply(_Message):
+    """Membership or weights changed through the admin API; the config did not."""
+
+    op: Literal["apply"] = "apply"
+    overlay: dict[str, Any]
+    states: States
+
+
+class Prepare(_Message):
+    op: Literal["prepare"] = "prepare"
+    seq: int
+    config: str
+    digest: str
+
+
+class Commit(_Message):
+    op: Literal["commit"] = "commit"
+    seq: int
+    overlay: dict[str, Any]
+    states: States
+
+
+class Abort(_Message):
+    op: Literal["abort"] = "abort"
+    seq: int
+
+
+class Stop(_Message):
+    op: Literal["stop"] = "stop"
+
+
+# ---- up -------------------------------------------------------------------------------------
+
+class Ready(_Message):
+    op: Literal["ready"] = "ready"
+    pid: int
+    digest: str
+
+
+class Failed(_Message):
+    op: Literal["failed"] = "failed"
+    message: str
+
+
+class Stats(_Message):
+    op: Literal["stats"] = "stats"
+    members: dict[str, Counters]
+    connections: dict[str, int]
+
+
+class Prepared(_Message):
+    op: Literal["prepared"] = "prepared"
+    seq: int
+    errors: list[str] = []
+
+
+class Committed(_Message):
+    op: Literal["committed"] = "committed"
+    seq: int
+    digest: str
+    errors: list[str] = []
+
+
+ToWorker = Annotated[Init | Push | Apply | Prepare | Commit | Abort | Stop,
+                     Field(discriminator="op")]
+ToSupervisor = Annotated[Ready | Failed | Stats | Prepared | Committed, Field(discriminator="op")]
+
+to_worker: TypeAdapter[ToWorker] = TypeAdapter(ToWorker)
+to_supervisor: TypeAdapter[ToSupervisor] = TypeAdapter(ToSupervisor)
+
+
+def encode(message: BaseModel) -> bytes:
+    return message.model_dump_json().encode() + b"\n"
