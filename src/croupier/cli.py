@@ -37,10 +37,12 @@ def main() -> None:
               default=Path("croupier.toml"), show_default=True, help="The TOML config.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
-def run(config_path: Path, log_level: str) -> None:
+@click.option("--log-format", default="text", show_default=True,
+              type=click.Choice(["text", "json"]), help="json: one object a line.")
+def run(config_path: Path, log_level: str, log_format: str) -> None:
     """Serve the listeners of a config until SIGTERM or Ctrl-C."""
     loaded = _load(config_path)
-    _setup_logging(log_level)
+    _setup_logging(log_level, log_format)
     from croupier.runtime.workers import cores_available
     workers = loaded.config.workers
     count = cores_available() if workers == "auto" else workers
@@ -55,7 +57,7 @@ def run(config_path: Path, log_level: str) -> None:
             serve(loaded)
         else:
             from croupier.runtime.workers import run_supervised
-            run_supervised(loaded, count)
+            run_supervised(loaded, count, ("--log-level", log_level, "--log-format", log_format))
         lock.close()
     except OSError as e:
         click.echo(f"croupier: {e.strerror or e}", err=True)
@@ -69,10 +71,11 @@ def run(config_path: Path, log_level: str) -> None:
 @click.option("--channel-fd", required=True, type=int)
 @click.option("--index", required=True, type=int)
 @click.option("--log-level", default="info")
-def worker(channel_fd: int, index: int, log_level: str) -> None:
+@click.option("--log-format", default="text")
+def worker(channel_fd: int, index: int, log_level: str, log_format: str) -> None:
     """One worker process (started by `croupier run` when workers > 1): it is sent its
     config by the supervisor, over the channel."""
-    _setup_logging(log_level)
+    _setup_logging(log_level, log_format)
     from croupier.runtime.workers import run_worker
     run_worker(channel_fd, index)
 
@@ -121,7 +124,15 @@ def demo_app(name: str, port: int) -> None:
     serve_app(name, port)
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, log_format: str = "text") -> None:
+    if log_format == "json":
+        from pythonjsonlogger.json import JsonFormatter
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s",
+                                           rename_fields={"levelname": "level",
+                                                          "asctime": "time"}))
+        logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
+        return
     logging.basicConfig(level=getattr(logging, level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

@@ -40,6 +40,7 @@ from croupier.proxy.context import ProxyContext
 from croupier.proxy.listener import Listener
 from croupier.proxy.upstream import UpstreamPool
 from croupier.runtime import sockets, state_file
+from croupier.runtime.notify import notify
 
 log = logging.getLogger("croupier")
 
@@ -446,6 +447,13 @@ class Balancer:
         """Re-read the config file (SIGHUP, the admin API). Nothing in flight is dropped; on
         any error nothing changes, anywhere: with workers, every one of them prepares first,
         and the reload is committed only when all could (see Coordinator)."""
+        notify("RELOADING=1")
+        try:
+            return await self._reload()
+        finally:
+            notify("READY=1")
+
+    async def _reload(self) -> dict[str, Any]:
         try:
             loaded = load_config(self.loaded.path)
         except ConfigError as e:
@@ -596,6 +604,7 @@ def run(loaded: LoadedConfig) -> None:
         stop, started = install_signals(balancer.reload)
         await balancer.start()
         started.set()
+        notify("READY=1")
         freeze_startup_objects()
         for listener in balancer.listeners:
             log.info("listener %s on %s (%s) -> pool %s", listener.name, listener.config.listen,
@@ -604,6 +613,7 @@ def run(loaded: LoadedConfig) -> None:
             log.info("admin API on %s", loaded.config.admin.listen)
         await stop.wait()
         log.info("stopping: letting requests in flight finish")
+        notify("STOPPING=1")
         await balancer.stop()
 
     eventloop.run(main())

@@ -53,6 +53,7 @@ from croupier.runtime.messages import (
     Stats,
     Stop,
 )
+from croupier.runtime.notify import notify
 from croupier.runtime.server import Balancer, freeze_startup_objects, install_signals
 
 log = logging.getLogger("croupier.workers")
@@ -255,9 +256,11 @@ class Supervisor:
     """Starts the workers, tells them what to serve, and adds up what they count. It is the
     Balancer's Coordinator: a reload is committed only when every worker has prepared it."""
 
-    def __init__(self, loaded: LoadedConfig, workers: int) -> None:
+    def __init__(self, loaded: LoadedConfig, workers: int,
+                 log_args: tuple[str, ...] = ()) -> None:
         self.loaded = loaded
         self.count = workers
+        self.log_args = log_args        # how workers log: as the supervisor does
         self.workers = [Worker(i) for i in range(workers)]
         self.stopping = False
         self.balancer: Balancer | None = None
@@ -312,8 +315,10 @@ class Supervisor:
         # through libuv, and after one respawn the supervisor stopped hearing SIGTERM.
         w.proc = subprocess.Popen(
             [sys.executable, "-m", "croupier", "worker", "--channel-fd", str(theirs.fileno()),
-             "--index", str(w.index)],
-            pass_fds=(theirs.fileno(),))
+             "--index", str(w.index), *self.log_args],
+            pass_fds=(theirs.fileno(),),
+            # systemd hears from the supervisor only (NotifyAccess=main)
+            env={k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"})
         theirs.close()
         reader, writer = await asyncio.open_connection(sock=ours)
         w.writer = writer
@@ -539,12 +544,12 @@ class Supervisor:
             await self.balancer.stop(0)
 
 
-def run_supervised(loaded: LoadedConfig, workers: int) -> None:
+def run_supervised(loaded: LoadedConfig, workers: int, log_args: tuple[str, ...] = ()) -> None:
     from croupier.runtime import eventloop
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        supervisor = Supervisor(loaded, workers)
+        supervisor = Supervisor(loaded, workers, log_args)
 
         async def reload() -> None:
             assert supervisor.balancer is not None
@@ -564,6 +569,7 @@ def run_supervised(loaded: LoadedConfig, workers: int) -> None:
         stopping.cancel()
         starting.result()               # an error while starting ends here, with its message
         started.set()
+        notify("READY=1")               # every worker has said it serves
         for lc in loaded.config.listeners:
             log.info("listener %s on %s (%s) -> pool %s, %d workers", lc.name, lc.listen,
                      lc.mode, lc.pool, workers)
@@ -571,6 +577,7 @@ def run_supervised(loaded: LoadedConfig, workers: int) -> None:
             log.info("admin API on %s", loaded.config.admin.listen)
         await stop.wait()
         log.info("stopping: letting requests in flight finish")
+        notify("STOPPING=1")
         await supervisor.stop()
 
     eventloop.run(main())
