@@ -420,4 +420,4 @@ def reload(config_path: Path | None, admin_url: str | None, token: str | None) -
                                    "\n".join(r["errors"]))
     click.echo(f"reloaded ({r['digest'][:12]}): {len(r['listeners'])} listener(s), "
                f"{len(r['pools'])} pool(s), {r['members']} member(s)"
-               + (f", served by {len(r['workers'])} worker(s)" if "workers" in r else ""))
+               + (f", served by {len(r['workers'])} worker(s)" if r.get("workers") else ""))

@@ -74,3 +74,40 @@ def test_without_a_token_the_cli_says_how_to_give_one(stranger, tmp_path):
     (tmp_path / "admin.token").write_text("the-secret-token\n")
     r = _cli("drain", "app/127.0.0.1:9", "-c", str(path), "--admin", stranger)
     assert "not sent" in r.stderr and "--token" in r.stderr, r.stderr
+
+
+class Html(http.server.BaseHTTPRequestHandler):
+    """Some other web server: HTML, whatever is asked."""
+
+    def do_GET(self) -> None:
+        body = b"<html><body>" + b"<p>not an admin API</p>" * 200 + b"</body></html>"
+        self.send_response(404)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_PUT = do_POST = do_GET
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_the_cli_says_in_one_line_when_its_target_is_no_admin_api(tmp_path):
+    from helpers import dead_port
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Html)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with dead_port() as closed:
+            cases = {f"http://127.0.0.1:{server.server_address[1]}": "without JSON",
+                     f"http://127.0.0.1:{closed}": "cannot reach the admin API"}
+            for url, words in cases.items():
+                for args in (["status"], ["drain", "app/x", "--token", "t"], ["reload"]):
+                    r = _cli(*args, "--admin", url)
+                    assert r.returncode == 1, (args, r.stderr)
+                    lines = r.stderr.strip().splitlines()
+                    assert len(lines) == 1 and words in lines[0], (args, r.stderr)
+                    assert "Traceback" not in r.stderr and "<html>" not in r.stderr
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -18,9 +18,10 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field
 
-from croupier.admin import ops
+from croupier.admin import ops, views
 from croupier.admin.guard import NEEDS_TOKEN, AdminGuard, token_matches
 from croupier.admin.metrics import render_metrics
 from croupier.config.schema import MAX_EPOCH, Address, Duration, Name, Port, Text, Weight, When
@@ -114,8 +115,9 @@ def status_view(instance: Instance) -> dict[str, Any]:
 
 
 def build_app(instance: Instance, token: str) -> FastAPI:
-    app = FastAPI(title="croupier admin API", version="1",
-                  description="State, maintenance and metrics of a running croupier.")
+    # FastAPIOffline: /docs and /redoc load their assets from croupier, not from a CDN.
+    app = FastAPIOffline(title="croupier admin API", version="1",
+                         description="State, maintenance and metrics of a running croupier.")
     app.add_middleware(AdminGuard, token=token)
 
     async def authorized(
@@ -154,11 +156,13 @@ def build_app(instance: Instance, token: str) -> FastAPI:
     async def healthz() -> str:
         return "ok\n"
 
-    @app.get("/api/v1/status", summary="Listeners, pools, members, hosts and schedules")
+    @app.get("/api/v1/status", summary="Listeners, pools, members, hosts and schedules",
+             response_model=views.StatusView)
     async def status() -> dict[str, Any]:
         return status_view(instance)
 
-    @app.get("/api/v1/pools/{pool}", summary="One pool and its members")
+    @app.get("/api/v1/pools/{pool}", summary="One pool and its members",
+             response_model=views.PoolView)
     async def pool(pool: str) -> dict[str, Any]:
         p = instance.pools.get(pool)
         if p is None:
@@ -166,12 +170,13 @@ def build_app(instance: Instance, token: str) -> FastAPI:
         return {"name": p.name, "algorithm": p.algorithm, "eligible": len(p.eligible),
                 "members": [ops.member_view(m) for m in p.members]}
 
-    @app.get("/api/v1/targets/{target:path}", summary="Members (and host) a target names")
+    @app.get("/api/v1/targets/{target:path}", summary="Members (and host) a target names",
+             response_model=views.TargetView)
     async def target(target: str) -> dict[str, Any]:
         return target_view(ops.resolve(instance, target))
 
     @app.put("/api/v1/targets/{target:path}/state", summary="Set a member's or host's admin state",
-              dependencies=change)
+             dependencies=change, response_model=views.TargetView)
     async def set_state(target: str, change: StateChange) -> dict[str, Any]:
         t = ops.resolve(instance, target)
         ops.set_state(t, change.state, "api", change.reason)
@@ -179,14 +184,14 @@ def build_app(instance: Instance, token: str) -> FastAPI:
         return target_view(t)
 
     @app.post("/api/v1/pools/{pool}/members", status_code=201, summary="Add a member",
-              dependencies=change)
+              dependencies=change, response_model=views.MemberView)
     async def add_member(pool: str, new: NewMember) -> dict[str, Any]:
         member = instance.add_member(pool, new.host, new.address, new.port, new.weight)
         changed()
         return ops.member_view(member)
 
     @app.delete("/api/v1/pools/{pool}/members/{member}", summary="Remove a member",
-              dependencies=change)
+                dependencies=change, response_model=views.RemovedView)
     async def remove_member(pool: str, member: str) -> dict[str, Any]:
         t = ops.resolve(instance, f"{pool}/{member}")
         instance.remove_member(t.members[0])
@@ -195,19 +200,20 @@ def build_app(instance: Instance, token: str) -> FastAPI:
                 "in_flight": t.members[0].in_flight}
 
     @app.put("/api/v1/pools/{pool}/members/{member}/weight", summary="Change a weight",
-              dependencies=change)
+             dependencies=change, response_model=views.MemberView)
     async def set_weight(pool: str, member: str, change: WeightChange) -> dict[str, Any]:
         t = ops.resolve(instance, f"{pool}/{member}")
         instance.set_weight(t.members[0], change.weight)
         changed()
         return ops.member_view(t.members[0])
 
-    @app.get("/api/v1/schedules", summary="Maintenance windows, soonest first")
+    @app.get("/api/v1/schedules", summary="Maintenance windows, soonest first",
+             response_model=list[views.WindowView])
     async def schedules() -> list[dict[str, Any]]:
         return instance.scheduler.listing()
 
     @app.post("/api/v1/schedules", status_code=201, summary="Schedule a maintenance window",
-              dependencies=change)
+              dependencies=change, response_model=views.WindowView)
     async def add_schedule(new: NewWindow) -> dict[str, Any]:
         start = new.start
         if (new.end is None) == (new.duration is None):
@@ -221,14 +227,15 @@ def build_app(instance: Instance, token: str) -> FastAPI:
         return window.view(time.time())
 
     @app.delete("/api/v1/schedules/{window_id}", summary="Cancel a maintenance window",
-              dependencies=change)
+                dependencies=change, response_model=views.WindowView)
     async def remove_schedule(window_id: str) -> dict[str, Any]:
         window = instance.scheduler.remove(window_id)
         changed()
         return window.view(time.time())
 
-    @app.post("/api/v1/reload", summary="Re-read the config file",
-              dependencies=change)
+    @app.post("/api/v1/reload", summary="Re-read the config file: applied everywhere, or "
+              "refused everywhere with the reasons", dependencies=change,
+              response_model=views.ReloadView)
     async def reload() -> dict[str, Any]:
         return await instance.reload()
 

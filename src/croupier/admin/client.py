@@ -19,24 +19,24 @@ class AdminClient:
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=30)
 
     def call(self, method: str, path: str, json: Any = None) -> Any:
+        """One call; any failure is one clear line (ClickException: exit 1), never a
+        traceback: unreachable, not an admin API (no JSON), or the API's own refusal."""
         try:
             r = self.http.request(method, path, json=json)
         except httpx.HTTPError as e:
             raise click.ClickException(f"cannot reach the admin API at {self.url}: {e}") from None
-        if r.status_code >= 400:
-            try:
-                detail = r.json().get("detail", r.text)
-            except ValueError:
-                detail = r.text
-            if isinstance(detail, list):     # FastAPI's validation errors
-                detail = "; ".join(f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg')}"
-                                   for d in detail)
-            raise click.ClickException(f"{r.status_code}: {detail}")
         try:
-            return r.json()
+            body = r.json()
         except ValueError:
             raise click.ClickException(f"{self.url} answered {r.status_code} without JSON: is "
                                        f"it croupier's admin API?") from None
+        if r.status_code >= 400:
+            detail = body.get("detail", body) if isinstance(body, dict) else body
+            if isinstance(detail, list):     # validation errors: each field and its problem
+                detail = "; ".join(f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg')}"
+                                   if isinstance(d, dict) else str(d) for d in detail)
+            raise click.ClickException(f"{r.status_code}: {detail}")
+        return body
 
     @staticmethod
     def target_path(target: str, suffix: str = "") -> str:
