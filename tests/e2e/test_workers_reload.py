@@ -3,6 +3,7 @@ serves), or refused everywhere with the reason, logged and returned by `croupier
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 from pathlib import Path
@@ -87,7 +88,6 @@ pool = "app"
 
 def test_a_worker_restarted_after_a_refused_reload_serves_the_accepted_config(backends,
                                                                               tmp_path):
-    import os
     import signal
     path, _port, admin, running = _start(tmp_path, [b.address for b in backends[:1]])
     try:
@@ -109,4 +109,93 @@ def test_a_worker_restarted_after_a_refused_reload_serves_the_accepted_config(ba
                 assert client.get(running.url()).text == "a"
     finally:
         code, out = running.stop()
+    assert code == 0, out
+
+
+def test_a_listener_added_by_reload_is_served_by_every_worker(backends, tmp_path):
+    path, _port, admin, running = _start(tmp_path, [backends[0].address])
+    second = free_port()
+    try:
+        path.write_text(path.read_text() + f"""
+[[listeners]]
+name = "second"
+listen = "127.0.0.1:{second}"
+pool = "app"
+""")
+        r = _reload(path)
+        assert r.returncode == 0, r.stdout + r.stderr
+        # Each new connection lands on one worker's socket: one that no worker accepted on
+        # would leave its share of them hanging.
+        for _ in range(60):
+            assert httpx.get(f"http://127.0.0.1:{second}/", timeout=5).text == "a"
+        assert [lst["name"] for lst in _status(admin)["listeners"]] == ["web", "second"]
+    finally:
+        code, out = running.stop()
+    assert code == 0, out
+
+
+def _listening_sockets(pid: int, port: int) -> set[str]:
+    """The inodes of the sockets listening on `port` that process `pid` holds."""
+    listening = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and int(fields[1].split(":")[1], 16) == port:    # LISTEN
+            listening.add(fields[9])
+    held = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            held.add(target[8:-1])
+    return listening & held
+
+
+def test_a_worker_killed_under_load_comes_back_on_its_socket_refusing_nothing(backends,
+                                                                               tmp_path):
+    import signal
+    import threading
+    import time
+
+    _path, port, admin, running = _start(tmp_path, [b.address for b in backends])
+    refused: list[str] = []
+    answered = [0]
+    stop = threading.Event()
+
+    def connect_again_and_again() -> None:
+        deadline = time.monotonic() + 30          # bounded, whatever happens
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                with httpx.Client(timeout=10) as client:   # a new connection each time
+                    client.get(f"http://127.0.0.1:{port}/")
+                answered[0] += 1
+            except httpx.ConnectError as e:
+                refused.append(str(e))
+            except httpx.HTTPError:
+                pass            # a request the killed worker had accepted: not a refusal
+    clients = [threading.Thread(target=connect_again_and_again) for _ in range(4)]
+    try:
+        for t in clients:
+            t.start()
+        wait_until(lambda: answered[0] > 50, message="load")
+        victim = _status(admin)["workers"][0]["pid"]
+        its_socket = _listening_sockets(victim, port)
+        assert len(its_socket) == 1
+        assert its_socket <= _listening_sockets(running.proc.pid, port)   # the supervisor's
+        os.kill(victim, signal.SIGKILL)
+
+        def back() -> bool:
+            w = _status(admin)["workers"][0]
+            return w["pid"] != victim and w["ready"]
+        wait_until(back, timeout=30, message="the worker restarted")
+        assert _listening_sockets(_status(admin)["workers"][0]["pid"], port) == its_socket
+        served = answered[0]
+        wait_until(lambda: answered[0] > served + 100, message="load after the restart")
+    finally:
+        stop.set()
+        for t in clients:
+            t.join(30)
+        code, out = running.stop()
+    assert refused == [], refused[:3]
     assert code == 0, out

@@ -69,6 +69,10 @@ class Init(_Message):
     digest: str
     overlay: dict[str, Any]     # what operators changed at run time (runtime/state_file.py)
     states: States
+    # The listening sockets the supervisor holds for this worker's slot (listener -> the fd
+    # number it has in the worker), and the socket new ones come down (SCM_RIGHTS).
+    sockets: dict[str, int] = {}
+    fd_channel: int
 
 
 class Push(_Message):
@@ -91,6 +95,9 @@ class Prepare(_Message):
     seq: int
     config: str
     digest: str
+    # Listeners the reload adds or moves: their sockets came just before, on the fd channel,
+    # in this order.
+    sockets: list[str] = []
 
 
 class Commit(_Message):

@@ -64,10 +64,13 @@ class Balancer:
     """Everything one croupier process serves, built from one validated config."""
 
     def __init__(self, loaded: LoadedConfig, loop: asyncio.AbstractEventLoop | None = None,
-                 role: str = "single", overlay: dict[str, Any] | None = None) -> None:
+                 role: str = "single", overlay: dict[str, Any] | None = None,
+                 inherited: dict[str, socket.socket] | None = None) -> None:
         # role: "single" serves everything; with workers, the "supervisor" runs the control
         # plane (checks, schedules, admin API, state file) and each "worker" the listeners.
         self.role = role
+        # Listening sockets handed down (a worker's, held by its supervisor), by listener.
+        self.inherited = inherited or {}
         self.loaded = loaded
         self.loop = loop or asyncio.get_event_loop()
         self.outlier = Outlier(self.loop)
@@ -375,8 +378,10 @@ class Balancer:
             yield listener
 
     async def _listen(self, listener: Listener) -> None:
-        sock = sockets.bind_named(listener.config.listen, f"listener {listener.name!r}",
-                                  reuse_port=self.role == "worker")
+        sock = self.inherited.pop(listener.name, None)
+        if sock is None:
+            sock = sockets.bind_named(listener.config.listen, f"listener {listener.name!r}",
+                                      reuse_port=self.role == "worker")
         listener.server = await self.loop.create_server(
             client_protocol(listener), sock=sock, backlog=4096)
 
@@ -471,17 +476,22 @@ class Balancer:
             result["workers"] = await self.coordinator.commit()
         return result
 
-    def bind_new_listeners(self, loaded: LoadedConfig) -> dict[str, socket.socket]:
+    def bind_new_listeners(self, loaded: LoadedConfig,
+                           given: dict[str, socket.socket] | None = None
+                           ) -> dict[str, socket.socket]:
         """Bind the listeners `loaded` adds or moves, before anything changes, so that a
         reload that cannot listen changes nothing (OSError naming the listener). The
-        supervisor binds none itself, but finds another process on a new port."""
+        supervisor serves none itself, but finds another process on a new port; a worker
+        takes the sockets its supervisor `given` it."""
         old = {lst.name: lst.config.listen for lst in self.listeners}
         socks: dict[str, socket.socket] = {}
         try:
             for lc in loaded.config.listeners:
                 if old.get(lc.name) == lc.listen:
                     continue
-                if self.role == "supervisor":
+                if given and lc.name in given:
+                    socks[lc.name] = given[lc.name]
+                elif self.role == "supervisor":
                     sockets.probe(lc.listen, f"listener {lc.name!r}")
                 else:
                     socks[lc.name] = sockets.bind_named(lc.listen, f"listener {lc.name!r}",

@@ -142,6 +142,27 @@ def _problems(e: ConfigError) -> list[str]:
     return [f"{e.path}: {k}: {r}" for k, r in e.problems]
 
 
+def _listening(fd: int) -> socket.socket:
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(False)
+    return sock
+
+
+def _send_sockets(channel: socket.socket, socks: list[socket.socket]) -> None:
+    """Hand listening sockets down (SCM_RIGHTS); they arrive before the message naming them."""
+    if socks:
+        socket.send_fds(channel, [b"s"], [s.fileno() for s in socks])
+
+
+def _receive_sockets(channel: socket.socket, names: list[str]) -> dict[str, socket.socket]:
+    """The sockets _send_sockets sent for `names`: already there, sent before the message
+    that names them, so this blocking read returns at once."""
+    if not names:
+        return {}
+    _, fds, _, _ = socket.recv_fds(channel, 16, len(names))
+    return {name: _listening(fd) for name, fd in zip(names, fds, strict=True)}
+
+
 # ---- the worker ---------------------------------------------------------------------------
 
 def run_worker(channel_fd: int, index: int) -> None:
@@ -155,12 +176,15 @@ def run_worker(channel_fd: int, index: int) -> None:
         first = messages.to_worker.validate_json(await reader.readline())
         if not isinstance(first, Init):
             raise SystemExit(f"worker {index}: expected init, got {first.op}")
+        fd_channel = socket.socket(fileno=first.fd_channel)
+        inherited = {name: _listening(fd) for name, fd in first.sockets.items()}
         try:
             loaded = load_text(first.config, first.path)
         except ConfigError as e:
             await _send(writer, Failed(message="; ".join(_problems(e))))
             return
-        balancer = Balancer(loaded, loop, role="worker", overlay=first.overlay)
+        balancer = Balancer(loaded, loop, role="worker", overlay=first.overlay,
+                            inherited=inherited)
         apply_states(balancer, first.states)
         try:
             await balancer.start()
@@ -201,14 +225,18 @@ def run_worker(channel_fd: int, index: int) -> None:
                     balancer._apply(balancer.loaded, first=False)
                     apply_states(balancer, msg.states)
                 elif isinstance(msg, Prepare):
+                    given = _receive_sockets(fd_channel, msg.sockets)
                     try:
                         new = load_text(msg.config, balancer.loaded.path)
-                        prepared[msg.seq] = (new, balancer.bind_new_listeners(new))
+                        prepared[msg.seq] = (new, balancer.bind_new_listeners(new, given))
                         errors: list[str] = []
                     except ConfigError as e:
                         errors = _problems(e)
                     except OSError as e:
                         errors = [f"worker {index}: {e.strerror or e}"]
+                    if errors:
+                        for s in given.values():
+                            s.close()
                     await _send(writer, Prepared(seq=msg.seq, errors=errors))
                 elif isinstance(msg, Commit):
                     if msg.seq not in prepared:
@@ -250,6 +278,11 @@ class Worker:
         self.digest = ""                # the config it said it serves
         self.error: str | None = None
         self.answers: dict[int, asyncio.Future[Prepared | Committed]] = {}
+        # This slot's listening sockets, by listener: held by the supervisor, so a worker that
+        # dies leaves its accept queue open (connections wait, none is refused) and the one
+        # started in its place takes the same socket.
+        self.sockets: dict[str, socket.socket] = {}
+        self.fd_channel: socket.socket | None = None       # the supervisor's end
 
 
 class Supervisor:
@@ -269,6 +302,7 @@ class Supervisor:
         self._seq = 0
         self._pushed: States | None = None
         self._push_due = False
+        self._preparing: dict[int, dict[str, socket.socket]] = {}     # by worker: new sockets
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -276,6 +310,12 @@ class Supervisor:
         # another process that set it too (a second croupier): find one first.
         for lc in self.loaded.config.listeners:
             sockets.probe(lc.listen, f"listener {lc.name!r}")
+        try:
+            for w in self.workers:
+                w.sockets = self._bind_slot(self.loaded.config.listeners)
+        except OSError:
+            self._close_slots()
+            raise
         self.balancer = Balancer(self.loaded, loop, role="supervisor")
         self.balancer.on_change = self._changed
         self.balancer.on_state = self._state_changed
@@ -308,6 +348,10 @@ class Supervisor:
         balancer = self.balancer
         assert balancer is not None
         ours, theirs = socket.socketpair()
+        fd_ours, fd_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        if w.fd_channel is not None:
+            w.fd_channel.close()
+        w.fd_channel = fd_ours
         w.ready = False
         w.error = None
         w.answers = {}
@@ -316,16 +360,21 @@ class Supervisor:
         w.proc = subprocess.Popen(
             [sys.executable, "-m", "croupier", "worker", "--channel-fd", str(theirs.fileno()),
              "--index", str(w.index), *self.log_args],
-            pass_fds=(theirs.fileno(),),
+            pass_fds=(theirs.fileno(), fd_theirs.fileno(),
+                      *(s.fileno() for s in w.sockets.values())),
             # systemd hears from the supervisor only (NotifyAccess=main)
             env={k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"})
+        fd_channel = fd_theirs.fileno()     # its number in the worker too (pass_fds)
         theirs.close()
+        fd_theirs.close()
         reader, writer = await asyncio.open_connection(sock=ours)
         w.writer = writer
         balancer._snapshot_overlay()
         loaded = balancer.loaded
         await _send(writer, Init(config=loaded.text, path=str(loaded.path), digest=loaded.digest,
-                                 overlay=balancer.overlay, states=member_states(balancer)))
+                                 overlay=balancer.overlay, states=member_states(balancer),
+                                 sockets={n: s.fileno() for n, s in w.sockets.items()},
+                                 fd_channel=fd_channel))
         self._task(self._listen(w, reader))
         self._task(self._watch(w))
 
@@ -446,13 +495,52 @@ class Supervisor:
         return [(w, a.result() if a in done and a.exception() is None else None)
                 for w, a in zip(workers, waits, strict=True)]
 
+    def _bind_slot(self, listeners: Any) -> dict[str, socket.socket]:
+        """One worker slot's listening sockets for these listener configs (SO_REUSEPORT,
+        listening at once: connections queue even before a worker accepts)."""
+        slot: dict[str, socket.socket] = {}
+        try:
+            for lc in listeners:
+                sock = sockets.bind_named(lc.listen, f"listener {lc.name!r}", reuse_port=True)
+                slot[lc.name] = sock
+                sock.listen(4096)
+        except OSError:
+            for sock in slot.values():
+                sock.close()
+            raise
+        return slot
+
+    def _close_slots(self) -> None:
+        for w in self.workers:
+            for sock in w.sockets.values():
+                sock.close()
+            w.sockets = {}
+        for new in self._preparing.values():
+            for sock in new.values():
+                sock.close()
+        self._preparing = {}
+
     async def prepare(self, loaded: LoadedConfig) -> list[str]:
         self._seq += 1
         workers = self._live()
         if len(workers) < len(self.workers):
             return [f"{len(self.workers) - len(workers)} worker(s) not ready: try again"]
+        assert self.balancer is not None
+        # The same rule as Balancer.bind_new_listeners, which the workers follow.
+        old = {lst.name: lst.config.listen for lst in self.balancer.listeners}
+        moved = [lc for lc in loaded.config.listeners if old.get(lc.name) != lc.listen]
+        try:
+            for w in workers:
+                self._preparing[w.index] = self._bind_slot(moved)
+        except OSError as e:
+            self._abort_sockets()
+            return [f"{loaded.path}: {e.strerror or e}"]
+        names = [lc.name for lc in moved]
+        for w in workers:
+            assert w.fd_channel is not None
+            _send_sockets(w.fd_channel, [self._preparing[w.index][n] for n in names])
         answers = await self._ask(workers, Prepare(seq=self._seq, config=loaded.text,
-                                                   digest=loaded.digest))
+                                                   digest=loaded.digest, sockets=names))
         errors = []
         for w, answer in answers:
             if answer is None:
@@ -460,12 +548,27 @@ class Supervisor:
             else:
                 errors += answer.errors
         if errors:
+            self._abort_sockets()
             self._broadcast(Abort(seq=self._seq))
         return sorted(set(errors))
+
+    def _abort_sockets(self) -> None:
+        for new in self._preparing.values():
+            for sock in new.values():
+                sock.close()
+        self._preparing = {}
 
     async def commit(self) -> list[dict[str, Any]]:
         assert self.balancer is not None
         balancer = self.balancer
+        # The slots take the new sockets; those of listeners removed or moved are let go
+        # (a socket nobody accepts on would hold the connections the kernel deals it).
+        names = {lc.name for lc in balancer.loaded.config.listeners}
+        for w in self.workers:
+            new = self._preparing.pop(w.index, {})
+            for name in [n for n in w.sockets if n not in names or n in new]:
+                w.sockets.pop(name).close()
+            w.sockets.update(new)
         balancer._snapshot_overlay()
         answers = await self._ask(self._live(), Commit(seq=self._seq, overlay=balancer.overlay,
                                                        states=member_states(balancer)))
@@ -525,6 +628,9 @@ class Supervisor:
     async def stop(self) -> None:
         self.stopping = True
         log.info("stopping %d workers", len(self.workers))
+        # The workers hold their own copies while they finish; a connection that comes now is
+        # refused at once rather than queued on a socket that will not be served.
+        self._close_slots()
         for w in self.workers:
             if w.writer is not None and not w.writer.is_closing():
                 with contextlib.suppress(ConnectionError):
@@ -542,6 +648,7 @@ class Supervisor:
                 proc.wait()
         if self.balancer is not None:
             await self.balancer.stop(0)
+        self._close_slots()
 
 
 def run_supervised(loaded: LoadedConfig, workers: int, log_args: tuple[str, ...] = ()) -> None:
