@@ -43,22 +43,9 @@ def run(config_path: Path, log_level: str, log_format: str) -> None:
     """Serve the listeners of a config until SIGTERM or Ctrl-C."""
     loaded = _load(config_path)
     _setup_logging(log_level, log_format)
-    from croupier.runtime.workers import cores_available
-    workers = loaded.config.workers
-    count = cores_available() if workers == "auto" else workers
-    from croupier import __version__, data_plane_build
-    logging.getLogger("croupier").info("croupier %s, data plane %s, %d worker(s)",
-                                       __version__, data_plane_build(), count)
-    from croupier.runtime import state_file
+    from croupier.runtime.app import serve
     try:
-        lock = state_file.hold_lock(state_file.lock_path(loaded))
-        if count == 1:
-            from croupier.runtime.server import run as serve
-            serve(loaded)
-        else:
-            from croupier.runtime.workers import run_supervised
-            run_supervised(loaded, count, ("--log-level", log_level, "--log-format", log_format))
-        lock.close()
+        serve(loaded, ("--log-level", log_level, "--log-format", log_format))
     except OSError as e:
         click.echo(f"croupier: {e.strerror or e}", err=True)
         sys.exit(1)

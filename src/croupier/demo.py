@@ -81,7 +81,7 @@ def _wait_for_port(port: int, timeout: float = 10.0) -> bool:
 
 def run_demo(listen_port: int, first_app_port: int, instances: int, admin_port: int) -> None:
     from croupier.config import load_config
-    from croupier.runtime.server import run
+    from croupier.runtime.app import run
 
     ports = [first_app_port + i for i in range(instances)]
     # Every port first: a demo instance that cannot bind would leave croupier proxying to

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import secrets
-import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -61,14 +59,18 @@ class Coordinator(Protocol):
 
 
 class Balancer:
-    """Everything one croupier process serves, built from one validated config."""
+    """Everything one croupier process serves, built from one validated config. A single
+    process both serves (binds its listeners, relays requests) and controls (runs the
+    checks, the windows, the admin API and the state file); with workers, the supervisor's
+    model only controls and each worker's only serves (runtime/workers.py's two types)."""
+
+    serves = True
+    controls = True
+    reuse_port = False      # a worker's listeners share their port with its siblings'
 
     def __init__(self, loaded: LoadedConfig, loop: asyncio.AbstractEventLoop | None = None,
-                 role: str = "single", overlay: dict[str, Any] | None = None,
+                 overlay: dict[str, Any] | None = None,
                  inherited: dict[str, socket.socket] | None = None) -> None:
-        # role: "single" serves everything; with workers, the "supervisor" runs the control
-        # plane (checks, schedules, admin API, state file) and each "worker" the listeners.
-        self.role = role
         # Listening sockets handed down (a worker's, held by its supervisor), by listener.
         self.inherited = inherited or {}
         self.loaded = loaded
@@ -98,7 +100,7 @@ class Balancer:
         self.workers_view: Any = None   # the supervisor's list of workers, for the status
         admin = loaded.config.admin
         self.state_file = (self._beside(admin.state_file)
-                           if admin.enabled and role != "worker" else None)
+                           if admin.enabled and self.controls else None)
         if overlay is not None:
             self.overlay = overlay
         elif self.state_file is not None:
@@ -359,15 +361,15 @@ class Balancer:
         """Bind every listener and the admin API, or bind none: a config never starts half way."""
         try:
             for listener in self.listeners_for(self.loaded):
-                if self.role != "supervisor":
+                if self.serves:
                     await self._listen(listener)
-            if self.loaded.config.admin.enabled and self.role != "worker":
+            if self.loaded.config.admin.enabled and self.controls:
                 await self._start_admin()
         except OSError as e:
             await self.stop(0)
             raise e from None
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
-        if self.role != "worker":
+        if self.controls:
             self.checker.start()
             self.scheduler.start()
 
@@ -381,7 +383,7 @@ class Balancer:
         sock = self.inherited.pop(listener.name, None)
         if sock is None:
             sock = sockets.bind_named(listener.config.listen, f"listener {listener.name!r}",
-                                      reuse_port=self.role == "worker")
+                                      reuse_port=self.reuse_port)
         listener.server = await self.loop.create_server(
             client_protocol(listener), sock=sock, backlog=4096)
 
@@ -491,11 +493,11 @@ class Balancer:
                     continue
                 if given and lc.name in given:
                     socks[lc.name] = given[lc.name]
-                elif self.role == "supervisor":
+                elif not self.serves:
                     sockets.probe(lc.listen, f"listener {lc.name!r}")
                 else:
                     socks[lc.name] = sockets.bind_named(lc.listen, f"listener {lc.name!r}",
-                                                        reuse_port=self.role == "worker")
+                                                        reuse_port=self.reuse_port)
         except OSError:
             for sock in socks.values():
                 sock.close()
@@ -527,7 +529,7 @@ class Balancer:
             if gone.server is not None:
                 gone.server.close()
         self.listeners = listeners
-        if self.role != "worker":
+        if self.controls:
             self.checker.start()
         self.save_state(notify=False)       # the workers hear of it in the commit
         log.info("config reloaded from %s (%s): %d listener(s), %d pool(s), %d member(s)",
@@ -575,55 +577,3 @@ def _refused(errors: list[str]) -> dict[str, Any]:
     """A reload that changes nothing: logged at ERROR with its reasons, and answered so."""
     log.error("reload refused, the running config stays: %s", "; ".join(errors))
     return {"reloaded": False, "errors": errors}
-
-
-def install_signals(reload: Any) -> tuple[asyncio.Event, asyncio.Event]:
-    """SIGTERM and SIGINT set `stop`; SIGHUP runs `reload()` once `started` is set.
-    Installed before anything binds: a SIGHUP that lands while listeners bind must not take
-    the default action, which would end the process."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    started = asyncio.Event()
-
-    async def reload_when_started() -> None:
-        await started.wait()
-        await reload()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP,
-                            lambda: loop.create_task(reload_when_started()) and None)
-    return stop, started
-
-
-def freeze_startup_objects() -> None:
-    """What starting made (modules, config, pools) lives as long as the process: out of the
-    cyclic collector's sight, an older-generation collection does not walk it while
-    requests wait (as gunicorn advises after preloading). Only in croupier's own processes:
-    tests start balancers in theirs."""
-    gc.collect()
-    gc.freeze()
-
-
-def run(loaded: LoadedConfig) -> None:
-    """Serve until SIGTERM or SIGINT, then stop gracefully; SIGHUP reloads the config."""
-    from croupier.runtime import eventloop
-
-    async def main() -> None:
-        balancer = Balancer(loaded, asyncio.get_running_loop())
-        stop, started = install_signals(balancer.reload)
-        await balancer.start()
-        started.set()
-        notify("READY=1")
-        freeze_startup_objects()
-        for listener in balancer.listeners:
-            log.info("listener %s on %s (%s) -> pool %s", listener.name, listener.config.listen,
-                     listener.mode, listener.default_pool.name)
-        if balancer.admin_port is not None:
-            log.info("admin API on %s", loaded.config.admin.listen)
-        await stop.wait()
-        log.info("stopping: letting requests in flight finish")
-        notify("STOPPING=1")
-        await balancer.stop()
-
-    eventloop.run(main())

@@ -54,7 +54,8 @@ from croupier.runtime.messages import (
     Stop,
 )
 from croupier.runtime.notify import notify
-from croupier.runtime.server import Balancer, freeze_startup_objects, install_signals
+from croupier.runtime.process import freeze_startup_objects, install_signals
+from croupier.runtime.server import Balancer
 
 log = logging.getLogger("croupier.workers")
 
@@ -96,6 +97,21 @@ def _cgroup_quota() -> float | None:
         except (ValueError, ZeroDivisionError):
             return None
     return None
+
+
+class SupervisorModel(Balancer):
+    """The supervisor's model: it controls (checks, windows, the admin API, the state file)
+    and serves no listener; its workers do, told what it decides."""
+
+    serves = False
+
+
+class WorkerModel(Balancer):
+    """A worker's model: it serves its listeners on sockets its supervisor holds, and
+    follows what the supervisor decides; it runs no check and keeps no state file."""
+
+    controls = False
+    reuse_port = True
 
 
 def member_states(balancer: Balancer) -> States:
@@ -183,8 +199,7 @@ def run_worker(channel_fd: int, index: int) -> None:
         except ConfigError as e:
             await _send(writer, Failed(message="; ".join(_problems(e))))
             return
-        balancer = Balancer(loaded, loop, role="worker", overlay=first.overlay,
-                            inherited=inherited)
+        balancer = WorkerModel(loaded, loop, overlay=first.overlay, inherited=inherited)
         apply_states(balancer, first.states)
         try:
             await balancer.start()
@@ -316,7 +331,7 @@ class Supervisor:
         except OSError:
             self._close_slots()
             raise
-        self.balancer = Balancer(self.loaded, loop, role="supervisor")
+        self.balancer = SupervisorModel(self.loaded, loop)
         self.balancer.on_change = self._changed
         self.balancer.on_state = self._state_changed
         self.balancer.coordinator = self
