@@ -21,6 +21,15 @@ def _reload(path: Path) -> subprocess.CompletedProcess[str]:
                           timeout=60)
 
 
+def _add_listener(path: Path, name: str, port: int) -> None:
+    path.write_text(path.read_text() + f"""
+[[listeners]]
+name = "{name}"
+listen = "127.0.0.1:{port}"
+pool = "app"
+""")
+
+
 def _start(tmp_path: Path, members: list[str]) -> tuple[Path, int, int, Running]:
     port, admin = free_port(), free_port()
     path = write_config(tmp_path, members, port=port, admin_port=admin, top="workers = 2")
@@ -64,12 +73,7 @@ def test_a_reload_that_a_listener_cannot_take_changes_nothing_anywhere(backends,
     holder.listen()
     try:
         before = _status(admin)
-        path.write_text(path.read_text() + f"""
-[[listeners]]
-name = "second"
-listen = "127.0.0.1:{taken}"
-pool = "app"
-""")
+        _add_listener(path, "second", taken)
         r = _reload(path)
         assert r.returncode == 1
         assert f"cannot listen on 127.0.0.1:{taken} (listener 'second')" in r.stderr
@@ -116,12 +120,7 @@ def test_a_listener_added_by_reload_is_served_by_every_worker(backends, tmp_path
     path, _port, admin, running = _start(tmp_path, [backends[0].address])
     second = free_port()
     try:
-        path.write_text(path.read_text() + f"""
-[[listeners]]
-name = "second"
-listen = "127.0.0.1:{second}"
-pool = "app"
-""")
+        _add_listener(path, "second", second)
         r = _reload(path)
         assert r.returncode == 0, r.stdout + r.stderr
         # Each new connection lands on one worker's socket: one that no worker accepted on

@@ -14,7 +14,7 @@ import logging
 from croupier.config.load import LoadedConfig
 from croupier.runtime import state_file
 from croupier.runtime.notify import notify
-from croupier.runtime.process import freeze_startup_objects, install_signals
+from croupier.runtime.process import freeze_startup_objects, install_signals, until_stopped
 from croupier.runtime.server import Balancer
 
 log = logging.getLogger("croupier")
@@ -57,9 +57,6 @@ def run(loaded: LoadedConfig) -> None:
                      listener.mode, listener.default_pool.name)
         if balancer.admin_port is not None:
             log.info("admin API on %s", loaded.config.admin.listen)
-        await stop.wait()
-        log.info("stopping: letting requests in flight finish")
-        notify("STOPPING=1")
-        await balancer.stop()
+        await until_stopped(stop, balancer.stop)
 
     eventloop.run(main())

@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import signal
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+from croupier.runtime.notify import notify
+
+log = logging.getLogger("croupier")
 
 
 def install_signals(reload: Any) -> tuple[asyncio.Event, asyncio.Event]:
@@ -35,3 +41,11 @@ def freeze_startup_objects() -> None:
     tests start balancers in theirs."""
     gc.collect()
     gc.freeze()
+
+
+async def until_stopped(stop: asyncio.Event, shutdown: Callable[[], Awaitable[None]]) -> None:
+    """Serve until SIGTERM or SIGINT, then say so (the log, systemd) and stop gracefully."""
+    await stop.wait()
+    log.info("stopping: letting requests in flight finish")
+    notify("STOPPING=1")
+    await shutdown()

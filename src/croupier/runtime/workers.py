@@ -54,7 +54,7 @@ from croupier.runtime.messages import (
     Stop,
 )
 from croupier.runtime.notify import notify
-from croupier.runtime.process import freeze_startup_objects, install_signals
+from croupier.runtime.process import freeze_startup_objects, install_signals, until_stopped
 from croupier.runtime.server import Balancer
 
 log = logging.getLogger("croupier.workers")
@@ -697,9 +697,6 @@ def run_supervised(loaded: LoadedConfig, workers: int, log_args: tuple[str, ...]
                      lc.mode, lc.pool, workers)
         if supervisor.balancer is not None and supervisor.balancer.admin_port is not None:
             log.info("admin API on %s", loaded.config.admin.listen)
-        await stop.wait()
-        log.info("stopping: letting requests in flight finish")
-        notify("STOPPING=1")
-        await supervisor.stop()
+        await until_stopped(stop, supervisor.stop)
 
     eventloop.run(main())
