@@ -7,7 +7,6 @@ import pytest
 from croupier.proxy.http import (
     HOP_BY_HOP,
     connection_named,
-    connection_tokens,
     equals_at,
     field_value,
     host_without_port,
@@ -16,6 +15,7 @@ from croupier.proxy.http import (
     kept_run,
     length_value,
     simple_response,
+    tokens,
     valid_host,
     without_fields,
 )
@@ -26,8 +26,8 @@ def test_hop_by_hop_fields_per_rfc9110():
             b"upgrade", b"proxy-connection"} == set(HOP_BY_HOP)
 
 
-def test_connection_tokens_are_lowercased_and_trimmed():
-    assert connection_tokens(b"Keep-Alive , X-Foo,,close") == [b"keep-alive", b"x-foo", b"close"]
+def test_tokens_are_lowercased_and_trimmed():
+    assert tokens(b"Keep-Alive , X-Foo,,close") == [b"keep-alive", b"x-foo", b"close"]
 
 
 def test_connection_names_the_fields_it_lists_but_not_its_options():

@@ -50,6 +50,15 @@ class LoadedConfig:
     text: str = ""
     digest: str = ""
 
+    def beside(self, name: str) -> Path:
+        """A path the config names (token, state file): relative ones are beside the config
+        file (beside the working directory for a config that is no file)."""
+        path = Path(name)
+        if path.is_absolute():
+            return path
+        base = self.path.parent if self.path.name.endswith(".toml") else Path()
+        return base / path
+
 
 def _key(loc: tuple[int | str, ...], data: dict[str, Any]) -> str:
     """('pools', 0, 'members', 2, 'port') -> 'pools[0] (classes).members[2].port'."""

@@ -743,7 +743,7 @@ class ClientConnection:
         req.sink = None
         self._release_member(req, failed=not stale)
         if member is not None and not stale:
-            self.listener.context.failure(member, why)
+            self.listener.context.member_failed(member, why)
         if self.transport is None or req is not self.current:
             return
         where = f"pool {member.pool.name!r} member {member.name}" if member else "?"
@@ -815,7 +815,7 @@ class ClientConnection:
             if req.status >= 500:
                 outlier = member.pool.config.outlier if member.pool.config else None
                 if outlier is not None and outlier.include_5xx:
-                    self.listener.context.failure(member, f"status {req.status}")
+                    self.listener.context.member_failed(member, f"status {req.status}")
             elif member.consecutive_failures:
                 member.consecutive_failures = 0
         if member is not None:      # as _release_member, without the call

@@ -19,18 +19,14 @@ class HasDeadline(Protocol):
     def on_timeout(self) -> None: ...
 
 
-def _no_outlier(member: Member, why: str) -> None:
-    pass
-
-
 class ProxyContext:
-    __slots__ = ("connections", "failure", "loop", "time")
+    __slots__ = ("connections", "loop", "member_failed", "time")
 
     def __init__(self, loop: asyncio.AbstractEventLoop,
-                 failure: Callable[[Member, str], None] = _no_outlier) -> None:
+                 member_failed: Callable[[Member, str], None]) -> None:
         self.loop = loop
         self.time = loop.time           # bound once: the hot path reads the clock often
         # Every open connection, client and member side, for the timeout sweep and the stop.
         self.connections: set[HasDeadline] = set()
         # A member failed live traffic (passive ejection counts it).
-        self.failure = failure
+        self.member_failed = member_failed

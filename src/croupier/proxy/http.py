@@ -135,8 +135,8 @@ def simple_response(status: int, body: str, *, close: bool,
     return b"".join(parts)
 
 
-def connection_tokens(value: bytes) -> list[bytes]:
-    """The lower-cased tokens of a Connection header value."""
+def tokens(value: bytes) -> list[bytes]:
+    """The lower-cased tokens of a comma-separated field value (Connection, Upgrade)."""
     return [t.strip().lower() for t in value.split(b",") if t.strip()]
 
 
@@ -145,7 +145,7 @@ def connection_named(value: bytes) -> list[bytes]:
     less the options close, keep-alive and upgrade."""
     if value in PLAIN_CONNECTION:
         return []
-    return [t for t in connection_tokens(value) if t not in CONNECTION_OPTIONS]
+    return [t for t in tokens(value) if t not in CONNECTION_OPTIONS]
 
 
 def field_name(line: bytes) -> bytes:
@@ -210,12 +210,6 @@ def origin_form(url: bytes) -> tuple[bytes, bytes] | None:
     return authority, target
 
 
-def protocols(value: bytes) -> list[bytes]:
-    """The protocols of an Upgrade value, lower-cased: b"h2c, WebSocket" -> [b"h2c",
-    b"websocket"]."""
-    return [t.strip().lower() for t in value.split(b",") if t.strip()]
-
-
 def without_h2c(value: bytes) -> bytes:
     """An Upgrade value less h2c: croupier speaks HTTP/1.1 to clients, and an h2c upgrade
     relayed to a member would open an HTTP/2 connection past every route (RFC 9113 3.1
@@ -228,6 +222,6 @@ def without_h2c(value: bytes) -> bytes:
 def switch_allowed(asked: bytes, answered: bytes) -> bool:
     """Whether a member's 101 switches to protocols the client asked for (RFC 9110 7.8): every
     protocol its Upgrade names must be one the request's Upgrade named."""
-    offered = protocols(asked)
-    chosen = protocols(answered)
+    offered = tokens(asked)
+    chosen = tokens(answered)
     return bool(chosen) and all(p in offered for p in chosen)

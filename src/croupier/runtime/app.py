@@ -14,7 +14,12 @@ import logging
 from croupier.config.load import LoadedConfig
 from croupier.runtime import state_file
 from croupier.runtime.notify import notify
-from croupier.runtime.process import freeze_startup_objects, install_signals, until_stopped
+from croupier.runtime.process import (
+    cores_available,
+    freeze_startup_objects,
+    install_signals,
+    until_stopped,
+)
 from croupier.runtime.server import Balancer
 
 log = logging.getLogger("croupier")
@@ -24,7 +29,6 @@ def serve(loaded: LoadedConfig, log_args: tuple[str, ...] = ()) -> None:
     """Serve `loaded` until SIGTERM, with as many processes as it says (OSError: it could
     not start, with a message that names what). `log_args`: how workers log."""
     from croupier import __version__, data_plane_build
-    from croupier.runtime.workers import cores_available
 
     workers = cores_available() if loaded.config.workers == "auto" else loaded.config.workers
     log.info("croupier %s, data plane %s, %d worker(s)", __version__, data_plane_build(),

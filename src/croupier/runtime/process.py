@@ -1,13 +1,16 @@
-"""What every croupier process does alike, supervisor, worker or single: its signals, and
-keeping what it built at start out of the cyclic collector's walks."""
+"""What every croupier process does alike, supervisor, worker or single: its signals, keeping
+what it built at start out of the cyclic collector's walks, and how many cores it may use."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
 import logging
+import math
+import os
 import signal
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from croupier.runtime.notify import notify
@@ -49,3 +52,36 @@ async def until_stopped(stop: asyncio.Event, shutdown: Callable[[], Awaitable[No
     log.info("stopping: letting requests in flight finish")
     notify("STOPPING=1")
     await shutdown()
+
+
+def cores_available() -> int:
+    """What `workers = "auto"` means: the cores this process may run on (its CPU affinity, as
+    HAProxy counts them, not the machine's), fewer if a cgroup CPU quota allows less."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    quota = _cgroup_quota()
+    if quota is not None:
+        cores = min(cores, max(1, math.ceil(quota)))
+    return max(1, cores)
+
+
+def _cgroup_quota() -> float | None:
+    """CPUs' worth of time a cgroup allows (v2 cpu.max, or v1 cfs quota/period), if capped."""
+    for quota_file, period_file in (("/sys/fs/cgroup/cpu.max", None),
+                                    ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us",
+                                     "/sys/fs/cgroup/cpu/cpu.cfs_period_us")):
+        try:
+            fields = Path(quota_file).read_text().split()
+            if period_file is not None:
+                fields.append(Path(period_file).read_text().strip())
+        except OSError:
+            continue
+        if len(fields) < 2 or fields[0] in ("max", "-1"):
+            return None
+        try:
+            return int(fields[0]) / int(fields[1])
+        except (ValueError, ZeroDivisionError):
+            return None
+    return None

@@ -22,7 +22,6 @@ import secrets
 import socket
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any, Protocol, cast
 
 from croupier.admin.ops import OpError
@@ -90,7 +89,6 @@ class Balancer:
         self.admin_port: int | None = None
         self.checker = Checker(self)
         self.scheduler = Scheduler(self, self.loop, self._persist_windows)
-        self.overlay = self._empty_overlay()
         # The supervisor's: after a change of membership or weights (it tells its workers),
         # after any member or host state change (it pushes the new states), and the workers'
         # two phases of a reload.
@@ -99,27 +97,17 @@ class Balancer:
         self.coordinator: Coordinator | None = None
         self.workers_view: Any = None   # the supervisor's list of workers, for the status
         admin = loaded.config.admin
-        self.state_file = (self._beside(admin.state_file)
+        self.state_file = (loaded.beside(admin.state_file)
                            if admin.enabled and self.controls else None)
         if overlay is not None:
             self.overlay = overlay
         elif self.state_file is not None:
             self.overlay = state_file.read(self.state_file)
+        else:
+            self.overlay = state_file.empty()
         self._apply(loaded, first=True)
 
     # ---- building the model ---------------------------------------------------------------
-
-    def _beside(self, name: str) -> Path:
-        """A path from the config: relative ones are beside the config file."""
-        path = Path(name)
-        if path.is_absolute():
-            return path
-        base = self.loaded.path.parent if self.loaded.path.name.endswith(".toml") else Path()
-        return base / path
-
-    @staticmethod
-    def _empty_overlay() -> dict[str, Any]:
-        return state_file.empty()
 
     def _apply(self, loaded: LoadedConfig, first: bool) -> None:
         """Make the model match `loaded` plus the overlay, keeping what is still there."""
@@ -415,7 +403,7 @@ class Balancer:
             await asyncio.sleep(0.01)
 
     def _admin_token(self) -> str:
-        path = self._beside(self.loaded.config.admin.token_file)
+        path = self.loaded.beside(self.loaded.config.admin.token_file)
         if path.exists():
             token = path.read_text().strip()
             if token:

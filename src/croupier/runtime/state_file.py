@@ -107,8 +107,7 @@ def write(path: Path, overlay: dict[str, Any]) -> None:
 def lock_path(loaded: LoadedConfig) -> Path:
     """Beside the state file (beside the config when there is none): one per config."""
     admin = loaded.config.admin
-    name = Path(admin.state_file if admin.enabled else loaded.path.name)
-    path = name if name.is_absolute() else loaded.path.parent / name
+    path = loaded.beside(admin.state_file if admin.enabled else loaded.path.name)
     return path.with_name(path.name + ".lock")
 
 

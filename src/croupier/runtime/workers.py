@@ -22,13 +22,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import signal
 import socket
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -64,39 +62,6 @@ RESTART_DELAY = 0.5
 START_TIMEOUT = 30.0
 ANSWER_TIMEOUT = 10.0    # how long a reload waits for every worker's answer
 WATCH_EVERY = 0.2        # how often the supervisor looks whether a worker is still alive
-
-
-def cores_available() -> int:
-    """What `workers = "auto"` means: the cores this process may run on (its CPU affinity, as
-    HAProxy counts them, not the machine's), fewer if a cgroup CPU quota allows less."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    quota = _cgroup_quota()
-    if quota is not None:
-        cores = min(cores, max(1, math.ceil(quota)))
-    return max(1, cores)
-
-
-def _cgroup_quota() -> float | None:
-    """CPUs' worth of time a cgroup allows (v2 cpu.max, or v1 cfs quota/period), if capped."""
-    for quota_file, period_file in (("/sys/fs/cgroup/cpu.max", None),
-                                    ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us",
-                                     "/sys/fs/cgroup/cpu/cpu.cfs_period_us")):
-        try:
-            fields = Path(quota_file).read_text().split()
-            if period_file is not None:
-                fields.append(Path(period_file).read_text().strip())
-        except OSError:
-            continue
-        if len(fields) < 2 or fields[0] in ("max", "-1"):
-            return None
-        try:
-            return int(fields[0]) / int(fields[1])
-        except (ValueError, ZeroDivisionError):
-            return None
-    return None
 
 
 class SupervisorModel(Balancer):
@@ -530,10 +495,7 @@ class Supervisor:
             for sock in w.sockets.values():
                 sock.close()
             w.sockets = {}
-        for new in self._preparing.values():
-            for sock in new.values():
-                sock.close()
-        self._preparing = {}
+        self._abort_sockets()
 
     async def prepare(self, loaded: LoadedConfig) -> list[str]:
         self._seq += 1
