@@ -72,6 +72,9 @@ BAD = [
                                                     'start = 2099-01-01T00:00:00Z\n'
                                                     'end = 2098-01-01T00:00:00Z'},
      "maintenance[0]", "end must be after start"),
+    ("an algorithm no policy registered", {"pool": 'algorithm = "fastest"'},
+     "pools[0] (app).algorithm", "unknown algorithm 'fastest': expected one of hash, "
+     "least_conn, random, round_robin, two_choices"),
     ("a bad hash key", {"pool": 'algorithm = "hash"\nhash_key = "body"'},
      "pools[0] (app).hash_key", "bad hash_key"),
     ("a host address that is no address", {"top": '[[hosts]]\nname = "h"\n'

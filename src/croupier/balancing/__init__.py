@@ -1,28 +1,25 @@
-"""Balancing policies, one a file; `make_policy` maps a pool's `algorithm` to its class."""
+"""Balancing policies, one a file; `make_policy` maps a pool's `algorithm` to its class.
+
+A policy is registered by name in one place: an entry point of the group `croupier.policies`
+in pyproject.toml (`name = "module:Class"`), which the config validates against too. A new
+policy is one file and that line; `make install` registers it.
+"""
 
 from __future__ import annotations
 
+from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
-from croupier.balancing.consistent_hash import ConsistentHash
-from croupier.balancing.least_conn import LeastConn
-from croupier.balancing.round_robin import RoundRobin
 from croupier.balancing.sticky import Sticky
-from croupier.balancing.two_choices import TwoChoices
-from croupier.balancing.weighted_random import WeightedRandom
+from croupier.config.schema import POLICY_GROUP
 
 if TYPE_CHECKING:
     from croupier.config.schema import PoolConfig
     from croupier.model.policy import Policy
     from croupier.model.state import Member
 
-POLICIES: dict[str, type[Policy]] = {
-    "round_robin": RoundRobin,
-    "least_conn": LeastConn,
-    "random": WeightedRandom,
-    "two_choices": TwoChoices,
-    "hash": ConsistentHash,
-}
+POLICIES: dict[str, type[Policy]] = {ep.name: ep.load()
+                                     for ep in entry_points(group=POLICY_GROUP)}
 
 
 def make_policy(algorithm: str, members: list[Member], weights: list[int] | None = None,

@@ -7,12 +7,15 @@ are checked in `croupier.config.load`, where the error can name the key that ref
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from datetime import datetime
+from importlib.metadata import entry_points
 from typing import Annotated, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -324,10 +327,30 @@ class OutlierConfig(_Strict):
     max_ejected_percent: int = Field(default=50, ge=0, le=100)
 
 
+POLICY_GROUP = "croupier.policies"
+
+
+@functools.cache
+def policy_names() -> tuple[str, ...]:
+    """The balancing policies installed. Each registers its name once, as an entry point of
+    the group `croupier.policies` (pyproject.toml; a policy in another package registers the
+    same way), so the config knows the names without importing the policies."""
+    return tuple(sorted(ep.name for ep in entry_points(group=POLICY_GROUP)))
+
+
+def _known_policy(v: str) -> str:
+    names = policy_names()
+    if v not in names:
+        raise ValueError(f"unknown algorithm {v!r}: expected one of {', '.join(names)}")
+    return v
+
+
+Algorithm = Annotated[str, AfterValidator(_known_policy)]
+
+
 class PoolConfig(_Strict):
     name: Name
-    algorithm: Literal["round_robin", "least_conn", "random", "two_choices", "hash"] = (
-        "round_robin")
+    algorithm: Algorithm = "round_robin"
     hash_key: str = "client_ip"         # for hash: client_ip, path, header:NAME, cookie:NAME
     sticky: StickyConfig | None = None
     slow_start: Duration = 0.0          # a member that comes back ramps up over this long
