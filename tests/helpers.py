@@ -27,6 +27,7 @@ from aiohttp import web
 
 from croupier.config import validate_config
 from croupier.runtime import eventloop
+from croupier.runtime.app import build
 from croupier.runtime.server import Balancer
 
 
@@ -105,7 +106,7 @@ class Croupier:
         config.setdefault("admin", {"enabled": False})
         self.loaded = validate_config(config, path)
         self.lt = LoopThread()
-        self.balancer = Balancer(self.loaded, self.lt.loop)
+        self.balancer = build(Balancer, self.loaded, self.lt.loop)
         self.lt.run(self.balancer.start())
         self.ports = {lst.name: self.balancer.bound_port(lst.name)
                       for lst in self.balancer.listeners}
@@ -117,7 +118,7 @@ class Croupier:
         self = cls.__new__(cls)
         self.loaded = load_config(path)
         self.lt = LoopThread()
-        self.balancer = Balancer(self.loaded, self.lt.loop)
+        self.balancer = build(Balancer, self.loaded, self.lt.loop)
         self.lt.run(self.balancer.start())
         self.ports = {lst.name: self.balancer.bound_port(lst.name)
                       for lst in self.balancer.listeners}

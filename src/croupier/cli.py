@@ -63,7 +63,7 @@ def worker(channel_fd: int, index: int, log_level: str, log_format: str) -> None
     """One worker process (started by `croupier run` when workers > 1): it is sent its
     config by the supervisor, over the channel."""
     _setup_logging(log_level, log_format)
-    from croupier.runtime.workers import run_worker
+    from croupier.runtime.app import run_worker
     run_worker(channel_fd, index)
 
 

@@ -59,10 +59,10 @@ class Window:
 
 class Scheduler:
     def __init__(self, model: Model, loop: asyncio.AbstractEventLoop,
-                 persist: Callable[[], None]) -> None:
+                 persist: Callable[[], None] | None = None) -> None:
         self.model = model
         self.loop = loop
-        self.persist = persist          # keeps the API's windows (the state file)
+        self.persist = persist or (lambda: None)    # keeps the API's windows (the state file)
         self.windows: list[Window] = []
         self._applied: dict[str, str] = {}     # target text -> state the schedule holds on it
         self._ids = itertools.count(1)

@@ -64,25 +64,27 @@ def next_health(current: str, counts_as_up: bool, streak: Streak, rise: int, fal
 
 
 class Watched(Protocol):
-    """What the checks read of a running instance: its pools and hosts, the hosts' own
-    checks, and its event loop."""
+    """What the checks read of a running instance (model.state's Model): its pools and
+    hosts, and the hosts' own checks."""
 
     pools: dict[str, Pool]
     hosts: dict[str, Host]
     host_checks: dict[str, HostCheckConfig]
-    loop: asyncio.AbstractEventLoop
 
 
 class Checker:
     """Runs every configured check of one instance."""
 
-    def __init__(self, instance: Watched) -> None:
+    def __init__(self, instance: Watched, loop: asyncio.AbstractEventLoop) -> None:
         self.instance = instance
+        self.loop = loop
         self.tasks: dict[object, asyncio.Task[None]] = {}
         self._session: aiohttp.ClientSession | None = None
         self._rng = random.Random()
+        self.running = False
 
     def start(self) -> None:
+        self.running = True
         for pool in self.instance.pools.values():
             cfg = pool.config.health if pool.config is not None else None
             if cfg is None:
@@ -92,10 +94,10 @@ class Checker:
         for host in self.instance.hosts.values():
             hcfg = self.instance.host_checks.get(host.name)
             if hcfg is not None:
-                self.tasks[host] = self.instance.loop.create_task(self._host_loop(host, hcfg))
+                self.tasks[host] = self.loop.create_task(self._host_loop(host, hcfg))
 
     def watch_member(self, member: Member, cfg: HealthConfig) -> None:
-        self.tasks[member] = self.instance.loop.create_task(self._member_loop(member, cfg))
+        self.tasks[member] = self.loop.create_task(self._member_loop(member, cfg))
 
     def unwatch(self, target: object) -> None:
         task = self.tasks.pop(target, None)
@@ -103,6 +105,7 @@ class Checker:
             task.cancel()
 
     async def stop(self) -> None:
+        self.running = False
         for task in self.tasks.values():
             task.cancel()
         for task in self.tasks.values():

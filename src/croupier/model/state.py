@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from croupier.config.schema import PoolConfig
+    from croupier.config.schema import HostCheckConfig, PoolConfig
     from croupier.model.policy import Policy, PolicyFactory
 
 Health = Literal["up", "down", "unknown"]
@@ -332,3 +332,19 @@ class Pool:
             reasons[text] = reasons.get(text, 0) + 1
         parts = ", ".join(f"{n} {why}" for why, n in sorted(reasons.items()))
         return f"{len(self.members)} members: {parts}"
+
+
+class Model:
+    """What one instance serves: its hosts and pools (made and changed by model/reconcile.py
+    only), and the hosts' own checks. The checks, the schedules and the admin API read and
+    change states on it; the data plane reads the pools through its listeners."""
+
+    __slots__ = ("host_checks", "hosts", "pools")
+
+    def __init__(self) -> None:
+        self.hosts: dict[str, Host] = {}
+        self.pools: dict[str, Pool] = {}
+        self.host_checks: dict[str, HostCheckConfig] = {}
+
+    def members(self) -> list[Member]:
+        return [m for p in self.pools.values() for m in p.members]

@@ -1,17 +1,28 @@
 """The composition root: what a `croupier run` process is, built in one place.
 
 It takes the validated config, holds the instance lock, decides how many processes serve
-(one, or a supervisor and its workers), builds the model that serves (runtime.server's
-Balancer, or workers.py's two types), installs the signals, tells systemd where it is, and
-stops gracefully. Everything below receives what it needs; nothing below imports this.
+(one, or a supervisor and its workers), builds what serves (`build`: the model, the member
+sources, the policies, the checks, the schedules, the data plane's context, the admin API,
+put together as runtime.server's Balancer or one of workers.py's two types), installs the
+signals, tells systemd where it is, and stops gracefully. Everything below receives what it
+needs; nothing below imports this.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+from typing import Any, TypeVar
 
+from croupier.admin.api import build_app
+from croupier.admin.schedule import Scheduler
+from croupier.balancing import make_policy
 from croupier.config.load import LoadedConfig
+from croupier.health.checks import Checker
+from croupier.health.outlier import Outlier
+from croupier.model.state import Model
+from croupier.proxy.context import ProxyContext
 from croupier.runtime import state_file
 from croupier.runtime.notify import notify
 from croupier.runtime.process import (
@@ -20,9 +31,33 @@ from croupier.runtime.process import (
     install_signals,
     until_stopped,
 )
-from croupier.runtime.server import Balancer
+from croupier.runtime.server import Balancer, Parts
+from croupier.sources.admin_api import AdminApi
+from croupier.sources.config_file import ConfigFile
 
 log = logging.getLogger("croupier")
+
+B = TypeVar("B", bound=Balancer)
+
+
+def build(kind: type[B], loaded: LoadedConfig, loop: asyncio.AbstractEventLoop,
+          saved: dict[str, Any] | None = None,
+          inherited: dict[str, socket.socket] | None = None) -> B:
+    """One instance of `kind` (Balancer, or a supervisor's or worker's model) serving
+    `loaded`. `saved`: what operators changed at run time; read from the state file when
+    not given (a worker is sent it instead). `inherited`: listening sockets handed down."""
+    admin = loaded.config.admin
+    path = loaded.beside(admin.state_file) if admin.enabled and kind.controls else None
+    if saved is None:
+        saved = state_file.read(path) if path is not None else state_file.empty()
+    model = Model()
+    outlier = Outlier(loop)
+    parts = Parts(model=model, context=ProxyContext(loop, outlier.failure),
+                  checker=Checker(model, loop), scheduler=Scheduler(model, loop),
+                  make_policy=make_policy, config_members=ConfigFile(loaded),
+                  api_members=AdminApi(state_file.api_members(saved)), admin_app=build_app,
+                  state_file=path)
+    return kind(loaded, parts, saved, inherited)
 
 
 def serve(loaded: LoadedConfig, log_args: tuple[str, ...] = ()) -> None:
@@ -39,7 +74,7 @@ def serve(loaded: LoadedConfig, log_args: tuple[str, ...] = ()) -> None:
             run(loaded)
         else:
             from croupier.runtime.workers import run_supervised
-            run_supervised(loaded, workers, log_args)
+            run_supervised(loaded, workers, build, log_args)
     finally:
         lock.close()
 
@@ -50,7 +85,7 @@ def run(loaded: LoadedConfig) -> None:
     from croupier.runtime import eventloop
 
     async def main() -> None:
-        balancer = Balancer(loaded, asyncio.get_running_loop())
+        balancer = build(Balancer, loaded, asyncio.get_running_loop())
         stop, started = install_signals(balancer.reload)
         await balancer.start()
         started.set()
@@ -64,3 +99,10 @@ def run(loaded: LoadedConfig) -> None:
         await until_stopped(stop, balancer.stop)
 
     eventloop.run(main())
+
+
+def run_worker(channel_fd: int, index: int) -> None:
+    """`croupier worker`: one of a supervisor's workers (runtime/workers.py)."""
+    from croupier.runtime import workers
+
+    workers.run_worker(channel_fd, index, build)

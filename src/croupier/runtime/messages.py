@@ -13,16 +13,18 @@ the answers of a reload.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-VERSION: Final = 1
+from croupier.sources.admin_api import ApiMembers
+
+VERSION: Final = 2      # 2: membership as the admin API source's typed changes
 
 
 class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    version: Literal[1] = VERSION
+    version: Literal[2] = VERSION
 
 
 class MemberState(BaseModel):
@@ -67,7 +69,7 @@ class Init(_Message):
     config: str                 # the TOML text the supervisor accepted
     path: str                   # where it came from: for error messages, and relative paths
     digest: str
-    overlay: dict[str, Any]     # what operators changed at run time (runtime/state_file.py)
+    members: ApiMembers         # what the admin API changed of the membership
     states: States
     # The listening sockets the supervisor holds for this worker's slot (listener -> the fd
     # number it has in the worker), and the socket new ones come down (SCM_RIGHTS).
@@ -86,7 +88,7 @@ class Apply(_Message):
     """Membership or weights changed through the admin API; the config did not."""
 
     op: Literal["apply"] = "apply"
-    overlay: dict[str, Any]
+    members: ApiMembers
     states: States
 
 
@@ -103,7 +105,7 @@ class Prepare(_Message):
 class Commit(_Message):
     op: Literal["commit"] = "commit"
     seq: int
-    overlay: dict[str, Any]
+    members: ApiMembers
     states: States
 
 

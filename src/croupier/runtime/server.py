@@ -4,12 +4,12 @@ timeout sweep.
 - Timeouts are deadlines on each connection (a float, 0 for none) swept four times a second,
   rather than a timer handle per request: setting a deadline on the hot path is one attribute
   write, and a 250 ms granularity is well inside every timeout we offer.
-- What operators change at run time (admin states, added and removed members, weights,
-  maintenance windows) is an overlay on the config, kept in the state file (written
-  atomically) and applied again after every start and reload.
-- A reload builds the new model in place: pools, members and hosts that are still there keep
-  their objects, so their health, admin state, counters and requests in flight carry over;
-  a listener whose address is unchanged keeps its socket, so no connection is dropped.
+- Members come from sources (croupier.sources: the config file, the admin API), and every
+  change of membership, whoever asked, goes through the one reconcile (model/reconcile.py):
+  members, pools and hosts that stay keep their objects, so their health, admin state,
+  counters and requests in flight carry over. What operators change at run time is kept in
+  the state file (written atomically) and restored at start.
+- A listener whose address is unchanged by a reload keeps its socket: no connection drops.
 """
 
 from __future__ import annotations
@@ -22,22 +22,27 @@ import secrets
 import socket
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, cast
 
 from croupier.admin.ops import OpError
 from croupier.admin.schedule import Scheduler
-from croupier.balancing import make_policy
 from croupier.config.load import ConfigError, LoadedConfig, MemberSpec, load_config
-from croupier.config.schema import HostCheckConfig, PoolConfig
+from croupier.config.schema import PoolConfig
 from croupier.health.checks import Checker
-from croupier.health.outlier import Outlier
-from croupier.model.state import Host, Member, Pool
+from croupier.model.policy import PolicyFactory
+from croupier.model.reconcile import Changes, reconcile
+from croupier.model.state import Member, Model
 from croupier.proxy.client import ClientConnection, client_protocol
 from croupier.proxy.context import ProxyContext
 from croupier.proxy.listener import Listener
 from croupier.proxy.upstream import UpstreamPool
 from croupier.runtime import sockets, state_file
 from croupier.runtime.notify import notify
+from croupier.sources import stack
+from croupier.sources.admin_api import AdminApi
+from croupier.sources.config_file import ConfigFile
 
 log = logging.getLogger("croupier")
 
@@ -57,6 +62,21 @@ class Coordinator(Protocol):
         ...
 
 
+@dataclass
+class Parts:
+    """What a Balancer is made of, made by the composition root (runtime/app.py)."""
+
+    model: Model
+    context: ProxyContext
+    checker: Checker
+    scheduler: Scheduler
+    make_policy: PolicyFactory
+    config_members: ConfigFile          # the sources, bottom up
+    api_members: AdminApi
+    admin_app: Callable[[Any, str], Any]    # (the instance, its token) -> the ASGI app
+    state_file: Path | None             # where what operators change is kept, if anywhere
+
+
 class Balancer:
     """Everything one croupier process serves, built from one validated config. A single
     process both serves (binds its listeners, relays requests) and controls (runs the
@@ -67,28 +87,31 @@ class Balancer:
     controls = True
     reuse_port = False      # a worker's listeners share their port with its siblings'
 
-    def __init__(self, loaded: LoadedConfig, loop: asyncio.AbstractEventLoop | None = None,
-                 overlay: dict[str, Any] | None = None,
+    def __init__(self, loaded: LoadedConfig, parts: Parts, saved: dict[str, Any],
                  inherited: dict[str, socket.socket] | None = None) -> None:
-        # Listening sockets handed down (a worker's, held by its supervisor), by listener.
+        """`parts`: what the composition root (runtime/app.py's build) made for it; `saved`:
+        what the state file kept; `inherited`: listening sockets handed down (a worker's,
+        held by its supervisor), by listener."""
         self.inherited = inherited or {}
         self.loaded = loaded
-        self.loop = loop or asyncio.get_event_loop()
-        self.outlier = Outlier(self.loop)
-        # What the data plane is given of this process (the listeners and member pools).
-        self.context = ProxyContext(self.loop, self.outlier.failure)
-        self.connections = self.context.connections
-        self.hosts: dict[str, Host] = {}
-        self.pools: dict[str, Pool] = {}
+        self.parts = parts
+        self.loop = parts.context.loop
+        self.model = parts.model
+        self.hosts = parts.model.hosts          # the same dicts: reconcile changes them in place
+        self.pools = parts.model.pools
+        self.context = parts.context            # what the data plane is given of this process
+        self.connections = parts.context.connections
+        self.checker = parts.checker
+        self.scheduler = parts.scheduler
+        self.scheduler.persist = self._persist_windows
+        self.config_members = parts.config_members
+        self.api_members = parts.api_members
         self.listeners: list[Listener] = []
-        self.host_checks: dict[str, HostCheckConfig] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._sweeps = 0
         self._admin_server: Any = None
         self._admin_task: asyncio.Task[None] | None = None
         self.admin_port: int | None = None
-        self.checker = Checker(self)
-        self.scheduler = Scheduler(self, self.loop, self._persist_windows)
         # The supervisor's: after a change of membership or weights (it tells its workers),
         # after any member or host state change (it pushes the new states), and the workers'
         # two phases of a reload.
@@ -96,143 +119,29 @@ class Balancer:
         self.on_state: Callable[[], None] | None = None
         self.coordinator: Coordinator | None = None
         self.workers_view: Any = None   # the supervisor's list of workers, for the status
-        admin = loaded.config.admin
-        self.state_file = (loaded.beside(admin.state_file)
-                           if admin.enabled and self.controls else None)
-        if overlay is not None:
-            self.overlay = overlay
-        elif self.state_file is not None:
-            self.overlay = state_file.read(self.state_file)
-        else:
-            self.overlay = state_file.empty()
-        self._apply(loaded, first=True)
+        self.state_file = parts.state_file
+        self.reconcile_members(at_start=True)
+        self._restore(saved)
+        self._load_windows(loaded)
 
     # ---- building the model ---------------------------------------------------------------
 
-    def _apply(self, loaded: LoadedConfig, first: bool) -> None:
-        """Make the model match `loaded` plus the overlay, keeping what is still there."""
-        config = loaded.config
-        overlay = self.overlay
-        self.host_checks = {h.name: h.check for h in config.hosts if h.check is not None}
-        for h in config.hosts:
-            host = self.hosts.get(h.name)
-            if host is None:
-                self.hosts[h.name] = Host(h.name, h.address)
-            else:
-                host.address = h.address
-        wanted_pools: dict[str, Pool] = {}
-        for pc in config.pools:
-            pool = self.pools.get(pc.name) or Pool(pc.name, pc.algorithm, make_policy, pc)
-            pool.on_refresh = self._state_changed
-            pool.configure(pc)
-            pool.algorithm = pc.algorithm
-            specs = [s for s in loaded.members[pc.name]
-                     if f"{pc.name}/{s.name}" not in overlay["removed"]]
-            names = {s.name for s in specs}
-            for added in overlay["added"]:
-                if added["pool"] == pc.name and added["name"] not in names:
-                    specs.append(MemberSpec(pc.name, added["name"], added["host"],
-                                            added["address"], added["port"], added["weight"]))
-                    names.add(added["name"])
-            old = {m.name: m for m in pool.members}
-            members = []
-            for spec in specs:
-                member = old.pop(spec.name, None)
-                if member is None:
-                    member = self._new_member(pool, pc, spec, present_at_start=first)
-                else:
-                    member.weight = spec.weight
-                    self._configure_upstream(member, pc)
-                weight = overlay["weights"].get(f"{pc.name}/{spec.name}")
-                if weight is not None:
-                    member.weight = weight
-                member.admin.pop("api", None)
-                state = overlay["member_admin"].get(f"{pc.name}/{spec.name}")
-                if state is not None:
-                    member.admin["api"] = state
-                members.append(member)
-            for gone in old.values():
-                self._retire(gone)
-            pool.members = members
-            wanted_pools[pc.name] = pool
-        for name, pool in self.pools.items():
-            if name not in wanted_pools:
-                for m in pool.members:
-                    self._retire(m)
-        self.pools = wanted_pools
-        for host in self.hosts.values():
-            host.members = [m for p in self.pools.values() for m in p.members if m.host is host]
-            host.admin.pop("api", None)
-            state = overlay["host_admin"].get(host.name)
-            if state is not None:
-                host.admin["api"] = state
-        for pool in self.pools.values():
-            pool.refresh()
-        self._drop_stale_overlay()
-        # Maintenance windows: the config's, replaced on each load, and the API's, kept. One
-        # whose target is gone (removed through the API since) is dropped with a warning: it
-        # must never keep croupier from starting or reloading.
-        self.scheduler.windows = [w for w in self.scheduler.windows if w.origin == "api"]
-        if first:
-            now = time.time()
-            for w in overlay["windows"]:
-                if w["end"] > now:
-                    try:
-                        self.scheduler.add(w["target"], w["start"], w["end"], w["lead"], "api",
-                                           w.get("reason", ""), w["id"])
-                    except OpError as e:
-                        log.warning("maintenance window %s from the state file dropped: %s",
-                                    w.get("id"), e.message)
-        for i, mc in enumerate(config.maintenance):
-            start, end = mc.span()
-            if end > time.time():
-                try:
-                    self.scheduler.add(mc.target, start, end, mc.lead, "config", mc.reason,
-                                       mc.id or f"config-{i + 1}")
-                except OpError as e:
-                    log.warning("%s: maintenance[%d] (%s) left out: %s", loaded.path, i,
-                                mc.target, e.message)
+    def reconcile_members(self, at_start: bool = False) -> Changes:
+        """The model, made to hold what the sources want now."""
+        changes = reconcile(self.hosts, self.pools, self.loaded.config,
+                            stack([self.config_members, self.api_members]),
+                            self.parts.make_policy, self, at_start, self._state_changed)
+        self.model.host_checks = {h.name: h.check for h in self.loaded.config.hosts
+                                  if h.check is not None}
+        if self.checker.running:    # watch who came
+            for member in changes.added:
+                health = member.pool.config.health if member.pool.config else None
+                if health is not None:
+                    self.checker.watch_member(member, health)
+        return changes
 
-    def _drop_stale_overlay(self) -> None:
-        """Admin states and weights the state file holds for members or hosts that are gone
-        (the config changed under it) are dropped, each with a warning: the file is advisory."""
-        overlay = self.overlay
-        keys = {m.key for m in self.members()}
-        for kind in ("member_admin", "weights"):
-            for key in [k for k in overlay[kind] if k not in keys]:
-                log.warning("state file: %s for %s dropped: no such member now", kind, key)
-                del overlay[kind][key]
-        for name in [h for h in overlay["host_admin"] if h not in self.hosts]:
-            log.warning("state file: admin state of host %s dropped: no such host now", name)
-            del overlay["host_admin"][name]
-        for added in [a for a in overlay["added"] if a["pool"] not in self.pools]:
-            log.warning("state file: member %s added to pool %s dropped: no such pool now",
-                        added["name"], added["pool"])
-            overlay["added"].remove(added)
-
-    def _state_changed(self) -> None:
-        if self.on_state is not None:
-            self.on_state()
-
-    def _new_member(self, pool: Pool, pc: PoolConfig, spec: MemberSpec,
-                    present_at_start: bool) -> Member:
-        host = self.hosts.get(spec.host)
-        if host is None:     # a member named by address gets a host of that name
-            host = self.hosts[spec.host] = Host(spec.host, spec.address)
-        member = Member(pool, spec.name, host, spec.address, spec.port, spec.weight)
-        member.public_url = spec.public_url
-        if pc.health is None:
-            member.health = "up"        # nothing checks it: it is up until it fails
-        elif pc.health.initial is not None:
-            member.initial_up = pc.health.initial == "up"
-        else:
-            # Present at start: serve at once, so a restart does not black out a pool.
-            # Added later: down until its first check passes.
-            member.initial_up = present_at_start
-        self._configure_upstream(member, pc)
-        return member
-
-    def _configure_upstream(self, member: Member, pc: PoolConfig) -> None:
+    def attach(self, member: Member, pc: PoolConfig) -> None:
+        """The upstream side of a member (model.reconcile's Attach)."""
         if member.upstream is None:
             member.upstream = UpstreamPool(self.context, member, pc.connect_timeout,
                                            pc.response_timeout, pc.idle_timeout, pc.max_idle)
@@ -243,16 +152,61 @@ class Balancer:
             up.idle_timeout = pc.idle_timeout
             up.max_idle = pc.max_idle
 
-    def _retire(self, member: Member) -> None:
-        """A member leaves: no new requests; those in flight finish on their own."""
+    def retire(self, member: Member) -> None:
+        """A member left: no new requests; those in flight finish on their own."""
         self.checker.unwatch(member)
         if member.upstream is not None:
             cast(UpstreamPool, member.upstream).max_idle = 0
             member.upstream.close_idle()
-        member.record("removed", f"{member.in_flight} request(s) in flight finish")
+
+    def _restore(self, saved: dict[str, Any]) -> None:
+        """At start: the admin states and windows the state file kept. Those that name a
+        member, host or target that is gone are dropped with a warning: the file is advisory
+        and must never keep croupier from starting."""
+        members = {m.key: m for m in self.members()}
+        for key, state in saved.get("member_admin", {}).items():
+            if key in members:
+                members[key].admin["api"] = state
+            else:
+                log.warning("state file: admin state of %s dropped: no such member now", key)
+        for name, state in saved.get("host_admin", {}).items():
+            if name in self.hosts:
+                self.hosts[name].admin["api"] = state
+            else:
+                log.warning("state file: admin state of host %s dropped: no such host now",
+                            name)
+        for pool in self.pools.values():
+            pool.refresh()
+        now = time.time()
+        for w in saved.get("windows", []):
+            if w["end"] > now:
+                try:
+                    self.scheduler.add(w["target"], w["start"], w["end"], w["lead"], "api",
+                                       w.get("reason", ""), w["id"])
+                except OpError as e:
+                    log.warning("maintenance window %s from the state file dropped: %s",
+                                w.get("id"), e.message)
+
+    def _load_windows(self, loaded: LoadedConfig) -> None:
+        """The config's maintenance windows, replaced on each load (the API's are kept). One
+        whose target is gone is left out with a warning."""
+        self.scheduler.windows = [w for w in self.scheduler.windows if w.origin == "api"]
+        for i, mc in enumerate(loaded.config.maintenance):
+            start, end = mc.span()
+            if end > time.time():
+                try:
+                    self.scheduler.add(mc.target, start, end, mc.lead, "config", mc.reason,
+                                       mc.id or f"config-{i + 1}")
+                except OpError as e:
+                    log.warning("%s: maintenance[%d] (%s) left out: %s", loaded.path, i,
+                                mc.target, e.message)
+
+    def _state_changed(self) -> None:
+        if self.on_state is not None:
+            self.on_state()
 
     def members(self) -> list[Member]:
-        return [m for p in self.pools.values() for m in p.members]
+        return self.model.members()
 
     # ---- runtime changes (the admin API) -------------------------------------------------
 
@@ -275,60 +229,33 @@ class Balancer:
             spec = MemberSpec(pool.name, f"{address}:{port}", known, address, port, weight)
         if any(m.name == spec.name for m in pool.members):
             raise OpError(409, f"pool {pool.name!r} already has member {spec.name}")
-        key = f"{pool.name}/{spec.name}"
-        if key in self.overlay["removed"]:
-            self.overlay["removed"].remove(key)
-        if not any(m.name == spec.name for m in self._config_specs(pool.name)):
-            self.overlay["added"].append({"pool": pool.name, "name": spec.name,
-                                          "host": spec.host, "address": spec.address,
-                                          "port": port, "weight": weight})
-        self.overlay["weights"][key] = weight
-        member = self._new_member(pool, pool.config, spec, present_at_start=False)
-        pool.members.append(member)
-        member.host.members.append(member)
+        self.api_members.add(spec, self.config_members.want({}))
+        self.reconcile_members()
+        member = next(m for m in pool.members if m.name == spec.name)
         member.record("added", "by the admin API")
-        pool.refresh()
-        if pool.config.health is not None:
-            self.checker.watch_member(member, pool.config.health)
         return member
 
-    def _config_specs(self, pool: str) -> list[MemberSpec]:
-        return self.loaded.members.get(pool, [])
-
     def remove_member(self, member: Member) -> None:
-        pool = member.pool
-        key = member.key
-        self.overlay["added"] = [a for a in self.overlay["added"]
-                                 if not (a["pool"] == pool.name and a["name"] == member.name)]
-        if any(s.name == member.name for s in self._config_specs(pool.name)):
-            self.overlay["removed"].append(key)
-        self.overlay["weights"].pop(key, None)
-        self.overlay["member_admin"].pop(key, None)
-        pool.members.remove(member)
-        if member in member.host.members:
-            member.host.members.remove(member)
-        self._retire(member)
-        pool.refresh()
+        self.api_members.remove(member.pool.name, member.name, self.config_members.want({}))
+        self.reconcile_members()
 
     def set_weight(self, member: Member, weight: int) -> None:
         before = member.weight
-        member.weight = weight
-        self.overlay["weights"][member.key] = weight
+        self.api_members.set_weight(member.pool.name, member.name, weight)
+        self.reconcile_members()
         member.record(f"weight {before} -> {weight}", "by the admin API")
-        member.pool.refresh()
 
     # ---- the state file --------------------------------------------------------------------
 
-    def _snapshot_overlay(self) -> dict[str, Any]:
-        overlay = self.overlay
-        overlay["member_admin"] = {m.key: m.admin["api"]
-                                   for m in self.members() if "api" in m.admin}
-        overlay["host_admin"] = {h.name: h.admin["api"] for h in self.hosts.values()
-                                 if "api" in h.admin}
-        overlay["windows"] = [{"id": w.id, "target": w.target, "start": w.start, "end": w.end,
-                               "lead": w.lead, "reason": w.reason}
-                              for w in self.scheduler.windows if w.origin == "api"]
-        return overlay
+    def saved_state(self) -> dict[str, Any]:
+        """What the state file keeps: what operators changed at run time."""
+        return self.api_members.changes.model_dump() | {
+            "member_admin": {m.key: m.admin["api"] for m in self.members() if "api" in m.admin},
+            "host_admin": {h.name: h.admin["api"] for h in self.hosts.values()
+                           if "api" in h.admin},
+            "windows": [{"id": w.id, "target": w.target, "start": w.start, "end": w.end,
+                         "lead": w.lead, "reason": w.reason}
+                        for w in self.scheduler.windows if w.origin == "api"]}
 
     def _persist_windows(self) -> None:
         """Windows ended: the state file keeps only those still to come."""
@@ -336,12 +263,11 @@ class Balancer:
             self.save_state()
 
     def save_state(self, notify: bool = True) -> None:
-        """Keep the runtime overlay in the state file (and tell the workers)."""
-        overlay = self._snapshot_overlay()
+        """Keep what operators changed in the state file (and tell the workers)."""
         if notify and self.on_change is not None:
             self.on_change()
         if self.state_file is not None:
-            state_file.write(self.state_file, overlay)
+            state_file.write(self.state_file, self.saved_state())
 
     # ---- serving ----------------------------------------------------------------------------
 
@@ -378,8 +304,6 @@ class Balancer:
     async def _start_admin(self) -> None:
         import uvicorn
 
-        from croupier.admin.api import build_app
-
         admin = self.loaded.config.admin
         token = self._admin_token()
         sock = sockets.bind_named(admin.listen, "[admin].listen")
@@ -393,8 +317,8 @@ class Balancer:
                 yield
 
         self._admin_server = EmbeddedServer(uvicorn.Config(
-            build_app(self, token), log_level="warning", lifespan="off", access_log=False,
-            timeout_graceful_shutdown=2))
+            self.parts.admin_app(self, token), log_level="warning", lifespan="off",
+            access_log=False, timeout_graceful_shutdown=2))
         self._admin_task = self.loop.create_task(self._admin_server.serve(sockets=[sock]))
         while not self._admin_server.started:
             if self._admin_task.done():
@@ -496,9 +420,10 @@ class Balancer:
                      socks: dict[str, socket.socket]) -> dict[str, Any]:
         """Serve `loaded` from now on, with the sockets bind_new_listeners made for it."""
         await self.checker.stop()
-        self._snapshot_overlay()
         self.loaded = loaded
-        self._apply(loaded, first=False)
+        self.config_members = ConfigFile(loaded)
+        self.reconcile_members()
+        self._load_windows(loaded)
         old = {lst.name: lst for lst in self.listeners}
         listeners = []
         for lc in loaded.config.listeners:

@@ -20,7 +20,8 @@ from typing import IO, TYPE_CHECKING, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from croupier.config.schema import Address, Name, Port, Text, Weight, When
+from croupier.config.schema import Name, Text, Weight, When
+from croupier.sources.admin_api import AddedMember, ApiMembers
 
 if TYPE_CHECKING:
     from croupier.config.load import LoadedConfig
@@ -32,15 +33,6 @@ VERSION: Final = 1
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-
-class AddedMember(_Strict):
-    pool: Name
-    name: Text
-    host: Text
-    address: Address
-    port: Port
-    weight: Weight
 
 
 class SavedWindow(_Strict):
@@ -64,6 +56,12 @@ class StateFile(_Strict):
 
 def empty() -> dict[str, Any]:
     return StateFile().model_dump()
+
+
+def api_members(saved: dict[str, Any]) -> ApiMembers:
+    """The membership part of what the file keeps (a worker is sent only that part)."""
+    return ApiMembers.model_validate({k: saved.get(k, v) for k, v in
+                                      ApiMembers().model_dump().items()})
 
 
 def read(path: Path) -> dict[str, Any]:

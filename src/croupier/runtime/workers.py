@@ -27,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -56,6 +57,10 @@ from croupier.runtime.process import freeze_startup_objects, install_signals, un
 from croupier.runtime.server import Balancer
 
 log = logging.getLogger("croupier.workers")
+
+# runtime/app.py's build: (model type, config, loop, saved state, inherited sockets) -> model
+Build = Callable[[type[Any], LoadedConfig, asyncio.AbstractEventLoop, "dict[str, Any] | None",
+                  "dict[str, socket.socket] | None"], Any]
 
 STATS_EVERY = 0.1        # workers -> supervisor: counters
 RESTART_DELAY = 0.5
@@ -146,8 +151,9 @@ def _receive_sockets(channel: socket.socket, names: list[str]) -> dict[str, sock
 
 # ---- the worker ---------------------------------------------------------------------------
 
-def run_worker(channel_fd: int, index: int) -> None:
-    """`croupier worker`: serve the listeners, follow the supervisor, report counters."""
+def run_worker(channel_fd: int, index: int, build: Build) -> None:
+    """`croupier worker`: serve the listeners, follow the supervisor, report counters.
+    `build`: the composition root's (runtime/app.py)."""
     from croupier.runtime import eventloop
 
     async def main() -> None:
@@ -164,7 +170,7 @@ def run_worker(channel_fd: int, index: int) -> None:
         except ConfigError as e:
             await _send(writer, Failed(message="; ".join(_problems(e))))
             return
-        balancer = WorkerModel(loaded, loop, overlay=first.overlay, inherited=inherited)
+        balancer = build(WorkerModel, loaded, loop, first.members.model_dump(), inherited)
         apply_states(balancer, first.states)
         try:
             await balancer.start()
@@ -201,8 +207,8 @@ def run_worker(channel_fd: int, index: int) -> None:
                 if isinstance(msg, Push):
                     apply_states(balancer, msg.states)
                 elif isinstance(msg, Apply):
-                    balancer.overlay = msg.overlay
-                    balancer._apply(balancer.loaded, first=False)
+                    balancer.api_members.changes = msg.members
+                    balancer.reconcile_members()
                     apply_states(balancer, msg.states)
                 elif isinstance(msg, Prepare):
                     given = _receive_sockets(fd_channel, msg.sockets)
@@ -224,7 +230,7 @@ def run_worker(channel_fd: int, index: int) -> None:
                                                       errors=["nothing was prepared"]))
                         continue
                     new, socks = prepared.pop(msg.seq)
-                    balancer.overlay = msg.overlay
+                    balancer.api_members.changes = msg.members
                     await balancer.commit(new, socks)
                     apply_states(balancer, msg.states)
                     await _send(writer, Committed(seq=msg.seq, digest=balancer.loaded.digest))
@@ -269,9 +275,10 @@ class Supervisor:
     """Starts the workers, tells them what to serve, and adds up what they count. It is the
     Balancer's Coordinator: a reload is committed only when every worker has prepared it."""
 
-    def __init__(self, loaded: LoadedConfig, workers: int,
+    def __init__(self, loaded: LoadedConfig, workers: int, build: Build,
                  log_args: tuple[str, ...] = ()) -> None:
         self.loaded = loaded
+        self.build = build
         self.count = workers
         self.log_args = log_args        # how workers log: as the supervisor does
         self.workers = [Worker(i) for i in range(workers)]
@@ -296,7 +303,7 @@ class Supervisor:
         except OSError:
             self._close_slots()
             raise
-        self.balancer = SupervisorModel(self.loaded, loop)
+        self.balancer = self.build(SupervisorModel, self.loaded, loop, None, None)
         self.balancer.on_change = self._changed
         self.balancer.on_state = self._state_changed
         self.balancer.coordinator = self
@@ -349,10 +356,10 @@ class Supervisor:
         fd_theirs.close()
         reader, writer = await asyncio.open_connection(sock=ours)
         w.writer = writer
-        balancer._snapshot_overlay()
         loaded = balancer.loaded
         await _send(writer, Init(config=loaded.text, path=str(loaded.path), digest=loaded.digest,
-                                 overlay=balancer.overlay, states=member_states(balancer),
+                                 members=balancer.api_members.changes,
+                                 states=member_states(balancer),
                                  sockets={n: s.fileno() for n, s in w.sockets.items()},
                                  fd_channel=fd_channel))
         self._task(self._listen(w, reader))
@@ -437,8 +444,7 @@ class Supervisor:
     def _changed(self) -> None:
         """Membership or weights changed in the supervisor: tell every worker."""
         assert self.balancer is not None
-        self.balancer._snapshot_overlay()
-        self._broadcast(Apply(overlay=self.balancer.overlay,
+        self._broadcast(Apply(members=self.balancer.api_members.changes,
                               states=member_states(self.balancer)))
 
     def _state_changed(self) -> None:
@@ -546,8 +552,8 @@ class Supervisor:
             for name in [n for n in w.sockets if n not in names or n in new]:
                 w.sockets.pop(name).close()
             w.sockets.update(new)
-        balancer._snapshot_overlay()
-        answers = await self._ask(self._live(), Commit(seq=self._seq, overlay=balancer.overlay,
+        answers = await self._ask(self._live(), Commit(seq=self._seq,
+                                                       members=balancer.api_members.changes,
                                                        states=member_states(balancer)))
         served = []
         for w, answer in answers:
@@ -628,12 +634,14 @@ class Supervisor:
         self._close_slots()
 
 
-def run_supervised(loaded: LoadedConfig, workers: int, log_args: tuple[str, ...] = ()) -> None:
+def run_supervised(loaded: LoadedConfig, workers: int, build: Build,
+                   log_args: tuple[str, ...] = ()) -> None:
+    """The supervisor's process; `build`: the composition root's (runtime/app.py)."""
     from croupier.runtime import eventloop
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        supervisor = Supervisor(loaded, workers, log_args)
+        supervisor = Supervisor(loaded, workers, build, log_args)
 
         async def reload() -> None:
             assert supervisor.balancer is not None

@@ -1,0 +1,26 @@
+"""Where members come from. Each source is a layer: told what the layers under it want, it
+says what it wants instead; the top layer's answer goes to the one reconcile
+(croupier.model.reconcile), whoever asked for the change. Today's stack, bottom up: the
+config file, then the admin API (members it added or removed, weights it set); a discovery
+source or the fleet's shared state (etcd) stacks the same way."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol
+
+from croupier.model.reconcile import Wanted
+
+
+class Source(Protocol):
+    def want(self, below: Wanted) -> Wanted:
+        """The members wanted, given what the sources under this one want."""
+        ...
+
+
+def stack(sources: Iterable[Source]) -> Wanted:
+    """What the sources want together, each on top of those before it."""
+    wanted: Wanted = {}
+    for source in sources:
+        wanted = source.want(wanted)
+    return wanted
