@@ -31,6 +31,7 @@ import uvloop
 from croupier.config.load import validate_config
 from croupier.proxy.client import ClientConnection
 from croupier.proxy.upstream import UpstreamConnection
+from croupier.runtime import app
 from croupier.runtime.server import Balancer
 
 REQUEST = (b"GET / HTTP/1.1\r\nHost: 127.0.0.1:18080\r\nUser-Agent: wrk\r\n"
@@ -88,7 +89,7 @@ def build(loop: asyncio.AbstractEventLoop) -> ClientConnection:
         "pools": [{"name": "app",
                    "members": ["127.0.0.1:19101", "127.0.0.1:19102", "127.0.0.1:19103"]}],
     })
-    balancer = Balancer(loaded, loop)
+    balancer = app.build(Balancer, loaded, loop)
     listener = next(balancer.listeners_for(loaded))
     for pool in balancer.pools.values():
         for member in pool.members:
