@@ -72,6 +72,12 @@ BAD = [
                                                     'start = 2099-01-01T00:00:00Z\n'
                                                     'end = 2098-01-01T00:00:00Z'},
      "maintenance[0]", "end must be after start"),
+    ("an access log in no directory", {"top": '[access_log]\npath = "/nonexistent/x/access.log"'},
+     "access_log.path", "directory /nonexistent/x does not exist"),
+    ("a listener's access log in a directory", {"listener": 'access_log = { path = "/tmp" }'},
+     "listeners[0] (web).access_log.path", "/tmp is a directory"),
+    ("an access log format that is not one", {"top": '[access_log]\npath = "-"\nformat = "xml"'},
+     "access_log.format", "'text' or 'json'"),
     ("an algorithm no policy registered", {"pool": 'algorithm = "fastest"'},
      "pools[0] (app).algorithm", "unknown algorithm 'fastest': expected one of hash, "
      "least_conn, random, round_robin, two_choices"),

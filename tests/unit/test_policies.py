@@ -11,7 +11,7 @@ from croupier.balancing import make_policy
 from croupier.balancing.consistent_hash import ConsistentHash
 from croupier.config import validate_config
 from croupier.model.state import Host, Member, Pool
-from croupier.proxy.client import Request
+from croupier.proxy.client import Exchange
 
 
 def pool_of(weights: list[int], algorithm: str = "round_robin", **pool_options) -> Pool:
@@ -30,8 +30,8 @@ def pool_of(weights: list[int], algorithm: str = "round_robin", **pool_options) 
     return pool
 
 
-def request(peer: bytes = b"127.0.0.1", headers=(), url: bytes = b"/") -> Request:
-    req = Request(peer)
+def request(peer: bytes = b"127.0.0.1", headers=(), url: bytes = b"/") -> Exchange:
+    req = Exchange(None, peer, 0)     # no listener: never finished here
     for name, value in headers:
         req.fields += b"%s: %s\r\n" % (name, value)
     req.url = url

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -120,6 +121,18 @@ def load_text(text: str, path: Path | str) -> LoadedConfig:
     return replace(loaded, text=text, digest=hashlib.sha256(text.encode()).hexdigest())
 
 
+def _unwritable(path: Path) -> str | None:
+    """Why croupier could not append to `path`, or None (nothing is created to find out)."""
+    if path.is_dir():
+        return f"{path} is a directory"
+    if path.exists():
+        return None if os.access(path, os.W_OK) else f"{path} is not writable"
+    parent = path.absolute().parent
+    if not parent.is_dir():
+        return f"directory {parent} does not exist"
+    return None if os.access(parent, os.W_OK) else f"directory {parent} is not writable"
+
+
 def validate_config(data: dict[str, Any], path: Path | str = "<config>") -> LoadedConfig:
     try:
         config = Config.model_validate(data)
@@ -143,6 +156,15 @@ def validate_config(data: dict[str, Any], path: Path | str = "<config>") -> Load
             problems.append((f"pools[{i}] ({p.name}).name",
                              f"a pool named {p.name!r} is already defined"))
         seen_pools.add(p.name)
+
+    logs = [("access_log", config.access_log)] + [
+        (f"listeners[{i}] ({lst.name}).access_log", lst.access_log)
+        for i, lst in enumerate(config.listeners)]
+    for key, log_config in logs:
+        if log_config is not None and log_config.enabled and log_config.path != "-":
+            why = _unwritable(Path(path).parent / log_config.path)
+            if why:
+                problems.append((f"{key}.path", why))
 
     listen_seen: dict[tuple[str, int], str] = {}
     names_seen: set[str] = set()

@@ -177,6 +177,14 @@ class RouteConfig(_Strict):
         return v.lower() if v is not None else None
 
 
+class AccessLogConfig(_Strict):
+    """Where and how the access log is written: one line an exchange (proxy/access_log.py)."""
+
+    path: Text                          # a file (appended to), or "-" for standard output
+    format: Literal["text", "json"] = "text"
+    enabled: bool = True                # false: a listener writes none, whatever the top says
+
+
 class ListenerConfig(_Strict):
     name: Name
     listen: str
@@ -192,6 +200,7 @@ class ListenerConfig(_Strict):
     max_header_size: Size = 16384        # request line + headers; 431 past it
     max_body_size: Size = 0              # 413 past it; 0 = no limit
     max_pipelined: int = Field(default=16, ge=1, le=1024)
+    access_log: AccessLogConfig | None = None   # the top level's [access_log] when absent
 
     @field_validator("listen")
     @classmethod
@@ -426,6 +435,7 @@ class Config(_Strict):
     workers: int | Literal["auto"] = Field(default="auto", ge=1, le=64)
     admin: AdminConfig = AdminConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    access_log: AccessLogConfig | None = None   # off when absent
     listeners: list[ListenerConfig] = Field(min_length=1)
     hosts: list[HostConfig] = []
     pools: list[PoolConfig] = Field(min_length=1)

@@ -125,13 +125,15 @@ class Member(_Recorded):
 
     __slots__ = ("address", "admin", "answered", "consecutive_failures", "ejected_until",
                  "ejections", "eligible", "failures", "health", "history", "host", "in_flight",
-                 "initial_up", "key", "latency_total", "name", "pool", "port", "public_url",
+                 "initial_up", "key", "latency_total", "name", "name_bytes", "pool", "port",
+                 "public_url",
                  "ramp_from", "requests", "retries", "upstream", "weight")
 
     def __init__(self, pool: Pool, name: str, host: Host, address: str, port: int,
                  weight: int) -> None:
         self.pool = pool
         self.name = name
+        self.name_bytes = name.encode()     # as the access log writes it
         self.key = f"{pool.name}/{name}"    # how the state file, workers and targets name it
         self.host = host
         self.address = address
@@ -215,7 +217,8 @@ class Member(_Recorded):
 
 class Pool:
     __slots__ = ("_dealt", "_make_policy", "_retry_seen", "_retry_tokens", "_window",
-                 "algorithm", "built", "config", "eligible", "members", "name", "on_refresh",
+                 "algorithm", "built", "config", "eligible", "members", "name", "name_bytes",
+                 "on_refresh",
                  "policy", "ramping", "retry_body_limit", "retry_cap")
 
     WINDOW = 10         # seconds of requests the retry budget is measured against
@@ -223,6 +226,7 @@ class Pool:
     def __init__(self, name: str, algorithm: str, make_policy: PolicyFactory,
                  config: PoolConfig | None = None) -> None:
         self.name = name
+        self.name_bytes = name.encode()
         self.algorithm = algorithm
         self.config: PoolConfig | None = None
         self.retry_body_limit = 65536   # the config's default, for a pool made without one

@@ -73,33 +73,45 @@ class _Reject(Exception):
     """Raised from a parser callback to stop parsing; the reason is in `ClientConnection.error`."""
 
 
-class Request:
-    """One request from parse to answer. Plain slots: one of these per request, nothing else."""
+class Exchange:
+    """One request and its answer, from the first byte of its head to its end: the one
+    object a request (plain slots), and the one place it ends (`finish`), however it ends:
+    the access log line is written there and nowhere else."""
 
     __slots__ = (
         "attempts",
+        "begun",
         "body",
         "body_done",
         "body_size",
+        "bytes_in",
+        "bytes_out",
         "chunked",
         "close_after",
+        "connect_time",
         "connection_field",
         "content_length",
         "discard",
         "drop",
+        "ended",
         "fields",
+        "first_byte",
         "host",
         "http11",
+        "listener",
         "member",
         "method",
         "peer",
+        "peer_port",
         "pool",
         "replay",
         "replay_limit",
         "replayable",
+        "request_id",
         "response_done",
         "response_started",
         "sent_at",
+        "served_by",
         "set_cookie",
         "sink",
         "status",
@@ -107,12 +119,24 @@ class Request:
         "upgrade",
         "upgrade_value",
         "url",
+        "user_agent",
         "via",
         "xff",
     )
 
-    def __init__(self, peer: bytes) -> None:
+    def __init__(self, listener: Listener, peer: bytes, peer_port: int) -> None:
+        self.listener = listener
         self.peer = peer                # the client's address: X-Forwarded-For, hash keys
+        self.peer_port = peer_port
+        self.begun = 0.0                # loop time: the head was read (0: answered at once)
+        self.connect_time = 0.0         # seconds the last attempt took to connect (0: reused)
+        self.first_byte = 0.0           # loop time: the member's response head came
+        self.bytes_in = 0               # from the client: head and body
+        self.bytes_out = 0              # to the client: heads and body
+        self.user_agent = b""
+        self.request_id = b""
+        self.served_by: Member | None = None    # the member of the last attempt, or chosen
+        self.ended = False
         self.set_cookie: bytes | None = None    # sticky sessions: a cookie for the response
         self.url = b""
         self.method = b""
@@ -151,6 +175,26 @@ class Request:
         self.member: Member | None = None
         self.response_started = False
         self.response_done = False
+
+    def finish(self, termination: bytes, now: float = -1.0) -> None:
+        """The exchange is over (`termination`: who ended it, at what stage; see
+        proxy/access_log.py's table): its log line. Runs once, whoever calls it."""
+        if self.ended:
+            return
+        self.ended = True
+        listener = self.listener
+        log = listener.access_log
+        if log is None:
+            return
+        if now < 0.0:
+            now = listener.time()
+        begun = self.begun or now
+        member = self.served_by
+        pool = self.pool
+        log.write(self, listener.name_bytes, pool.name_bytes if pool is not None else b"",
+                  member.name_bytes if member is not None else b"", termination,
+                  now - begun, self.connect_time,
+                  self.first_byte - begun if self.first_byte else 0.0)
 
     def hold(self, pieces: tuple[bytes, ...]) -> None:
         """Hold body bytes until a member connection takes the request."""
@@ -215,7 +259,9 @@ class ClientConnection:
         "parsing",
         "paused",
         "peer",
+        "peer_port",
         "queue",
+        "refused",
         "transport",
         "tunnel",
         "tunnel_req",
@@ -228,11 +274,11 @@ class ClientConnection:
         self.transport: asyncio.Transport | None = None
         # None while idle long enough to give its memory back (see on_timeout)
         self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
-        self.parsing: Request | None = None     # the request whose bytes are being parsed
-        self.current: Request | None = None     # the request being answered
+        self.parsing: Exchange | None = None     # the request whose bytes are being parsed
+        self.current: Exchange | None = None     # the request being answered
         # Parsed, waiting for `current` to finish; made only when pipelining needs it (an
         # empty deque is 600 bytes, a third of an idle connection).
-        self.queue: deque[Request] | None = None
+        self.queue: deque[Exchange] | None = None
         self.paused = 0
         self.write_paused = False
         self.in_head = False
@@ -246,17 +292,19 @@ class ClientConnection:
         self.error: tuple[int, str] | None = None
         self.parser_dead = False
         self.tunnel: UpstreamConnection | None = None
-        self.tunnel_req: Request | None = None
+        self.tunnel_req: Exchange | None = None
         # An upgrade request not answered yet, and the bytes the client sent behind it, held
         # (reading paused) until the member's answer says whether they are the tunnel's or
         # the next requests (see _upgrade_requested).
-        self.upgrading: Request | None = None
+        self.upgrading: Exchange | None = None
         self.held: bytes | None = None
         self.deadline = 0.0
         self.idle_since = 0.0
         self.client_eof = False         # the client half-closed: no lingering needed
         self.lingering = False          # our answer is out, we drop what still comes
         self.peer = b""
+        self.peer_port = 0
+        self.refused: Exchange | None = None    # the request the parser stopped on
         self.last_host = b""            # the last Host value found valid on this connection
         self._out: list[bytes] | None = None
         self._out_sink: UpstreamConnection | None = None
@@ -268,6 +316,7 @@ class ClientConnection:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = (peer[0] if peer else "unknown").encode()
+        self.peer_port = peer[1] if peer else 0
         self.listener.context.connections.add(self)
         self.listener.open_connections += 1
         self.deadline = self.listener.time() + self.listener.keepalive_timeout
@@ -276,6 +325,8 @@ class ClientConnection:
         if self.tunnel is not None:
             self.tunnel.send(data)
             self.deadline = self.refresh_tunnel_deadline()
+            if self.tunnel_req is not None:
+                self.tunnel_req.bytes_in += len(data)
             return
         if self.parser_dead:
             return
@@ -356,6 +407,14 @@ class ClientConnection:
         tunnel_req, self.tunnel_req = self.tunnel_req, None
         if tunnel_req is not None:
             self._release_member(tunnel_req, failed=False)
+            tunnel_req.finish(b"CT")
+        parsing = self.parsing
+        if parsing is not None and parsing is not self.current:
+            parsing.finish(b"CR")
+        current = self.current
+        if current is not None:
+            current.finish(b"CD" if current.response_started else
+                           b"CH" if current.body_done else b"CR")
         for req in (self.current, *(self.queue or ())):
             if req is not None:
                 self._release_member(req, failed=False)
@@ -403,7 +462,7 @@ class ClientConnection:
             self.error = (0, "a pipelined request after a chunked body")
             raise _Reject()
         self._begin = begin
-        self.parsing = Request(self.peer)
+        self.parsing = Exchange(self.listener, self.peer, self.peer_port)
         self.in_head = True
         # The head's deadline is set once this read is parsed (see data_received), unless
         # the request is complete by then: no clock reading for most requests.
@@ -427,6 +486,7 @@ class ClientConnection:
             base = self._fed
             start = self._begin - base
         end = self._take_head(req, src, start, method)
+        req.bytes_in = end - start
         limit = self.listener.max_header_size
         if end - start > limit:
             self._head_too_large(long_line=len(req.url) >= 8192)
@@ -478,7 +538,7 @@ class ClientConnection:
         self.error = ((414, "request URI too long") if long_line
                       else (431, "request header fields too large"))
 
-    def _take_head(self, req: Request, src: bytes, start: i64, method: bytes) -> i64:
+    def _take_head(self, req: Exchange, src: bytes, start: i64, method: bytes) -> i64:
         """Read the request head that llhttp has just validated, from `src[start:]`, the
         bytes as they came: the URL, the fields croupier acts on, and the field lines the
         member gets (all but the hop-by-hop and forwarding ones, in runs sliced out whole).
@@ -557,6 +617,8 @@ class ClientConnection:
                 if is_name(src, at, b"upgrade"):
                     req.upgrade_value = field_value(src, at + 8, i - 2)
                     drop = True
+                elif is_name(src, at, b"user-agent"):
+                    req.user_agent = field_value(src, at + 11, i - 2)
             elif first == 0x6B:                                             # k
                 drop = is_name(src, at, b"keep-alive")
             elif first == 0x70:                                             # p
@@ -591,7 +653,7 @@ class ClientConnection:
             self._take_absolute_form(req)
         return i + 2
 
-    def _take_absolute_form(self, req: Request) -> None:
+    def _take_absolute_form(self, req: Exchange) -> None:
         """A target in absolute-form (`GET http://a.example/x`): as RFC 9112 3.2.2 asks of a
         proxy, its authority is the request's host, whatever the Host field says; routing
         and the member both see it, and the member gets the target in origin-form, so that a
@@ -661,7 +723,7 @@ class ClientConnection:
 
     # ---- request inspection and dispatch -------------------------------------------------
 
-    def _start(self, req: Request) -> None:
+    def _start(self, req: Exchange) -> None:
         """Route `req`, pick a member, and send it on (or answer it ourselves)."""
         self.current = req
         listener = self.listener
@@ -669,9 +731,10 @@ class ClientConnection:
         mode = listener.mode
         member = pool.policy.pick(req)
         if member is None:
+            req.pool = pool
             self._answer(req, 503, f"croupier: no member of pool {pool.name!r} may take the "
                                    f"request ({pool.describe_unavailable()})\n",
-                         extra=((b"Retry-After", b"1"),))
+                         extra=((b"Retry-After", b"1"),), termination=b"PQ")
             return
         if mode != "proxy":
             self._answer_without_proxy(req, pool, member, mode)
@@ -680,13 +743,16 @@ class ClientConnection:
         req.replay_limit = pool.retry_body_limit
         self._send_to(req, member, fresh=False)
 
-    def _send_to(self, req: Request, member: Member, fresh: bool) -> None:
+    def _send_to(self, req: Exchange, member: Member, fresh: bool) -> None:
         """One attempt: `member` takes `req`, on a kept-alive connection unless `fresh`."""
         member.in_flight += 1
         member.requests += 1
         req.member = member
+        req.served_by = member
         req.attempts += 1
         req.sent_at = now = self.listener.time()
+        if not req.begun:
+            req.begun = now     # the loop's time when the head was read, in proxy mode
         # The model knows a member's connections only as its Upstream protocol; every member
         # the data plane sees has an UpstreamPool (cast: a native call, not a generic one).
         upstream = cast("UpstreamPool", member.upstream)
@@ -696,7 +762,7 @@ class ClientConnection:
         else:
             upstream.connect(self, req)
 
-    def _attach(self, req: Request, conn: UpstreamConnection, now: float) -> None:
+    def _attach(self, req: Exchange, conn: UpstreamConnection, now: float) -> None:
         conn.attach(self, req, now)
         req.sink = conn
         member = req.member
@@ -714,7 +780,7 @@ class ClientConnection:
         if self.paused:
             self.resume_reading(self.PAUSE_CONNECT)
 
-    def _send_body(self, req: Request, conn: UpstreamConnection, head: bytes) -> None:
+    def _send_body(self, req: Exchange, conn: UpstreamConnection, head: bytes) -> None:
         """The head with what is held of the body: replayed, or read while connecting."""
         pieces = [head]
         replay = req.replay
@@ -728,15 +794,17 @@ class ClientConnection:
             req.body = None
         self._send_up(conn, pieces)
 
-    def upstream_connected(self, req: Request, conn: UpstreamConnection) -> None:
+    def upstream_connected(self, req: Exchange, conn: UpstreamConnection) -> None:
         if req is not self.current or self.transport is None:
             conn.pool.release(conn)     # the client left while we connected; keep it
             return
-        self._attach(req, conn, self.listener.time())     # the connect took a while
+        now = self.listener.time()      # the connect took a while
+        req.connect_time = now - req.sent_at
+        self._attach(req, conn, now)
 
-    def upstream_failed(self, req: Request, why: str, *, status: int = 502,
+    def upstream_failed(self, req: Exchange, why: str, *, status: int = 502,
                         sent_to_client: bool = False, stale: bool = False,
-                        connect: bool = False) -> None:
+                        connect: bool = False, termination: bytes = b"") -> None:
         """An attempt failed. Retry it where that is safe, else answer `status` (or, when part
         of the response is already out, cut the connection: nothing else can say so)."""
         member = req.member
@@ -749,6 +817,7 @@ class ClientConnection:
         where = f"pool {member.pool.name!r} member {member.name}" if member else "?"
         if sent_to_client:
             log.warning("%s failed mid-response, client cut: %s", where, why)
+            req.finish(b"SD")
             self.transport.abort()
             return
         refused = self._retry(req, member, why, connect=connect, stale=stale)
@@ -756,9 +825,12 @@ class ClientConnection:
             return
         log.warning("%s failed: %s; not retried: %s", where, why, refused)
         req.close_after = req.close_after or not req.body_done
-        self._answer(req, status, f"croupier: {where} failed: {why}\n")
+        if not termination:
+            termination = ((b"sC" if connect else b"sH") if status == 504
+                           else b"SC" if connect else b"SH")
+        self._answer(req, status, f"croupier: {where} failed: {why}\n", termination=termination)
 
-    def _retry(self, req: Request, failed: Member | None, why: str, *, connect: bool,
+    def _retry(self, req: Exchange, failed: Member | None, why: str, *, connect: bool,
                stale: bool) -> str | None:
         """Send `req` again if that is safe; None if it was, else why not.
 
@@ -804,7 +876,7 @@ class ClientConnection:
         self._send_to(req, member, fresh=False)
         return None
 
-    def response_done(self, req: Request, now: float = -1.0) -> None:
+    def response_done(self, req: Exchange, now: float = -1.0) -> None:
         """The member's response was passed on whole (`now`: the loop's time, if read)."""
         member = req.member
         if member is not None:
@@ -821,6 +893,7 @@ class ClientConnection:
         if member is not None:      # as _release_member, without the call
             req.member = None
             member.in_flight -= 1
+        req.finish(b"--", now)
         sink = req.sink
         if sink is not None and not sink.body_pending:
             req.sink = sink = None
@@ -834,7 +907,7 @@ class ClientConnection:
         elif req.body_done:
             self._next(now)
 
-    def body_sink_lost(self, req: Request) -> None:
+    def body_sink_lost(self, req: Exchange) -> None:
         """The member that answered early stopped taking the rest of the body."""
         req.sink = None
         req.discard = True
@@ -842,7 +915,7 @@ class ClientConnection:
             req.close_after = True
             self._close_after_write()
 
-    def _release_member(self, req: Request, failed: bool) -> None:
+    def _release_member(self, req: Exchange, failed: bool) -> None:
         member = req.member
         if member is not None:
             req.member = None
@@ -868,28 +941,36 @@ class ClientConnection:
             elif self.parsing is None:
                 self.deadline = self._idle_deadline(now)
 
-    def _answer(self, req: Request, status: int, body: str,
+    def _answer(self, req: Exchange, status: int, body: str,
                 extra: tuple[tuple[bytes, bytes], ...] = (),
-                content_type: bytes = b"text/plain; charset=utf-8") -> None:
+                content_type: bytes = b"text/plain; charset=utf-8",
+                termination: bytes = b"--") -> None:
         """Answer `req` ourselves (error, redirect, lookup)."""
+        req.status = status
         req.discard = True
         req.body = None
         req.response_done = True
         if not req.body_done and (req.chunked or req.content_length > 0):
             req.close_after = True      # a body still to come is not read: close instead
         if self.transport is None:
+            req.finish(b"CH")
             return
-        self.transport.write(simple_response(status, body, close=req.close_after,
-                                             extra=extra, content_type=content_type))
+        answer = simple_response(status, body, close=req.close_after, extra=extra,
+                                 content_type=content_type)
+        req.bytes_out += len(answer)
+        req.finish(termination)
+        self.transport.write(answer)
         if req.close_after:
             self._close_after_write()
         elif req.body_done:
             self._next()
 
-    def _answer_without_proxy(self, req: Request, pool: Pool, member: Member,
+    def _answer_without_proxy(self, req: Exchange, pool: Pool, member: Member,
                               mode: str) -> None:
         url = member.url_for(req.url.decode("latin-1"))     # origin-form (or "*")
         member.requests += 1
+        req.pool = pool
+        req.served_by = member
         if mode == "redirect":
             self._answer(req, 307, f"croupier: {url}\n",
                          extra=((b"Location", url.encode("latin-1")),
@@ -901,7 +982,7 @@ class ClientConnection:
             self._answer(req, 200, body + "\n", extra=((b"Cache-Control", b"no-store"),),
                          content_type=b"application/json")
 
-    def _request_head(self, req: Request, member: Member) -> bytes:
+    def _request_head(self, req: Exchange, member: Member) -> bytes:
         """The request head for the member: the copied fields, then the forwarding ones."""
         fields = req.fields
         drop = req.drop
@@ -1015,8 +1096,12 @@ class ClientConnection:
         self.resume_reading(self.PAUSE_QUEUE | self.PAUSE_CONNECT | self.PAUSE_UPGRADE)
         if rest and self.transport is not None:
             self.transport.write(rest)
+            if req is not None:
+                req.bytes_out += len(rest)
         if held:
             conn.send(held)
+            if req is not None:
+                req.bytes_in += len(held)
         self.deadline = self.refresh_tunnel_deadline()
         conn.deadline = 0.0     # the client side's deadline covers both directions
 
@@ -1028,6 +1113,7 @@ class ClientConnection:
         req, self.tunnel_req = self.tunnel_req, None
         if req is not None:
             self._release_member(req, failed=False)
+            req.finish(b"ST")
         if self.transport is not None:
             self.transport.close()
 
@@ -1052,6 +1138,9 @@ class ClientConnection:
             transport.close()
             return
         if self.tunnel is not None or self.write_paused:
+            ended = self.tunnel_req if self.tunnel is not None else self.current
+            if ended is not None:
+                ended.finish(b"sT" if self.tunnel is not None else b"cD")
             transport.abort()           # a peer that stopped reading or talking
         elif self.in_head:
             self.error = (408, "request head not received in time")
@@ -1074,9 +1163,12 @@ class ClientConnection:
         in order; then the error is answered and the connection closes."""
         self.parser_dead = True
         self.in_head = False
-        self._data = self._raw = b""
         bad = self.parsing
+        if bad is not None and not bad.method:
+            self._take_refused_line(bad)
+        self._data = self._raw = b""
         self.parsing = None
+        self.refused = bad
         current = self.current
         if current is not None and current is not bad:
             return      # answered, with the error, once the requests before it are done
@@ -1089,10 +1181,26 @@ class ClientConnection:
                 sink.client = sink.req = None
                 sink._abandon()
             if current.response_started:
+                current.finish(b"PD")
                 if self.transport is not None:
                     self.transport.abort()
                 return
         self._answer_error_and_close()
+
+    def _take_refused_line(self, req: Exchange) -> None:
+        """The parser stopped inside a request line or head it refused: what the request
+        line said, as it came, for the access log (at most the first 8 KiB of it)."""
+        raw = self._raw
+        src = raw + self._data if raw else self._data
+        start = 0 if raw else self._begin - self._fed
+        if not 0 <= start < len(src):
+            return
+        end = src.find(b"\r\n", start, start + 8192)
+        parts = src[start:end if end >= 0 else start + 8192].split(b" ")
+        req.method = parts[0]
+        if len(parts) > 1:
+            req.url = parts[1]
+        req.http11 = len(parts) < 3 or parts[2] == b"HTTP/1.1"
 
     def _answer_error_and_close(self) -> None:
         self.queue = None
@@ -1102,7 +1210,14 @@ class ClientConnection:
         status, why = self.error or (0, "")
         if status:
             log.info("client %s: %d %s", self.peer.decode(), status, why)
-            transport.write(simple_response(status, f"croupier: {why}\n", close=True))
+            answer = simple_response(status, f"croupier: {why}\n", close=True)
+            req = self.refused
+            if req is None:     # refused before a request began (bytes no request starts with)
+                req = Exchange(self.listener, self.peer, self.peer_port)
+            req.status = status
+            req.bytes_out += len(answer)
+            req.finish(b"cR" if status == 408 else b"PR")
+            transport.write(answer)
         self._close_after_write()
 
     def _close_after_write(self) -> None:

@@ -10,7 +10,8 @@ from croupier.proxy.http import host_without_port
 if TYPE_CHECKING:
     from croupier.config.schema import ListenerConfig
     from croupier.model.state import Pool
-    from croupier.proxy.client import Request
+    from croupier.proxy.access_log import AccessLog
+    from croupier.proxy.client import Exchange
     from croupier.proxy.context import ProxyContext
 
 
@@ -49,16 +50,18 @@ class Route:
 
 
 class Listener:
-    __slots__ = ("body_timeout", "config", "context", "default_pool", "header_timeout",
-                 "keepalive_timeout", "max_body_size", "max_header_size", "max_pipelined",
-                 "mode", "name", "open_connections", "routes", "send_timeout", "server", "time",
-                 "tunnel_timeout")
+    __slots__ = ("access_log", "body_timeout", "config", "context", "default_pool",
+                 "header_timeout", "keepalive_timeout", "max_body_size", "max_header_size",
+                 "max_pipelined", "mode", "name", "name_bytes", "open_connections", "routes",
+                 "send_timeout", "server", "time", "tunnel_timeout")
 
     def __init__(self, context: ProxyContext, config: ListenerConfig,
-                 pools: dict[str, Pool]) -> None:
+                 pools: dict[str, Pool], access_log: AccessLog | None = None) -> None:
         self.context = context
         self.time = context.time           # bound once: the hot path reads the clock often
+        self.access_log = access_log
         self.name = config.name
+        self.name_bytes = config.name.encode()
         self.open_connections = 0
         self.server: asyncio.Server | None = None
         self.update(config, pools)
@@ -81,7 +84,7 @@ class Listener:
         self.default_pool = pools[config.pool]
         self.routes = [Route(pools[r.pool], r.path_prefix, r.host) for r in config.routes]
 
-    def route(self, req: Request) -> Pool:
+    def route(self, req: Exchange) -> Pool:
         """The pool for `req`: the first route that matches, else the listener's pool. (The
         client calls it only when there are routes: most listeners have none.)"""
         routes = self.routes

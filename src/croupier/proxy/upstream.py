@@ -49,7 +49,7 @@ from croupier.proxy.http import (
 
 if TYPE_CHECKING:
     from croupier.model.state import Member
-    from croupier.proxy.client import ClientConnection, Request
+    from croupier.proxy.client import ClientConnection, Exchange
     from croupier.proxy.context import ProxyContext
 
 log = logging.getLogger("croupier.upstream")
@@ -152,7 +152,7 @@ class UpstreamConnection:
         # and a call by name looks the method up on every read.
         self._feed: Callable[[bytes], None] = self.parser.feed_data
         self.client: ClientConnection | None = None
-        self.req: Request | None = None
+        self.req: Exchange | None = None
         self.closed = False
         self.idle = False
         self.reused = False
@@ -204,6 +204,8 @@ class UpstreamConnection:
             if client is not None and client.transport is not None:
                 client.transport.write(data)
                 client.deadline = client.refresh_tunnel_deadline()
+                if self.req is not None:
+                    self.req.bytes_out += len(data)
             return
         req = self.req
         if req is None or self.body_pending:
@@ -248,6 +250,8 @@ class UpstreamConnection:
             self._flush(out)
             self._fail(f"invalid response: {e}")
             return
+        if req.response_started and not req.first_byte:
+            req.first_byte = now
         if at_body:
             self._start_body(data, out, now)
             return
@@ -291,6 +295,9 @@ class UpstreamConnection:
         transport = client.transport if client is not None else None
         if transport is not None:
             self._to_client = True
+            req = self.req
+            if req is not None:
+                req.bytes_out += n + sum(len(piece) for piece in out)
             if n:
                 pieces: list[bytes | memoryview] = [*out, memoryview(data)[start:start + n]]
                 transport.writelines(pieces)
@@ -334,6 +341,8 @@ class UpstreamConnection:
         transport = client.transport if client is not None else None
         if transport is not None:
             self._to_client = True
+            if self.req is not None:
+                self.req.bytes_out += n
             transport.write(buffer.view[:n])
             if transport.get_write_buffer_size():
                 buffer.renew()          # queued for a slow client: the bytes are its now
@@ -379,6 +388,7 @@ class UpstreamConnection:
             # The member ended a close-delimited body: that is the end of the message.
             if self.out_mode == OUT_CHUNKED and client.transport is not None:
                 client.transport.write(b"0\r\n\r\n")
+                req.bytes_out += 5
             self._message_done = True
             self._finish(reusable=False)
         else:
@@ -591,23 +601,30 @@ class UpstreamConnection:
         if transport is None:
             return
         n = len(out)
+        req = self.req
         if n == 1:
-            transport.write(out[0])
+            data = out[0]
         elif n == 2:                    # a head and its body: a concatenation, no join
-            transport.write(out[0] + out[1])
+            data = out[0] + out[1]
         elif n < 8:
             # A few small pieces (a head and a short body): one joined write is cheaper
             # in the kernel than a writev of them; big bodies keep their zero-copy path.
-            transport.write(b"".join(out))
+            data = b"".join(out)
         else:
+            if req is not None:
+                req.bytes_out += sum(len(piece) for piece in out)
             transport.writelines(out)
+            return
+        if req is not None:
+            req.bytes_out += len(data)
+        transport.write(data)
 
     def send(self, data: bytes) -> None:
         """Write request bytes to the member (called by the client side)."""
         assert self.transport is not None
         self._write(data)
 
-    def attach(self, client: ClientConnection, req: Request, now: float) -> None:
+    def attach(self, client: ClientConnection, req: Exchange, now: float) -> None:
         """A new exchange. (`_interim`, `_keep_alive`, `_close_delimited`, `out_mode`,
         `_fields`, `_copied` and `_length` are set before they are read.)"""
         self.client = client
@@ -809,12 +826,12 @@ class UpstreamPool:
             if conn.transport is not None:
                 conn.transport.close()
 
-    def connect(self, client: ClientConnection, req: Request) -> None:
+    def connect(self, client: ClientConnection, req: Exchange) -> None:
         """Open a new connection for `req`; the client hears back either way."""
         self.open += 1
         self.context.loop.create_task(self._connect(client, req))
 
-    async def _connect(self, client: ClientConnection, req: Request) -> None:
+    async def _connect(self, client: ClientConnection, req: Exchange) -> None:
         loop = self.context.loop
         member = self.member
         try:

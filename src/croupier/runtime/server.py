@@ -29,11 +29,12 @@ from typing import Any, Protocol, cast
 from croupier.admin.ops import OpError
 from croupier.admin.schedule import Scheduler
 from croupier.config.load import ConfigError, LoadedConfig, MemberSpec, load_config
-from croupier.config.schema import PoolConfig
+from croupier.config.schema import ListenerConfig, PoolConfig
 from croupier.health.checks import Checker
 from croupier.model.policy import PolicyFactory
 from croupier.model.reconcile import Changes, reconcile
 from croupier.model.state import Member, Model
+from croupier.proxy.access_log import AccessLog
 from croupier.proxy.client import ClientConnection, client_protocol
 from croupier.proxy.context import ProxyContext
 from croupier.proxy.listener import Listener
@@ -112,6 +113,8 @@ class Balancer:
         self._admin_server: Any = None
         self._admin_task: asyncio.Task[None] | None = None
         self.admin_port: int | None = None
+        # Open access logs, by (path, format): listeners that share one share its buffer.
+        self.access_logs: dict[tuple[str, bool], AccessLog] = {}
         # The supervisor's: after a change of membership or weights (it tells its workers),
         # after any member or host state change (it pushes the new states), and the workers'
         # two phases of a reload.
@@ -289,7 +292,7 @@ class Balancer:
 
     def listeners_for(self, loaded: LoadedConfig) -> Iterator[Listener]:
         for lc in loaded.config.listeners:
-            listener = Listener(self.context, lc, self.pools)
+            listener = Listener(self.context, lc, self.pools, self._access_log(loaded, lc))
             self.listeners.append(listener)
             yield listener
 
@@ -347,10 +350,41 @@ class Balancer:
                 return int(sock.getsockname()[1])
         raise KeyError(listener_name)
 
+    def _access_log(self, loaded: LoadedConfig, lc: ListenerConfig) -> AccessLog | None:
+        """The access log `lc` writes to (its own, else the top level's), opened once."""
+        config = lc.access_log or loaded.config.access_log
+        if config is None or not config.enabled or not self.serves:
+            return None
+        path = config.path if config.path == "-" else str(loaded.beside(config.path))
+        key = (path, config.format == "json")
+        log = self.access_logs.get(key)
+        if log is None:
+            log = self.access_logs[key] = AccessLog(path, json=key[1])
+        return log
+
+    def _close_unused_logs(self) -> None:
+        used = {id(lst.access_log) for lst in self.listeners}
+        for key, log in list(self.access_logs.items()):
+            if id(log) not in used:
+                log.flush()
+                log.close()
+                del self.access_logs[key]
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1, `croupier reopen-logs`: logrotate moved the access logs."""
+        for log in self.access_logs.values():
+            try:
+                log.reopen()
+            except OSError as e:
+                log_error = f"access log {log.path} could not be opened again: {e}"
+                logging.getLogger("croupier").error(log_error)
+
     def _sweep(self) -> None:
         now = self.loop.time()
         self._sweeps += 1
         if self._sweeps % 4 == 0:           # once a second
+            for access_log in self.access_logs.values():
+                access_log.flush()
             for pool in self.pools.values():
                 pool.tick_retry_budget()
                 if pool.ramping:
@@ -430,10 +464,11 @@ class Balancer:
             listener = old.pop(lc.name, None)
             if listener is not None and listener.config.listen == lc.listen:
                 listener.update(lc, self.pools)
+                listener.access_log = self._access_log(loaded, lc)
             else:
                 if listener is not None and listener.server is not None:
                     listener.server.close()         # open connections finish on their own
-                listener = Listener(self.context, lc, self.pools)
+                listener = Listener(self.context, lc, self.pools, self._access_log(loaded, lc))
                 if lc.name in socks:
                     listener.server = await self.loop.create_server(
                         client_protocol(listener), sock=socks[lc.name], backlog=4096)
@@ -442,6 +477,7 @@ class Balancer:
             if gone.server is not None:
                 gone.server.close()
         self.listeners = listeners
+        self._close_unused_logs()
         if self.controls:
             self.checker.start()
         self.save_state(notify=False)       # the workers hear of it in the commit
@@ -484,6 +520,10 @@ class Balancer:
         for listener in self.listeners:
             if listener.server is not None:
                 await listener.server.wait_closed()
+        for access_log in self.access_logs.values():
+            access_log.flush()
+            access_log.close()
+        self.access_logs.clear()
 
 
 def _refused(errors: list[str]) -> dict[str, Any]:

@@ -1,0 +1,232 @@
+"""The access log: one line an exchange, written when it ends (Exchange.finish), nowhere else.
+
+Rules kept here:
+- Per request: no `logging` call, no `json.dumps`, no syscall. The line is built with one
+  %-format from the exchange's fields; the time is a prefix cached for the current second
+  plus milliseconds; strings a client chose (target, user agent, request ID) are escaped
+  only when a byte needs it (a precompiled search finds none in almost every line).
+- Lines go to a buffer, written in whole-line batches when it holds 64 KiB, and at least
+  once a second (`flush`, from the runtime's timeout sweep).
+- A file is opened with O_APPEND, so the batches of every worker land whole, as nginx's do.
+  A pipe is opened anew (/proc/self/fd/N: a file description of our own, so O_NONBLOCK does
+  not leak to whoever shares it) and written in pieces of at most PIPE_BUF bytes, each ending
+  a line, so pieces of several workers never interleave. A socket (systemd's journal stream)
+  is written with MSG_DONTWAIT. What a pipe or socket cannot take at once is dropped and
+  counted (`dropped`): the event loop never waits for a log reader.
+- `reopen()` (SIGUSR1, `croupier reopen-logs`) opens the path again, for logrotate.
+
+Termination codes (the second field from the end of a text line; HAProxy's two-letter state
+is the anchor): the first letter says who or what ended the exchange, the second at which
+stage. `--` is an exchange that ended normally.
+
+| code | meaning |
+| --- | --- |
+| `--` | complete: the whole response went out (redirect and lookup answers too) |
+| `CR` | the client closed before its request was whole |
+| `CH` | the client closed while the member had not answered yet |
+| `CD` | the client closed while the response was being sent |
+| `CT` | a tunnel (WebSocket) closed by the client |
+| `cR` | the client was too slow sending its request (408) |
+| `PR` | croupier refused the request: malformed, too large, unsupported (400, 405, 413, 431 ...) |
+| `PQ` | no member could take the request (503) |
+| `SC` | the member refused or failed the connection (502) |
+| `sC` | connecting to the member timed out (502) |
+| `SH` | the member closed or failed before a whole response head (502) |
+| `sH` | the member sent no response in time (504) |
+| `SD` | the member closed or failed in the middle of the response body (connection cut) |
+| `ST` | a tunnel closed by the member |
+| `sT` | a tunnel idle past tunnel_timeout |
+| `KD` | croupier stopped while the response was being sent |
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import socket
+import stat
+import sys
+import time
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from croupier.proxy.client import Exchange
+
+BATCH: Final = 65536
+PIPE_BUF: Final = 4096              # what a pipe writes whole (POSIX: at least 512; Linux 4096)
+
+KIND_FILE: Final = 0
+KIND_PIPE: Final = 1
+KIND_SOCKET: Final = 2
+
+# A byte a log line must not carry raw: controls, DEL, non-ASCII, and the quote and backslash
+# that delimit text fields and JSON strings.
+_UNSAFE: Final = re.compile(rb'[\x00-\x1f"\\\x7f-\xff]')
+
+
+def _text_escape(m: re.Match[bytes]) -> bytes:
+    return b"\\x%02X" % m.group()[0]         # as nginx escapes
+
+
+def _json_escape(m: re.Match[bytes]) -> bytes:
+    c = m.group()[0]
+    if c == 0x22:
+        return b'\\"'
+    if c == 0x5C:
+        return b"\\\\"
+    return b"\\u%04x" % c                    # a byte, read as Latin-1: valid JSON, lossless
+
+
+def text_safe(value: bytes) -> bytes:
+    return _UNSAFE.sub(_text_escape, value) if _UNSAFE.search(value) else value
+
+
+def json_safe(value: bytes) -> bytes:
+    return _UNSAFE.sub(_json_escape, value) if _UNSAFE.search(value) else value
+
+
+_TEXT: Final = (b'%s %s:%d %s "%s %s %s" %d %s %s %d %d %d %.3f %.3f %.3f %s "%s" %s\n')
+_JSON: Final = (b'{"time":"%s","client":"%s","client_port":%d,"listener":"%s",'
+                b'"method":"%s","target":"%s","version":"%s","status":%d,"pool":"%s",'
+                b'"member":"%s","attempts":%d,"bytes_in":%d,"bytes_out":%d,"duration":%.3f,'
+                b'"connect":%.3f,"first_byte":%.3f,"request_id":"%s","user_agent":"%s",'
+                b'"termination":"%s"}\n')
+
+
+class AccessLog:
+    __slots__ = ("_second", "_stamp", "buffer", "dropped", "fd", "json", "kind", "path",
+                 "size", "sock", "written")
+
+    def __init__(self, path: str, json: bool) -> None:
+        self.path = path                # "-": standard output
+        self.json = json
+        self.fd = -1
+        self.kind = KIND_FILE
+        self.sock: socket.socket | None = None
+        self.buffer: list[bytes] = []
+        self.size = 0
+        self.dropped = 0                # lines a pipe or socket could not take
+        self.written = 0                # lines written
+        self._second = -1
+        self._stamp = b""
+        self.open()
+
+    # ---- where lines go ---------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Open the path (OSError naming it when it cannot be)."""
+        if self.path != "-":
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                              0o644)
+            self.kind = KIND_FILE
+            return
+        out = sys.stdout.fileno()
+        mode = os.fstat(out).st_mode
+        if stat.S_ISSOCK(mode):
+            self.sock = socket.socket(fileno=os.dup(out))
+            self.fd = self.sock.fileno()
+            self.kind = KIND_SOCKET
+        elif stat.S_ISFIFO(mode):
+            self.fd = os.open(f"/proc/self/fd/{out}",
+                              os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            self.kind = KIND_PIPE
+        else:                           # a terminal or a file: never blocks for long
+            self.fd = os.dup(out)
+            self.kind = KIND_FILE
+
+    def reopen(self) -> None:
+        """logrotate moved the file: write what is buffered to the old one, open the path."""
+        self.flush()
+        self.close()
+        self.open()
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        elif self.fd >= 0:
+            os.close(self.fd)
+        self.fd = -1
+
+    # ---- lines --------------------------------------------------------------------------------
+
+    def _time(self) -> bytes:
+        """RFC 3339 UTC with milliseconds; the part up to the second made once a second."""
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
+        return b"%s.%03dZ" % (self._stamp, int((now - second) * 1000))
+
+    def write(self, ex: Exchange, listener: bytes, pool: bytes, member: bytes,
+              termination: bytes, duration: float, connect: float, first_byte: float) -> None:
+        version = b"HTTP/1.1" if ex.http11 else b"HTTP/1.0"
+        if self.json:
+            line = _JSON % (
+                self._time(), ex.peer, ex.peer_port, listener, json_safe(ex.method),
+                json_safe(ex.url), version, ex.status, pool, member, ex.attempts,
+                ex.bytes_in + ex.body_size, ex.bytes_out, duration, connect, first_byte,
+                json_safe(ex.request_id), json_safe(ex.user_agent), termination)
+        else:
+            line = _TEXT % (
+                self._time(), ex.peer, ex.peer_port, listener, text_safe(ex.method) or b"-",
+                text_safe(ex.url) or b"-", version, ex.status, pool or b"-", member or b"-",
+                ex.attempts, ex.bytes_in + ex.body_size, ex.bytes_out, duration, connect,
+                first_byte, text_safe(ex.request_id) or b"-", text_safe(ex.user_agent) or b"-",
+                termination)
+        self.buffer.append(line)
+        self.size += len(line)
+        if self.size >= BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is buffered, in whole lines."""
+        buffer = self.buffer
+        if not buffer or self.fd < 0:
+            return
+        self.buffer = []
+        self.size = 0
+        if self.kind == KIND_FILE:
+            try:
+                os.write(self.fd, b"".join(buffer))
+                self.written += len(buffer)
+            except OSError:
+                self.dropped += len(buffer)
+            return
+        # A pipe or socket: pieces of at most PIPE_BUF bytes, each ending a line, so that
+        # those of several writers never interleave; what cannot go now is dropped.
+        piece: list[bytes] = []
+        size = 0
+        for i, line in enumerate(buffer):
+            if size + len(line) > PIPE_BUF and piece:
+                if not self._send(b"".join(piece), len(piece)):
+                    self.dropped += len(buffer) - i + len(piece)    # this piece and the rest
+                    return
+                piece = []
+                size = 0
+            piece.append(line)
+            size += len(line)
+        if piece and not self._send(b"".join(piece), len(piece)):
+            self.dropped += len(piece)
+
+    def _send(self, data: bytes, lines: int) -> bool:
+        try:
+            if self.sock is not None:
+                n = self.sock.send(data, socket.MSG_DONTWAIT)
+            else:
+                n = os.write(self.fd, data)
+        except BlockingIOError:
+            return False
+        except OSError as e:
+            if e.errno in (errno.EPIPE, errno.ECONNRESET):
+                return False
+            raise
+        # A pipe takes a write of at most PIPE_BUF whole or not at all; a stream socket may
+        # take part of it: the line it cut is lost, the rest counted dropped.
+        if n < len(data):
+            return False
+        self.written += lines
+        return True
+
