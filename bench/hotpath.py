@@ -5,7 +5,7 @@ both sockets replaced by in-memory transports, so only the Python (and parser) w
 Steadier than any socket benchmark on a shared machine, so it shows changes of a few hundred
 nanoseconds; `make bench` remains the measure that counts.
 
-    .venv/bin/python bench/hotpath.py [--requests 200000] [--profile]
+    .venv/bin/python bench/hotpath.py [--requests 200000] [--profile] [--access-log text]
 
 It runs whichever build is installed (compiled by default, see setup.py); cProfile sees
 nothing inside compiled code, so profile an interpreted copy (PYTHONPATH=a copy of src
@@ -81,8 +81,10 @@ class MemoryTransport(asyncio.Transport):
         pass
 
 
-def build(loop: asyncio.AbstractEventLoop) -> ClientConnection:
+def build(loop: asyncio.AbstractEventLoop, access_log: str | None = None) -> ClientConnection:
+    log = {"access_log": {"path": "/dev/null", "format": access_log}} if access_log else {}
     loaded = validate_config({
+        **log,
         "workers": 1,
         "admin": {"enabled": False},
         "listeners": [{"name": "web", "listen": "127.0.0.1:18080", "pool": "app"}],
@@ -120,9 +122,11 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=200_000)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--profile", action="store_true", help="cProfile one round instead")
+    ap.add_argument("--access-log", choices=["text", "json"],
+                    help="write an access log line a request (to /dev/null)")
     args = ap.parse_args()
     loop = uvloop.new_event_loop()     # as croupier runs: its clock is C
-    client = build(loop)
+    client = build(loop, args.access_log)
     relay(client, 1000)         # warm up (and check the path works)
     if args.profile:
         prof = cProfile.Profile()

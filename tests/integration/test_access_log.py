@@ -56,7 +56,7 @@ def test_a_complete_exchange(backends, croupier, tmp_path):
     assert line["attempts"] == 1 and line["user_agent"] == 'probe "1"'
     assert line["bytes_out"] > 5000 and line["bytes_in"] > 40
     assert line["client"] == "127.0.0.1" and line["client_port"] > 0
-    assert 0 <= line["first_byte"] <= line["duration"]
+    assert 0 <= line["first_byte_ms"] <= line["duration_ms"]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["time"])
 
 
@@ -68,7 +68,7 @@ def test_text_lines_are_one_readable_line_each(backends, croupier, tmp_path):
     text = log.path.read_text().splitlines()
     assert len(text) == 2, text
     assert re.match(r'\S+Z 127\.0\.0\.1:\d+ web "GET /x\?a=1 HTTP/1\.1" 200 app '
-                    + re.escape(backends[0].address) + r' 1 \d+ \d+ [\d.]+ [\d.]+ [\d.]+ - '
+                    + re.escape(backends[0].address) + r' 1 \d+ \d+ \d+ \d+ \d+ - '
                     r'"python-httpx/[\d.]+" --$', text[0]), text[0]
     assert '"GET /bad\\x22\\x7Fquote HTTP/1.1" 400 - - 0 ' in text[1], text[1]
     assert text[1].endswith(" PR")
@@ -139,7 +139,7 @@ def test_no_answer_in_time_is_504(backends, croupier, tmp_path):
     assert httpx.get(log.c.url("/slow?delay=3"), timeout=10).status_code == 504
     line = log.one()
     assert (line["termination"], line["status"]) == ("sH", 504)
-    assert line["duration"] >= 0.3
+    assert line["duration_ms"] >= 300
 
 
 def test_no_member_may_take_it(backends, croupier, tmp_path):

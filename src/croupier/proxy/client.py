@@ -191,10 +191,10 @@ class Exchange:
         begun = self.begun or now
         member = self.served_by
         pool = self.pool
-        log.write(self, listener.name_bytes, pool.name_bytes if pool is not None else b"",
+        log.write(self, now, listener.name_bytes, pool.name_bytes if pool is not None else b"",
                   member.name_bytes if member is not None else b"", termination,
-                  now - begun, self.connect_time,
-                  self.first_byte - begun if self.first_byte else 0.0)
+                  int((now - begun) * 1000.0), int(self.connect_time * 1000.0),
+                  int((self.first_byte - begun) * 1000.0) if self.first_byte else 0)
 
     def hold(self, pieces: tuple[bytes, ...]) -> None:
         """Hold body bytes until a member connection takes the request."""

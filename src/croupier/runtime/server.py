@@ -360,6 +360,7 @@ class Balancer:
         log = self.access_logs.get(key)
         if log is None:
             log = self.access_logs[key] = AccessLog(path, json=key[1])
+            log.clock(self.loop.time())
         return log
 
     def _close_unused_logs(self) -> None:
@@ -385,6 +386,7 @@ class Balancer:
         if self._sweeps % 4 == 0:           # once a second
             for access_log in self.access_logs.values():
                 access_log.flush()
+                access_log.clock(now)
             for pool in self.pools.values():
                 pool.tick_retry_budget()
                 if pool.ramping:
