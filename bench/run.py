@@ -41,6 +41,10 @@ BALANCER_CORE = "0"
 LOAD_CORE = "1"
 BACKEND_PORTS = (19101, 19102, 19103)
 PORTS = {"croupier": 18080, "haproxy": 18081, "nginx": 18082}
+# The same again with an access log (the `log` case): a text line a request to a file, a
+# request ID sent to the member, written in 64 KiB batches where the contender can.
+LOG_PORTS = {"croupier": 18090, "haproxy": 18091, "nginx": 18092}
+JSON_LOG_PORT = 18093           # croupier's json lines
 NAMES = ("croupier", "haproxy", "nginx")
 BODY = "hello from backend\n"   # the `small` case's 19-byte answer
 MiB = 1024 * 1024
@@ -80,6 +84,16 @@ http {{ access_log off; default_type text/plain; client_max_body_size 8m;
 """
 
 
+NGINX_PROXY = """proxy_pass http://app; proxy_http_version 1.1;
+                 proxy_set_header Connection ""; client_body_buffer_size 2m;
+                 proxy_set_header Host $http_host;
+                 proxy_set_header X-Forwarded-Host $http_host;
+                 proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+                 proxy_set_header X-Forwarded-Proto $scheme;
+                 proxy_set_header Via "1.1 nginx";
+                 proxy_next_upstream error timeout; proxy_connect_timeout 1s;"""
+
+
 def nginx_lb_conf(tmp: Path) -> str:
     members = "\n".join(f"    server 127.0.0.1:{p} max_fails=1 fail_timeout=10s;"
                         for p in BACKEND_PORTS)
@@ -93,14 +107,14 @@ http {{ access_log off;
   }}
   server {{ listen 127.0.0.1:{PORTS['nginx']} reuseport; keepalive_requests 1000000;
     keepalive_timeout 300s; client_max_body_size 8m;
-    location / {{ proxy_pass http://app; proxy_http_version 1.1;
-                 proxy_set_header Connection ""; client_body_buffer_size 2m;
-                 proxy_set_header Host $http_host;
-                 proxy_set_header X-Forwarded-Host $http_host;
-                 proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-                 proxy_set_header X-Forwarded-Proto $scheme;
-                 proxy_set_header Via "1.1 nginx";
-                 proxy_next_upstream error timeout; proxy_connect_timeout 1s; }} }}
+    location / {{ {NGINX_PROXY} }} }}
+  log_format lb '$remote_addr:$remote_port "$request" $status $upstream_addr '
+                '$request_length $bytes_sent $request_time $upstream_connect_time '
+                '$upstream_header_time $request_id "$http_user_agent"';
+  server {{ listen 127.0.0.1:{LOG_PORTS['nginx']} reuseport; keepalive_requests 1000000;
+    keepalive_timeout 300s; client_max_body_size 8m;
+    access_log {tmp}/nginx-access.log lb buffer=64k flush=1s;
+    location / {{ {NGINX_PROXY} proxy_set_header X-Request-ID $request_id; }} }}
 }}
 """
 
@@ -125,6 +139,13 @@ defaults
 frontend web
     bind 127.0.0.1:{PORTS['haproxy']}
     default_backend app
+frontend logged
+    bind 127.0.0.1:{LOG_PORTS['haproxy']}
+    log stdout format raw local0 info
+    option httplog
+    unique-id-format %{{+X}}o\\ %ci:%cp_%fi:%fp_%Ts_%rt:%pid
+    unique-id-header X-Request-ID
+    default_backend app
 backend app
     balance roundrobin
     option forwardfor
@@ -136,7 +157,7 @@ backend app
 """
 
 
-def croupier_conf() -> str:
+def croupier_conf(tmp: Path) -> str:
     members = ", ".join(f'"127.0.0.1:{p}"' for p in BACKEND_PORTS)
     return f"""workers = 1     # one core each: the comparison is per core
 
@@ -148,6 +169,20 @@ name = "web"
 listen = "127.0.0.1:{PORTS['croupier']}"
 pool = "app"
 keepalive_timeout = "300s"
+
+[[listeners]]
+name = "logged"
+listen = "127.0.0.1:{LOG_PORTS['croupier']}"
+pool = "app"
+keepalive_timeout = "300s"
+access_log = {{ path = "{tmp}/croupier-access.log" }}
+
+[[listeners]]
+name = "logged-json"
+listen = "127.0.0.1:{JSON_LOG_PORT}"
+pool = "app"
+keepalive_timeout = "300s"
+access_log = {{ path = "{tmp}/croupier-access.json", format = "json" }}
 
 [[pools]]
 name = "app"
@@ -166,9 +201,15 @@ class Contenders:
         self.tmp = tmp
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, name: str, argv: list[str], core: str, port: int) -> None:
-        self.procs[name] = subprocess.Popen(["taskset", "-c", core, *argv],
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    def start(self, name: str, argv: list[str], core: str, port: int,
+              stdout: Path | None = None) -> None:
+        argv = ["taskset", "-c", core, *argv]
+        if stdout is None:
+            self.procs[name] = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
+                                                stderr=subprocess.DEVNULL)
+        else:
+            with open(stdout, "ab") as out:     # the child keeps its own copy
+                self.procs[name] = subprocess.Popen(argv, stdout=out, stderr=subprocess.DEVNULL)
         wait_port(port)
 
     def start_backend(self, port: int) -> None:
@@ -195,12 +236,12 @@ class Contenders:
             self.start_backend(port)
         (t / "nginx-lb.conf").write_text(nginx_lb_conf(t))
         (t / "haproxy.cfg").write_text(haproxy_conf())
-        (t / "croupier.toml").write_text(croupier_conf())
+        (t / "croupier.toml").write_text(croupier_conf(t))
         croupier = str(Path(sys.executable).parent / "croupier")
         self.start("croupier", [croupier, "run", "-c", str(t / "croupier.toml"),
                                 "--log-level", "error"], BALANCER_CORE, PORTS["croupier"])
         self.start("haproxy", ["haproxy", "-f", str(t / "haproxy.cfg")], BALANCER_CORE,
-                   PORTS["haproxy"])
+                   PORTS["haproxy"], stdout=t / "haproxy-access.log")    # its log: stdout
         self.start("nginx", ["nginx", "-c", str(t / "nginx-lb.conf"), "-p", str(t)],
                    BALANCER_CORE, PORTS["nginx"])
 
@@ -316,6 +357,45 @@ def idle_rss(contenders: Contenders, name: str, n: int) -> dict[str, float]:
     return result
 
 
+def cpu_seconds(contenders: Contenders, name: str) -> float:
+    """User and kernel CPU time the balancer's processes have used."""
+    total = 0
+    for pid in contenders.pids(name):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])      # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_per_request(contenders: Contenders, name: str, port: int,
+                    duration: float) -> dict[str, float]:
+    """The small load on `port`: its throughput and the CPU time (user + kernel) the
+    balancer spent per request, in microseconds."""
+    before = cpu_seconds(contenders, name)
+    r = wrk(port, 50, duration)
+    r["cpu_us"] = (cpu_seconds(contenders, name) - before) / max(r["requests"], 1) * 1e6
+    return r
+
+
+def access_log(contenders: Contenders, name: str, duration: float) -> dict[str, float]:
+    """The `log` case: CPU a request without and with an access log, side by side."""
+    plain = cpu_per_request(contenders, name, PORTS[name], duration)
+    logged = cpu_per_request(contenders, name, LOG_PORTS[name], duration)
+    r = {"cpu_us": plain["cpu_us"], "cpu_us_log": logged["cpu_us"],
+         "log_cost_pct": (logged["cpu_us"] / plain["cpu_us"] - 1) * 100,
+         "rps": plain["rps"], "rps_log": logged["rps"],
+         "failed": plain["failed"] + logged["failed"]}
+    if name == "croupier":
+        json_lines = cpu_per_request(contenders, name, JSON_LOG_PORT, duration)
+        r["cpu_us_json"] = json_lines["cpu_us"]
+        r["json_cost_pct"] = (json_lines["cpu_us"] / plain["cpu_us"] - 1) * 100
+        r["rps_json"] = json_lines["rps"]
+        r["failed"] += json_lines["failed"]
+    return r
+
+
 def failover(contenders: Contenders, name: str, duration: float) -> dict[str, float]:
     """The small load; one backend SIGKILLed a third of the way in, restarted after."""
     port = BACKEND_PORTS[1]
@@ -357,7 +437,7 @@ def main() -> None:
                                  formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--repeat", type=int, default=5)   # this machine is shared: 3 was noisy
     ap.add_argument("--duration", type=float, default=5)
-    ap.add_argument("--cases", default="small,close,large,upload,idle,failover")
+    ap.add_argument("--cases", default="small,close,large,upload,idle,failover,log")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "latest.json")
     args = ap.parse_args()
     cases = args.cases.split(",")
@@ -398,6 +478,8 @@ def main() -> None:
                         r = idle_rss(contenders, name, IDLE)
                     elif case == "failover":
                         r = failover(contenders, name, d)
+                    elif case == "log":
+                        r = access_log(contenders, name, d)
                     else:
                         raise SystemExit(f"unknown case {case!r}")
                     raw[case][name].append(r)
@@ -440,6 +522,7 @@ METRICS = [
     ("upload", "mb_s", True, "upload MB/s"),
     ("idle", "kib_per_connection", False, "idle KiB/conn vs HAProxy"),
     ("failover", "failed", False, "failover failed"),
+    ("log", "rps_log", True, "logged req/s"),
 ]
 
 
@@ -506,6 +589,20 @@ def print_table(results: dict[str, dict[str, dict[str, float]]],
           "(throughput: higher is better; p99, KiB/conn, failures: lower is better)")
     print("by round: the median of that ratio taken round by round (the contenders of a "
           "round run back to back)")
+    log = results.get("log", {})
+    if log:
+        print()
+        print("access log: CPU a request (user + kernel, us), without and with a text line a "
+              "request (croupier: and a json line)")
+        for n in NAMES:
+            r = log.get(n)
+            if r is None:
+                continue
+            row = (f"  {n:<9} {r['cpu_us']:6.2f} -> {r['cpu_us_log']:6.2f} us "
+                   f"({r['log_cost_pct']:+.1f}%)")
+            if "cpu_us_json" in r:
+                row += f", json {r['cpu_us_json']:6.2f} us ({r['json_cost_pct']:+.1f}%)"
+            print(row)
     # A throughput bought with failed requests is no figure: say so beside the table.
     for case, by_name in results.items():
         for n, r in by_name.items():

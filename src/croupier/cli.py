@@ -397,6 +397,14 @@ def weight(target: str, weight: int, config_path: Path | None, admin_url: str | 
     click.echo(f"{m['pool']}/{m['name']}: weight {m['weight']}")
 
 
+@main.command("reopen-logs")
+@_admin_options
+def reopen_logs(config_path: Path | None, admin_url: str | None, token: str | None) -> None:
+    """Open the access log files again, after logrotate moved them (as SIGUSR1 does)."""
+    r = _client(config_path, admin_url, token).call("POST", "/api/v1/reopen-logs")
+    click.echo(f"access logs reopened: {r['reopened']} file(s)")
+
+
 @main.command()
 @_admin_options
 def reload(config_path: Path | None, admin_url: str | None, token: str | None) -> None:

@@ -57,6 +57,10 @@ class Instance(Protocol):
 
     async def reload(self) -> dict[str, Any]: ...
 
+    def reopen_logs(self) -> int: ...
+
+    def access_log_counts(self) -> tuple[int, int]: ...
+
 
 # The bodies the API takes: the config's own types (croupier.config.schema), so that what the
 # API accepts and what a config may say are checked by the same validators.
@@ -238,6 +242,12 @@ def build_app(instance: Instance, token: str) -> FastAPI:
               response_model=views.ReloadView)
     async def reload() -> dict[str, Any]:
         return await instance.reload()
+
+    @app.post("/api/v1/reopen-logs", summary="Open the access log files again (after "
+              "logrotate moved them), in every worker", dependencies=change,
+              response_model=views.ReopenView)
+    async def reopen_logs() -> dict[str, Any]:
+        return {"reopened": instance.reopen_logs()}
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
     async def metrics() -> PlainTextResponse:

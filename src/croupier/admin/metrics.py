@@ -31,6 +31,8 @@ class Scraped(Protocol):
     hosts: dict[str, Host]
     listeners: list[Listener]
 
+    def access_log_counts(self) -> tuple[int, int]: ...
+
 
 class InstanceCollector(Collector):
     def __init__(self, instance: Scraped) -> None:
@@ -93,6 +95,12 @@ class InstanceCollector(Collector):
         for lst in self.instance.listeners:
             conns.add_metric([lst.name], lst.open_connections)
         yield conns
+        written, dropped = self.instance.access_log_counts()
+        yield CounterMetricFamily("croupier_access_log_lines", "Access log lines written.",
+                                  value=written)
+        yield CounterMetricFamily("croupier_access_log_dropped",
+                                  "Access log lines dropped: a pipe or socket that did not "
+                                  "keep up (a file never drops).", value=dropped)
         info = GaugeMetricFamily("croupier_build_info", "Always 1: the version, and whether "
                                  "the data plane is compiled (mypyc) or interpreted.",
                                  labels=["version", "data_plane"])

@@ -114,6 +114,10 @@ class WorkerServes(BaseModel):
     digest: str
 
 
+class ReopenView(BaseModel):
+    reopened: int               # access log files opened again (in every worker)
+
+
 class ReloadView(BaseModel):
     reloaded: bool
     errors: list[str] = []      # why not, when it was refused: file, key or listener

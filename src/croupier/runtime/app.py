@@ -86,7 +86,7 @@ def run(loaded: LoadedConfig) -> None:
 
     async def main() -> None:
         balancer = build(Balancer, loaded, asyncio.get_running_loop())
-        stop, started = install_signals(balancer.reload)
+        stop, started = install_signals(balancer.reload, balancer.reopen_logs)
         await balancer.start()
         started.set()
         notify("READY=1")

@@ -135,6 +135,8 @@ class Stats(_Message):
     op: Literal["stats"] = "stats"
     members: dict[str, Counters]
     connections: dict[str, int]
+    log_written: int = 0        # access log lines
+    log_dropped: int = 0
 
 
 class Prepared(_Message):

@@ -18,8 +18,10 @@ from croupier.runtime.notify import notify
 log = logging.getLogger("croupier")
 
 
-def install_signals(reload: Any) -> tuple[asyncio.Event, asyncio.Event]:
-    """SIGTERM and SIGINT set `stop`; SIGHUP runs `reload()` once `started` is set.
+def install_signals(reload: Any, reopen: Callable[[], Any] | None = None
+                    ) -> tuple[asyncio.Event, asyncio.Event]:
+    """SIGTERM and SIGINT set `stop`; SIGHUP runs `reload()` once `started` is set; SIGUSR1
+    runs `reopen()` (the access logs, after logrotate).
     Installed before anything binds: a SIGHUP that lands while listeners bind must not take
     the default action, which would end the process."""
     loop = asyncio.get_running_loop()
@@ -34,6 +36,10 @@ def install_signals(reload: Any) -> tuple[asyncio.Event, asyncio.Event]:
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP,
                             lambda: loop.create_task(reload_when_started()) and None)
+    if reopen is not None:
+        loop.add_signal_handler(signal.SIGUSR1, reopen)
+    else:       # nothing to reopen: never the default action, which ends the process
+        loop.add_signal_handler(signal.SIGUSR1, lambda: None)
     return stop, started
 
 

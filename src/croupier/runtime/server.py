@@ -122,6 +122,8 @@ class Balancer:
         self.on_state: Callable[[], None] | None = None
         self.coordinator: Coordinator | None = None
         self.workers_view: Any = None   # the supervisor's list of workers, for the status
+        self.on_reopen: Callable[[], int] | None = None     # the supervisor's: tell workers
+        self.log_counts: tuple[int, int] | None = None      # the supervisor's: workers' sum
         self.state_file = parts.state_file
         self.reconcile_members(at_start=True)
         self._restore(saved)
@@ -371,14 +373,25 @@ class Balancer:
                 log.close()
                 del self.access_logs[key]
 
-    def reopen_logs(self) -> None:
-        """SIGUSR1, `croupier reopen-logs`: logrotate moved the access logs."""
-        for log in self.access_logs.values():
+    def reopen_logs(self) -> int:
+        """SIGUSR1, `croupier reopen-logs`: logrotate moved the access logs. How many files
+        (the supervisor: how many its workers will reopen)."""
+        for access_log in self.access_logs.values():
             try:
-                log.reopen()
-            except OSError as e:
-                log_error = f"access log {log.path} could not be opened again: {e}"
-                logging.getLogger("croupier").error(log_error)
+                access_log.reopen()
+            except OSError as e:    # it keeps writing to the one it had
+                log.error("access log %s could not be opened again: %s", access_log.path,
+                          e.strerror or e)
+        if self.on_reopen is not None:
+            return self.on_reopen()
+        return len(self.access_logs)
+
+    def access_log_counts(self) -> tuple[int, int]:
+        """Access log lines written and dropped (pipes or sockets that did not keep up)."""
+        if self.log_counts is not None:
+            return self.log_counts
+        return (sum(lg.written for lg in self.access_logs.values()),
+                sum(lg.dropped for lg in self.access_logs.values()))
 
     def _sweep(self) -> None:
         now = self.loop.time()

@@ -116,7 +116,9 @@ def worker_stats(balancer: Balancer) -> Stats:
                                  in_flight=m.in_flight, answered=m.answered,
                                  latency_total=m.latency_total, ejected=m.ejected)
                  for m in balancer.members()},
-        connections={lst.name: lst.open_connections for lst in balancer.listeners})
+        connections={lst.name: lst.open_connections for lst in balancer.listeners},
+        log_written=sum(lg.written for lg in balancer.access_logs.values()),
+        log_dropped=sum(lg.dropped for lg in balancer.access_logs.values()))
 
 
 async def _send(writer: asyncio.StreamWriter, message: BaseModel) -> None:
@@ -183,6 +185,7 @@ def run_worker(channel_fd: int, index: int, build: Build) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: None)   # the supervisor reloads us
+        loop.add_signal_handler(signal.SIGUSR1, balancer.reopen_logs)
         prepared: dict[int, tuple[LoadedConfig, dict[str, socket.socket]]] = {}
 
         async def report() -> None:
@@ -286,6 +289,7 @@ class Supervisor:
         self.balancer: Balancer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()     # held: a task nobody holds may vanish
         self._retired: dict[str, Counters] = {}         # counters of workers that died
+        self._retired_log = (0, 0)                      # their access log lines, dropped
         self._seq = 0
         self._pushed: States | None = None
         self._push_due = False
@@ -308,6 +312,7 @@ class Supervisor:
         self.balancer.on_state = self._state_changed
         self.balancer.coordinator = self
         self.balancer.workers_view = self.view
+        self.balancer.on_reopen = self._reopen_logs
         await self.balancer.start()
         for w in self.workers:
             await self._spawn(w)
@@ -402,6 +407,16 @@ class Supervisor:
                 if answer is not None and not answer.done():
                     answer.set_result(msg)
 
+    def _reopen_logs(self) -> int:
+        """Every worker opens its access logs again (SIGUSR1 to each): how many files."""
+        for w in self._live():
+            if w.proc is not None:
+                w.proc.send_signal(signal.SIGUSR1)
+        assert self.balancer is not None
+        config = self.balancer.loaded.config
+        logs = [lc.access_log or config.access_log for lc in config.listeners]
+        return len({(c.path, c.format) for c in logs if c is not None and c.enabled})
+
     def view(self) -> list[dict[str, Any]]:
         """The workers, for the admin API's status."""
         return [{"index": w.index, "pid": w.proc.pid if w.proc is not None else None,
@@ -425,6 +440,9 @@ class Supervisor:
             kept.retries += counts.retries
             kept.answered += counts.answered
             kept.latency_total += counts.latency_total
+        if w.stats is not None:
+            self._retired_log = (self._retired_log[0] + w.stats.log_written,
+                                 self._retired_log[1] + w.stats.log_dropped)
         w.stats = None
         w.ready = False
         for answer in w.answers.values():
@@ -607,6 +625,12 @@ class Supervisor:
                 m.ejected_until = 1.0 if m.key in ejected else 0.0
             for lst in self.balancer.listeners:
                 lst.open_connections = connections.get(lst.name, 0)
+            written, dropped = self._retired_log
+            for w in self.workers:
+                if w.stats is not None:
+                    written += w.stats.log_written
+                    dropped += w.stats.log_dropped
+            self.balancer.log_counts = (written, dropped)
 
     async def stop(self) -> None:
         self.stopping = True
