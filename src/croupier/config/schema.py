@@ -201,6 +201,20 @@ class ListenerConfig(_Strict):
     max_body_size: Size = 0              # 413 past it; 0 = no limit
     max_pipelined: int = Field(default=16, ge=1, le=1024)
     access_log: AccessLogConfig | None = None   # the top level's [access_log] when absent
+    # Peers whose X-Forwarded-For, -Proto, -Host and X-Request-ID are believed (networks, as
+    # "10.0.0.0/8" or one address); from anyone else they are replaced.
+    trusted_proxies: list[str] = Field(default=[], max_length=1000)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for n in v:
+            try:
+                ipaddress.ip_network(n, strict=False)
+            except ValueError:
+                raise ValueError(f"{n!r} is not a network (\"10.0.0.0/8\") nor an IP "
+                                 "address") from None
+        return v
 
     @field_validator("listen")
     @classmethod

@@ -46,6 +46,7 @@ from croupier.proxy.http import (
     kept_run,
     length_value,
     origin_form,
+    request_id_ok,
     simple_response,
     valid_host,
     without_fields,
@@ -96,6 +97,8 @@ class Exchange:
         "ended",
         "fields",
         "first_byte",
+        "forwarded_host",
+        "forwarded_proto",
         "host",
         "http11",
         "listener",
@@ -135,6 +138,8 @@ class Exchange:
         self.bytes_out = 0              # to the client: heads and body
         self.user_agent = b""
         self.request_id = b""
+        self.forwarded_proto = b""      # the client's X-Forwarded-Proto and -Host: passed on
+        self.forwarded_host = b""       # only from a trusted proxy
         self.served_by: Member | None = None    # the member of the last attempt, or chosen
         self.ended = False
         self.set_cookie: bytes | None = None    # sticky sessions: a cookie for the response
@@ -263,6 +268,7 @@ class ClientConnection:
         "queue",
         "refused",
         "transport",
+        "trusted",
         "tunnel",
         "tunnel_req",
         "upgrading",
@@ -305,6 +311,7 @@ class ClientConnection:
         self.peer = b""
         self.peer_port = 0
         self.refused: Exchange | None = None    # the request the parser stopped on
+        self.trusted = False            # the peer is one of the listener's trusted_proxies
         self.last_host = b""            # the last Host value found valid on this connection
         self._out: list[bytes] | None = None
         self._out_sink: UpstreamConnection | None = None
@@ -317,6 +324,8 @@ class ClientConnection:
         peer = transport.get_extra_info("peername")
         self.peer = (peer[0] if peer else "unknown").encode()
         self.peer_port = peer[1] if peer else 0
+        listener = self.listener
+        self.trusted = bool(listener.trusted) and listener.trusts(self.peer)
         self.listener.context.connections.add(self)
         self.listener.open_connections += 1
         self.deadline = self.listener.time() + self.listener.keepalive_timeout
@@ -487,6 +496,15 @@ class ClientConnection:
             start = self._begin - base
         end = self._take_head(req, src, start, method)
         req.bytes_in = end - start
+        if self.trusted:
+            if req.xff:
+                req.peer = self.listener.client_address(req.xff, self.peer)
+            if req.request_id and not request_id_ok(req.request_id):
+                req.request_id = b""
+        else:
+            req.request_id = b""
+        if not req.request_id:
+            req.request_id = self.listener.context.new_request_id()
         limit = self.listener.max_header_size
         if end - start > limit:
             self._head_too_large(long_line=len(req.url) >= 8192)
@@ -635,9 +653,15 @@ class ClientConnection:
                     value = field_value(src, at + 16, i - 2)
                     req.xff = req.xff + b", " + value if req.xff else value
                     drop = True
-                else:
-                    drop = (is_name(src, at, b"x-forwarded-proto")
-                            or is_name(src, at, b"x-forwarded-host"))
+                elif is_name(src, at, b"x-forwarded-proto"):
+                    req.forwarded_proto = field_value(src, at + 18, i - 2)
+                    drop = True
+                elif is_name(src, at, b"x-forwarded-host"):
+                    req.forwarded_host = field_value(src, at + 17, i - 2)
+                    drop = True
+                elif is_name(src, at, b"x-request-id"):
+                    req.request_id = field_value(src, at + 13, i - 2)
+                    drop = True
             elif first == 0x76 and is_name(src, at, b"via"):                # v
                 value = field_value(src, at + 4, i - 2)
                 req.via = req.via + b", " + value if req.via else value
@@ -955,6 +979,8 @@ class ClientConnection:
         if self.transport is None:
             req.finish(b"CH")
             return
+        if req.request_id:
+            extra = (*extra, (b"X-Request-ID", req.request_id))
         answer = simple_response(status, body, close=req.close_after, extra=extra,
                                  content_type=content_type)
         req.bytes_out += len(answer)
@@ -988,10 +1014,14 @@ class ClientConnection:
         drop = req.drop
         if drop is not None:        # fields the client's Connection named are hop-by-hop
             fields = without_fields(fields, drop)
+        # From a trusted proxy its forwarding fields go on (X-Forwarded-For appended to);
+        # from anyone else they are replaced: a client cannot forge them.
         xff = req.xff
         via = req.via
-        forwarded_for = xff + b", " + self.peer if xff else self.peer
+        trusted = self.trusted
+        forwarded_for = xff + b", " + self.peer if xff and trusted else self.peer
         via = via + b", 1.1 croupier" if via else b"1.1 croupier"
+        proto = req.forwarded_proto if trusted and req.forwarded_proto else b"http"
         extra = b""
         if req.chunked:
             extra = b"Transfer-Encoding: chunked\r\n"
@@ -1000,13 +1030,16 @@ class ClientConnection:
         # One build for the whole head: no intermediate bytes.
         host = req.host
         if host is not None:
+            if trusted and req.forwarded_host:
+                host = req.forwarded_host
             return (b"%s %s HTTP/1.1\r\n%sX-Forwarded-Host: %s\r\nX-Forwarded-For: %s\r\n"
-                    b"X-Forwarded-Proto: http\r\nVia: %s\r\n%s\r\n"
-                    % (req.method, req.url, fields, host, forwarded_for, via, extra))
+                    b"X-Forwarded-Proto: %s\r\nVia: %s\r\nX-Request-ID: %s\r\n%s\r\n"
+                    % (req.method, req.url, fields, host, forwarded_for, proto, via,
+                       req.request_id, extra))
         return (b"%s %s HTTP/1.1\r\n%sHost: %s:%d\r\nX-Forwarded-For: %s\r\n"
-                b"X-Forwarded-Proto: http\r\nVia: %s\r\n%s\r\n"
+                b"X-Forwarded-Proto: %s\r\nVia: %s\r\nX-Request-ID: %s\r\n%s\r\n"
                 % (req.method, req.url, fields, member.address.encode(), member.port,
-                   forwarded_for, via, extra))
+                   forwarded_for, proto, via, req.request_id, extra))
 
     # ---- writing to the member ------------------------------------------------------------
 

@@ -4,6 +4,7 @@ runtime (DESIGN.md, "Architecture"). The composition root makes one per event lo
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
@@ -20,7 +21,8 @@ class HasDeadline(Protocol):
 
 
 class ProxyContext:
-    __slots__ = ("connections", "loop", "member_failed", "time")
+    __slots__ = ("connections", "loop", "member_failed", "request_count", "request_prefix",
+                 "time")
 
     def __init__(self, loop: asyncio.AbstractEventLoop,
                  member_failed: Callable[[Member, str], None]) -> None:
@@ -30,3 +32,10 @@ class ProxyContext:
         self.connections: set[HasDeadline] = set()
         # A member failed live traffic (passive ejection counts it).
         self.member_failed = member_failed
+        # Request IDs: a prefix drawn once a process, then a counter (no syscall a request).
+        self.request_prefix = os.urandom(6).hex().encode() + b"-"
+        self.request_count = 0
+
+    def new_request_id(self) -> bytes:
+        self.request_count += 1
+        return self.request_prefix + str(self.request_count).encode()

@@ -119,6 +119,23 @@ def status_line(status: int) -> bytes:
     return b"HTTP/1.1 %d %s\r\n" % (status, reason(status))
 
 
+def request_id_ok(value: bytes) -> bool:
+    """An X-Request-ID worth passing on: 1 to 200 bytes of letters, digits and -_.:+/=
+    (what UUIDs, ULIDs and HAProxy's or nginx's IDs are made of)."""
+    n: i64 = len(value)
+    if n == 0 or n > 200:
+        return False
+    i: i64 = 0
+    while i < n:
+        c = value[i]
+        if not (0x30 <= c <= 0x39 or 0x41 <= c <= 0x5A or 0x61 <= c <= 0x7A
+                or c == 0x2D or c == 0x5F or c == 0x2E or c == 0x3A or c == 0x2B
+                or c == 0x2F or c == 0x3D):
+            return False
+        i += 1
+    return True
+
+
 def simple_response(status: int, body: str, *, close: bool,
                     extra: tuple[tuple[bytes, bytes], ...] = (),
                     content_type: bytes = b"text/plain; charset=utf-8") -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from typing import TYPE_CHECKING
 
 from croupier.proxy.http import host_without_port
@@ -53,7 +54,7 @@ class Listener:
     __slots__ = ("access_log", "body_timeout", "config", "context", "default_pool",
                  "header_timeout", "keepalive_timeout", "max_body_size", "max_header_size",
                  "max_pipelined", "mode", "name", "name_bytes", "open_connections", "routes",
-                 "send_timeout", "server", "time", "tunnel_timeout")
+                 "send_timeout", "server", "time", "trusted", "tunnel_timeout")
 
     def __init__(self, context: ProxyContext, config: ListenerConfig,
                  pools: dict[str, Pool], access_log: AccessLog | None = None) -> None:
@@ -81,8 +82,29 @@ class Listener:
         self.max_header_size = config.max_header_size
         self.max_body_size = config.max_body_size
         self.max_pipelined = config.max_pipelined
+        self.trusted = [ipaddress.ip_network(n, strict=False) for n in config.trusted_proxies]
         self.default_pool = pools[config.pool]
         self.routes = [Route(pools[r.pool], r.path_prefix, r.host) for r in config.routes]
+
+    def trusts(self, address: bytes) -> bool:
+        """Whether `address` is one of trusted_proxies' (once a connection, or once an
+        X-Forwarded-For entry; never when there are none)."""
+        if not self.trusted:
+            return False
+        try:
+            ip = ipaddress.ip_address(address.strip().decode("latin-1"))
+        except ValueError:
+            return False
+        return any(ip in net for net in self.trusted)
+
+    def client_address(self, xff: bytes, peer: bytes) -> bytes:
+        """The client behind trusted proxies: the rightmost X-Forwarded-For entry that is
+        not one of them (each proxy appends the address it saw)."""
+        for entry in reversed(xff.split(b",")):
+            entry = entry.strip()
+            if not self.trusts(entry):
+                return entry or peer
+        return peer
 
     def route(self, req: Exchange) -> Pool:
         """The pool for `req`: the first route that matches, else the listener's pool. (The

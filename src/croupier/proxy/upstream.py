@@ -453,6 +453,7 @@ class UpstreamConnection:
         self._close_delimited = close_delimited
         if req.set_cookie is not None:
             framing += b"Set-Cookie: " + req.set_cookie + b"\r\n"
+        framing += b"X-Request-ID: " + req.request_id + b"\r\n"
         if req.close_after:
             framing += b"Connection: close\r\n"
         elif not req.http11:
@@ -564,6 +565,8 @@ class UpstreamConnection:
             elif first == 0x70:                                     # p
                 drop = is_name(raw, at, b"proxy-connection")
                 other_connection = other_connection or drop     # llhttp reads it too
+            elif first == 0x78:                                     # x
+                drop = is_name(raw, at, b"x-request-id")        # ours goes back instead
             if drop:
                 if at > keep_from:
                     kept, runs = kept_run(kept, runs, raw, keep_from, at)
