@@ -282,3 +282,21 @@ def test_retry_budget_stops_retries_from_multiplying_an_outage(croupier, backend
     assert statuses[:3] == [200] * 3
     assert c.state(lambda: c.member("app", 1).retries) == 3
     assert statuses.count(502) == dead_first - 3 > 10
+
+
+def test_a_retry_the_budget_refuses_does_not_move_the_rotation_on(croupier, backend_loop):
+    """One refusing member and one good one, ejection off, the budget spent: the refusing
+    member meets one request in two, as the rotation says (it met three in four: the pick
+    for the refused retry moved the rotation past the good member)."""
+    async def fine(head, writer):
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+    good = RawBackend(backend_loop, fine)
+    with socket.socket() as dead:
+        dead.bind(("127.0.0.1", 0))
+        c = croupier(checked_config([f"127.0.0.1:{dead.getsockname()[1]}", good.address],
+                                    health=None, retry_budget_percent=0, retry_burst=0,
+                                    outlier={"enabled": False}))
+        with httpx.Client() as client:
+            statuses = [client.get(c.url()).status_code for _ in range(40)]
+    assert statuses.count(502) == 20 and statuses.count(200) == 20

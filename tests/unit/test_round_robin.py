@@ -69,3 +69,15 @@ def test_admin_origins_are_kept_apart():
     assert m.admin_state == "maint"
     del m.admin["schedule"]          # the window ends; the operator's drain stays
     assert m.admin_state == "drain"
+
+
+def test_the_docstrings_sequence_is_the_one_dealt():
+    from croupier.balancing import round_robin
+    from croupier.balancing.round_robin import RoundRobin
+
+    class M:
+        def __init__(self, name: str) -> None:
+            self.name = name
+    rr = RoundRobin([M("a"), M("b")], [500, 100])       # type: ignore[list-item]
+    dealt = " ".join(rr.pick().name for _ in range(6))  # type: ignore[union-attr]
+    assert dealt == "a a a b a a" and dealt in (round_robin.__doc__ or "")

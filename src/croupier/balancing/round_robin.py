@@ -1,5 +1,5 @@
 """Round robin. Equal weights: exact rotation. Unequal weights: smooth weighted round robin
-(the nginx algorithm): weights 5,1 give a a b a a a, never five in a row."""
+(the nginx algorithm): weights 5,1 give a a a b a a, never six in a row."""
 
 from __future__ import annotations
 

@@ -286,6 +286,10 @@ class Pool:
         self._retry_tokens = tokens - 1.0
         return True
 
+    def give_back_retry(self) -> None:
+        """A retry taken from the budget was not made after all (no member to take it)."""
+        self._retry_tokens += 1.0
+
     def refresh(self) -> None:
         """Recompute who may take requests, and their weights, and hand them to a fresh
         policy. A member that comes back (health, admin, ejection, or added) while the pool

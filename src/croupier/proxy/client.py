@@ -46,6 +46,7 @@ from croupier.proxy.http import (
     kept_run,
     length_value,
     origin_form,
+    parse_error_text,
     request_id_ok,
     simple_response,
     valid_host,
@@ -365,7 +366,7 @@ class ClientConnection:
             except httptools.HttpParserError as e:
                 self._feeding = False
                 self._flush_up()
-                self.error = (400, f"bad request: {e}")
+                self.error = (400, parse_error_text(str(e)))
                 self._parse_failed()
                 return
             break
@@ -882,6 +883,10 @@ class ClientConnection:
         if tried is None:
             tried = req.tried = []
         tried.append(failed)
+        # The budget first: a retry it refuses must not move the rotation on (the next
+        # request would meet the failed member again: 3 failures in 4, not 1 in 2).
+        if not pool.take_retry():
+            return "the pool's retry budget is spent"
         member = None
         for _ in range(len(pool.eligible)):
             candidate = pool.policy.pick(None)   # no key: a retry goes elsewhere
@@ -891,9 +896,8 @@ class ClientConnection:
                 member = candidate
                 break
         if member is None:
+            pool.give_back_retry()
             return "no other member may take it"
-        if not pool.take_retry():
-            return "the pool's retry budget is spent"
         member.retries += 1
         log.info("pool %r member %s failed (%s); retrying on %s", pool.name, failed.name, why,
                  member.name)

@@ -16,12 +16,6 @@ from typing import Final
 
 from mypy_extensions import i64
 
-# Hop-by-hop fields (RFC 9110 7.6.1): never copied from one connection to the next.
-HOP_BY_HOP: Final = frozenset({
-    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
-    b"transfer-encoding", b"upgrade",
-})
-
 # Tokens of a Connection header that do not name a field to drop.
 CONNECTION_OPTIONS: Final = frozenset({b"close", b"keep-alive", b"upgrade"})
 # Connection values, as commonly spelt, that name no field: no need to split them.
@@ -117,6 +111,40 @@ def reason(status: int) -> bytes:
 
 def status_line(status: int) -> bytes:
     return b"HTTP/1.1 %d %s\r\n" % (status, reason(status))
+
+
+# llhttp's reasons, in words a client's developer understands (its own wording names its
+# internals: "Pause on PRI/Upgrade" is an HTTP/2 preface). First match, lower case.
+_PARSE_ERRORS: Final = (
+    ("pri/upgrade", "an HTTP/2 connection preface: this port speaks HTTP/1.1 (no h2 "
+                    "without TLS and ALPN)"),
+    ("can't be present with", "Content-Length together with Transfer-Encoding (a request "
+                              "smuggling shape)"),
+    ("duplicate content-length", "more than one Content-Length"),
+    ("content-length", "a Content-Length that is not a plain number"),
+    ("transfer-encoding", "a Transfer-Encoding whose final coding is not chunked"),
+    ("chunk", "a malformed chunked body (chunk size or its line end)"),
+    ("whitespace after header value", "a folded header line (obs-fold): send each field on "
+                                      "one line"),
+    ("header value", "a header value with a forbidden character (a control character, a "
+                     "bare CR or LF)"),
+    ("header token", "a malformed header name (a space before the colon, or a character "
+                     "names may not have)"),
+    ("method", "a request line with an unknown or malformed method"),
+    ("url", "a malformed request target (a space or a control character in it)"),
+    ("crlf", "lines that do not end with CRLF"),
+    ("version", "a request line without a valid HTTP/1.x version"),
+    ("lf", "lines that do not end with CRLF"),
+)
+
+
+def parse_error_text(reason: str) -> str:
+    """What a 400 says of what llhttp refused."""
+    low = reason.lower()
+    for key, text in _PARSE_ERRORS:
+        if key in low:
+            return f"bad request: {text}"
+    return "bad request: not a well-formed HTTP/1.1 request"
 
 
 def request_id_ok(value: bytes) -> bool:
