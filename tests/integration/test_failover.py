@@ -263,19 +263,24 @@ def test_ejection_ends_and_backoff_grows(backend_loop, croupier):
     assert causes[0].endswith("out for 0.3s") and causes[1].endswith("out for 0.6s")
 
 
-def test_retry_budget_stops_retries_from_multiplying_an_outage(croupier, backend_loop):
+def _refusing_then_good(croupier, backend_loop, burst: int):
+    """A member that refuses every connection and one that answers, ejection off, a retry
+    budget of 0% past `burst`: 40 requests, their statuses."""
     async def fine(head, writer):
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         await writer.drain()
     good = RawBackend(backend_loop, fine)
     with socket.socket() as dead:
         dead.bind(("127.0.0.1", 0))
-        dead_address = f"127.0.0.1:{dead.getsockname()[1]}"
-        c = croupier(checked_config([dead_address, good.address], health=None,
-                                    retry_budget_percent=0, retry_burst=3,
+        c = croupier(checked_config([f"127.0.0.1:{dead.getsockname()[1]}", good.address],
+                                    health=None, retry_budget_percent=0, retry_burst=burst,
                                     outlier={"enabled": False}))
         with httpx.Client() as client:
-            statuses = [client.get(c.url()).status_code for _ in range(40)]
+            return c, [client.get(c.url()).status_code for _ in range(40)]
+
+
+def test_retry_budget_stops_retries_from_multiplying_an_outage(croupier, backend_loop):
+    c, statuses = _refusing_then_good(croupier, backend_loop, burst=3)
     # With a budget of 0% only the burst of 3 retries is allowed; after that the requests
     # that meet the dead member first fail with 502 instead of being retried.
     dead_first = c.state(lambda: c.member("app", 0).failures)
@@ -285,18 +290,8 @@ def test_retry_budget_stops_retries_from_multiplying_an_outage(croupier, backend
 
 
 def test_a_retry_the_budget_refuses_does_not_move_the_rotation_on(croupier, backend_loop):
-    """One refusing member and one good one, ejection off, the budget spent: the refusing
-    member meets one request in two, as the rotation says (it met three in four: the pick
-    for the refused retry moved the rotation past the good member)."""
-    async def fine(head, writer):
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        await writer.drain()
-    good = RawBackend(backend_loop, fine)
-    with socket.socket() as dead:
-        dead.bind(("127.0.0.1", 0))
-        c = croupier(checked_config([f"127.0.0.1:{dead.getsockname()[1]}", good.address],
-                                    health=None, retry_budget_percent=0, retry_burst=0,
-                                    outlier={"enabled": False}))
-        with httpx.Client() as client:
-            statuses = [client.get(c.url()).status_code for _ in range(40)]
+    """The budget spent: the refusing member meets one request in two, as the rotation
+    says (it met three in four: the pick for the refused retry moved the rotation past the
+    good member)."""
+    _, statuses = _refusing_then_good(croupier, backend_loop, burst=0)
     assert statuses.count(502) == 20 and statuses.count(200) == 20
