@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 
@@ -10,8 +11,11 @@ import pytest
 from croupier.balancing import make_policy
 from croupier.balancing.consistent_hash import ConsistentHash
 from croupier.config import validate_config
+from croupier.config.schema import ListenerConfig
 from croupier.model.state import Host, Member, Pool
 from croupier.proxy.client import Exchange
+from croupier.proxy.context import ProxyContext
+from croupier.proxy.listener import Listener
 
 
 def pool_of(weights: list[int], algorithm: str = "round_robin", **pool_options) -> Pool:
@@ -30,8 +34,18 @@ def pool_of(weights: list[int], algorithm: str = "round_robin", **pool_options) 
     return pool
 
 
+def _listener() -> Listener:
+    """A listener for exchanges made by hand (no socket: they are only picked for)."""
+    context = ProxyContext(asyncio.new_event_loop(), lambda member, why: None)
+    config = ListenerConfig(name="web", listen="127.0.0.1:8080", pool="p")
+    return Listener(context, config, {"p": Pool("p", "round_robin", make_policy)})
+
+
+LISTENER = _listener()
+
+
 def request(peer: bytes = b"127.0.0.1", headers=(), url: bytes = b"/") -> Exchange:
-    req = Exchange(None, peer, 0)     # no listener: never finished here
+    req = Exchange(LISTENER, peer, 0)
     for name, value in headers:
         req.fields += b"%s: %s\r\n" % (name, value)
     req.url = url
