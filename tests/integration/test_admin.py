@@ -194,6 +194,20 @@ def test_reload_with_a_bad_config_changes_nothing(backends, admin_croupier):
         assert [client.get(c.url()).text for _ in range(3)] == list("abc")
 
 
+def test_a_reload_whose_access_log_cannot_be_opened_changes_nothing(backends, admin_croupier,
+                                                                   tmp_path):
+    c, path = admin_croupier([b.address for b in backends])
+    fifo = tmp_path / "nobody-reads"
+    os.mkfifo(fifo)          # writable, but opening it for writing finds no reader: ENXIO
+    path.write_text(f'[access_log]\npath = "{fifo}"\n' + path.read_text())
+    r = cli(path, "reload", check=False)
+    assert r.returncode == 1
+    assert f"access_log.path {fifo}: No such device or address" in r.stderr, r.stderr
+    assert c.state(lambda: [lst.access_log for lst in c.balancer.listeners]) == [None]
+    with httpx.Client() as client:
+        assert [client.get(c.url()).text for _ in range(3)] == list("abc")
+
+
 def test_metrics_in_prometheus_format(backends, admin_croupier):
     c, _path = admin_croupier([b.address for b in backends])
     with httpx.Client() as client:

@@ -131,9 +131,10 @@ class AccessLog:
     def open(self) -> None:
         """Open the path (OSError naming it when it cannot be)."""
         if self.path != "-":
-            self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-                              0o644)
-            self.kind = KIND_FILE
+            # O_NONBLOCK: a named pipe nobody reads is refused (ENXIO), not waited on.
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+                              | os.O_NONBLOCK, 0o644)
+            self.kind = KIND_PIPE if stat.S_ISFIFO(os.fstat(self.fd).st_mode) else KIND_FILE
             return
         out = sys.stdout.fileno()
         mode = os.fstat(out).st_mode

@@ -361,8 +361,14 @@ class Balancer:
         key = (path, config.format == "json")
         log = self.access_logs.get(key)
         if log is None:
-            log = self.access_logs[key] = AccessLog(path, json=key[1])
+            try:
+                log = AccessLog(path, json=key[1])
+            except OSError as e:
+                where = (f"listener {lc.name!r}'s access_log.path" if lc.access_log
+                         else "access_log.path")
+                raise OSError(e.errno, f"{where} {path}: {e.strerror or e}") from None
             log.clock(self.loop.time())
+            self.access_logs[key] = log
         return log
 
     def _close_unused_logs(self) -> None:
@@ -447,6 +453,8 @@ class Balancer:
         supervisor serves none itself, but finds another process on a new port; a worker
         takes the sockets its supervisor `given` it."""
         old = {lst.name: lst.config.listen for lst in self.listeners}
+        for lc in loaded.config.listeners:     # opened now: a commit then cannot fail on one
+            self._access_log(loaded, lc)
         socks: dict[str, socket.socket] = {}
         try:
             for lc in loaded.config.listeners:
