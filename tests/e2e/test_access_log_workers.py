@@ -57,6 +57,12 @@ def test_two_workers_write_whole_lines_and_a_logrotate_loses_none(backend_loop, 
         assert len(_lines(tmp_path / "access.log.1")) > 0 and len(_lines(log)) > 0
         wait_until(lambda: _metric(admin, "croupier_access_log_lines_total") == load.ok,
                    message="the workers' counts summed")
+
+        def answered_2xx() -> float:
+            text = httpx.get(f"http://127.0.0.1:{admin}/metrics", timeout=10).text
+            return sum(float(v) for v in re.findall(
+                r'^croupier_responses_total\{code="2xx",[^}]*\} (\S+)$', text, re.M))
+        wait_until(lambda: answered_2xx() == load.ok, message="2xx summed over the workers")
     finally:
         running.stop()
 

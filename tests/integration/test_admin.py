@@ -5,6 +5,7 @@ changes, reload, metrics. croupier runs in-process from a config file; the CLI i
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -206,6 +207,36 @@ def test_a_reload_whose_access_log_cannot_be_opened_changes_nothing(backends, ad
     assert c.state(lambda: [lst.access_log for lst in c.balancer.listeners]) == [None]
     with httpx.Client() as client:
         assert [client.get(c.url()).text for _ in range(3)] == list("abc")
+
+
+def test_metrics_count_each_exchange_by_status_class_termination_and_duration(
+        backends, admin_croupier):
+    c, _path = admin_croupier([backends[0].address], extra='outlier = { enabled = false }')
+    with httpx.Client() as client:
+        for path in ("/", "/", "/status/404", "/status/500", "/status/500", "/status/503"):
+            client.get(c.url(path))
+        c.state(lambda: c.member("app", 0).admin.update(api="maint") or
+                c.member("app", 0).pool.refresh())
+        assert client.get(c.url()).status_code == 503        # no member: the pool's own
+
+    def metric(name: str, **labels: str) -> float:
+        text = httpx.get(f"http://127.0.0.1:{c.balancer.admin_port}/metrics").text
+        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        m = re.search(rf"^{name}{{{re.escape(want)}}} (\S+)$", text, re.M)
+        assert m, (name, want)
+        return float(m.group(1))
+    member = backends[0].address
+    assert metric("croupier_responses_total", pool="app", member=member, code="2xx") == 2
+    assert metric("croupier_responses_total", pool="app", member=member, code="4xx") == 1
+    assert metric("croupier_responses_total", pool="app", member=member, code="5xx") == 3
+    assert metric("croupier_responses_total", pool="app", member="", code="5xx") == 1
+    assert metric("croupier_exchange_ends_total", pool="app", member="",
+                  termination="PQ") == 1
+    assert metric("croupier_exchange_duration_seconds_count", pool="app", member=member) == 6
+    assert metric("croupier_exchange_duration_seconds_bucket", pool="app", member=member,
+                  le="+Inf") == 6
+    assert metric("croupier_bytes_out_total", pool="app", member=member) > 6 * 50
+    assert metric("croupier_bytes_in_total", pool="app", member=member) > 6 * 30
 
 
 def test_metrics_in_prometheus_format(backends, admin_croupier):

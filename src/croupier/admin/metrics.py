@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
+    HistogramMetricFamily,
     Metric,
     SummaryMetricFamily,
 )
@@ -17,7 +18,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from croupier import __version__, data_plane_build
-from croupier.model.state import Reason
+from croupier.model.state import DURATION_BOUNDS, Reason, Tally
 
 if TYPE_CHECKING:
     from croupier.model.state import Host, Pool
@@ -85,6 +86,7 @@ class InstanceCollector(Collector):
                 latency.add_metric(lv, m.answered, m.latency_total)
         yield from (requests, failures, retries, in_flight, up, eligible, ejected, admin,
                     reason, weight, latency)
+        yield from self._exchanges()
         hosts = GaugeMetricFamily("croupier_host_up", "1 if the host's check passes.",
                                   labels=["host"])
         for h in self.instance.hosts.values():
@@ -106,6 +108,44 @@ class InstanceCollector(Collector):
                                  labels=["version", "data_plane"])
         info.add_metric([__version__, data_plane_build()], 1.0)
         yield info
+
+
+    def _exchanges(self) -> Iterator[Metric]:
+        """What the exchanges came to, by member (member="": answered with none), from
+        the one place each is counted as it ends."""
+        labels = ["pool", "member"]
+        responses = CounterMetricFamily(
+            "croupier_responses", "Exchanges by the class of the status sent to the client "
+            '(code="none": the exchange ended before one was).', labels=[*labels, "code"])
+        ends = CounterMetricFamily(
+            "croupier_exchange_ends", "Exchanges that did not end normally, by termination "
+            "code (the access log's: SH, SD, CD, sH ...).", labels=[*labels, "termination"])
+        bytes_in = CounterMetricFamily("croupier_bytes_in", "Bytes from clients.", labels=labels)
+        bytes_out = CounterMetricFamily("croupier_bytes_out", "Bytes to clients.",
+                                        labels=labels)
+        durations = HistogramMetricFamily(
+            "croupier_exchange_duration_seconds",
+            "From a request's head read to its exchange's end.", labels=labels)
+        for pool in self.instance.pools.values():
+            tallies: list[tuple[str, Tally]] = [(m.name, m.tally) for m in pool.members]
+            tallies.append(("", pool.unserved))
+            for name, t in tallies:
+                lv = [pool.name, name]
+                for i, n in enumerate(t.codes):
+                    if n or i == 2 or i == 5:
+                        responses.add_metric([*lv, f"{i}xx" if i else "none"], n)
+                for code, n in sorted(t.ends.items()):
+                    ends.add_metric([*lv, code], n)
+                bytes_in.add_metric(lv, t.bytes_in)
+                bytes_out.add_metric(lv, t.bytes_out)
+                cumulative = 0
+                buckets = []
+                for bound, n in zip((*map(str, DURATION_BOUNDS), "+Inf"), t.buckets,
+                                    strict=True):
+                    cumulative += n
+                    buckets.append((bound, cumulative))
+                durations.add_metric(lv, buckets, t.duration_total)
+        yield from (responses, ends, bytes_in, bytes_out, durations)
 
 
 def render_metrics(instance: Scraped) -> tuple[bytes, str]:

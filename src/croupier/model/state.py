@@ -16,7 +16,7 @@ import logging
 import time
 from collections import deque
 from enum import StrEnum
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Final, Literal, Protocol
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -94,6 +94,83 @@ def strongest(states: dict[str, str]) -> str:
     return best
 
 
+# Upper bounds (seconds) of the exchange-duration histogram's buckets, as Prometheus's
+# defaults with 1 ms and 2.5 ms below them; the last bucket takes the rest.
+DURATION_BOUNDS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                          5.0, 10.0)
+# The bucket of a duration, by its half milliseconds (every bound is a whole number of
+# them): one list index an exchange instead of a walk along the bounds.
+_HALF_MS: Final = 2000
+_BUCKET_AT: Final = [next((b for b, bound in enumerate(DURATION_BOUNDS)
+                           if h <= round(bound * _HALF_MS)), len(DURATION_BOUNDS))
+                     for h in range(round(DURATION_BOUNDS[-1] * _HALF_MS) + 1)]
+
+
+class Tally:
+    """What the exchanges of a member (or those a pool answered with none) came to, counted
+    once each as it ends (Exchange.finish): responses by status class, the ways they ended
+    other than normally (termination codes), bytes both ways, and how long they took.
+    Plain native counters: this runs once a request."""
+
+    __slots__ = ("buckets", "bytes_in", "bytes_out", "c1", "c2", "c3", "c4", "c5",
+                 "duration_total", "ends", "no_status")
+
+    def __init__(self) -> None:
+        self.no_status = 0      # the exchange ended before a status was sent
+        self.c1 = self.c2 = self.c3 = self.c4 = self.c5 = 0
+        self.ends: dict[str, int] = {}       # termination code -> count, all but "--"
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.buckets = [0] * (len(DURATION_BOUNDS) + 1)
+        self.duration_total = 0.0
+
+    @property
+    def codes(self) -> list[int]:
+        """By status // 100; [0]: no status was sent."""
+        return [self.no_status, self.c1, self.c2, self.c3, self.c4, self.c5]
+
+    @codes.setter
+    def codes(self, codes: list[int]) -> None:
+        self.no_status, self.c1, self.c2, self.c3, self.c4, self.c5 = codes
+
+    def count(self, status: int, termination: bytes, bytes_in: int, bytes_out: int,
+              duration: float) -> None:
+        if status < 300:
+            if status >= 200:
+                self.c2 += 1
+            elif status >= 100:
+                self.c1 += 1
+            else:
+                self.no_status += 1
+        elif status < 400:
+            self.c3 += 1
+        elif status < 500:
+            self.c4 += 1
+        else:
+            self.c5 += 1
+        if termination != b"--":
+            code = termination.decode()
+            self.ends[code] = self.ends.get(code, 0) + 1
+        self.bytes_in += bytes_in
+        self.bytes_out += bytes_out
+        self.duration_total += duration
+        half_ms = int(duration * _HALF_MS + 0.999999)      # rounded up: a bound is "<="
+        buckets = self.buckets
+        i = _BUCKET_AT[half_ms] if half_ms < len(_BUCKET_AT) else len(DURATION_BOUNDS)
+        buckets[i] += 1
+
+    def add(self, other: Tally) -> None:
+        """Sum another's counts into this one (the supervisor, its workers')."""
+        self.codes = [a + b for a, b in zip(self.codes, other.codes, strict=True)]
+        for code, n in other.ends.items():
+            self.ends[code] = self.ends.get(code, 0) + n
+        self.bytes_in += other.bytes_in
+        self.bytes_out += other.bytes_out
+        for i, n in enumerate(other.buckets):
+            self.buckets[i] += n
+        self.duration_total += other.duration_total
+
+
 class Host(_Recorded):
     __slots__ = ("address", "admin", "health", "history", "members", "name")
 
@@ -126,8 +203,8 @@ class Member(_Recorded):
     __slots__ = ("address", "admin", "answered", "consecutive_failures", "ejected_until",
                  "ejections", "eligible", "failures", "health", "history", "host", "in_flight",
                  "initial_up", "key", "latency_total", "name", "name_bytes", "pool", "port",
-                 "public_url",
-                 "ramp_from", "requests", "retries", "upstream", "weight")
+                 "public_url", "ramp_from", "requests", "retries", "tally", "upstream",
+                 "weight")
 
     def __init__(self, pool: Pool, name: str, host: Host, address: str, port: int,
                  weight: int) -> None:
@@ -156,6 +233,7 @@ class Member(_Recorded):
         self.upstream: Upstream | None = None
         self.public_url: str | None = None  # where clients reach it (redirect, lookup)
         self.ramp_from = 0.0                # slow start: when it came back (0: not ramping)
+        self.tally = Tally()                # what its exchanges came to
 
     def label(self) -> str:
         return f"pool {self.pool.name} member {self.name}"
@@ -218,8 +296,8 @@ class Member(_Recorded):
 class Pool:
     __slots__ = ("_dealt", "_make_policy", "_retry_seen", "_retry_tokens", "_window",
                  "algorithm", "built", "config", "eligible", "members", "name", "name_bytes",
-                 "on_refresh",
-                 "policy", "ramping", "retry_body_limit", "retry_cap")
+                 "on_refresh", "policy", "ramping", "retry_body_limit", "retry_cap",
+                 "unserved")
 
     WINDOW = 10         # seconds of requests the retry budget is measured against
 
@@ -227,6 +305,7 @@ class Pool:
                  config: PoolConfig | None = None) -> None:
         self.name = name
         self.name_bytes = name.encode()
+        self.unserved = Tally()         # exchanges answered with no member (503, 400 ...)
         self.algorithm = algorithm
         self.config: PoolConfig | None = None
         self.retry_body_limit = 65536   # the config's default, for a pool made without one

@@ -184,19 +184,25 @@ class Exchange:
 
     def finish(self, termination: bytes, now: float = -1.0) -> None:
         """The exchange is over (`termination`: who ended it, at what stage; see
-        proxy/access_log.py's table): its log line. Runs once, whoever calls it."""
+        proxy/access_log.py's table): its counts and its log line. Runs once, whoever
+        calls it."""
         if self.ended:
             return
         self.ended = True
         listener = self.listener
-        log = listener.access_log
-        if log is None:
-            return
         if now < 0.0:
             now = listener.time()
         begun = self.begun or now
         member = self.served_by
         pool = self.pool
+        tally = member.tally if member is not None else pool.unserved if pool is not None \
+            else None
+        if tally is not None:
+            tally.count(self.status, termination, self.bytes_in + self.body_size,
+                        self.bytes_out, now - begun)
+        log = listener.access_log
+        if log is None:
+            return
         log.write(self, now, listener.name_bytes, pool.name_bytes if pool is not None else b"",
                   member.name_bytes if member is not None else b"", termination,
                   int((now - begun) * 1000.0), int(self.connect_time * 1000.0),

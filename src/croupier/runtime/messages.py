@@ -17,6 +17,7 @@ from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from croupier.model.state import Tally
 from croupier.sources.admin_api import ApiMembers
 
 VERSION: Final = 2      # 2: membership as the admin API source's typed changes
@@ -49,10 +50,49 @@ class States(BaseModel):
     hosts: dict[str, HostState] = {}
 
 
+class TallyState(BaseModel):
+    """model.state's Tally: what the exchanges came to."""
+
+    model_config = ConfigDict(extra="forbid")
+    codes: list[int] = [0, 0, 0, 0, 0, 0]
+    ends: dict[str, int] = {}
+    bytes_in: int = 0
+    bytes_out: int = 0
+    buckets: list[int] = []
+    duration_total: float = 0.0
+
+    @classmethod
+    def of(cls, tally: Tally) -> TallyState:
+        return cls(codes=list(tally.codes), ends=dict(tally.ends), bytes_in=tally.bytes_in,
+                   bytes_out=tally.bytes_out, buckets=list(tally.buckets),
+                   duration_total=tally.duration_total)
+
+    def add(self, other: TallyState) -> None:
+        self.codes = [a + b for a, b in zip(self.codes, other.codes, strict=True)]
+        for code, n in other.ends.items():
+            self.ends[code] = self.ends.get(code, 0) + n
+        self.bytes_in += other.bytes_in
+        self.bytes_out += other.bytes_out
+        self.buckets = ([a + b for a, b in zip(self.buckets, other.buckets, strict=True)]
+                        if self.buckets else list(other.buckets))
+        self.duration_total += other.duration_total
+
+    def tally(self) -> Tally:
+        t = Tally()
+        t.codes = list(self.codes)
+        t.ends = dict(self.ends)
+        t.bytes_in, t.bytes_out = self.bytes_in, self.bytes_out
+        if self.buckets:
+            t.buckets = list(self.buckets)
+        t.duration_total = self.duration_total
+        return t
+
+
 class Counters(BaseModel):
     """One member's counters in one worker."""
 
     model_config = ConfigDict(extra="forbid")
+    tally: TallyState = TallyState()
     requests: int = 0
     failures: int = 0
     retries: int = 0
@@ -60,6 +100,17 @@ class Counters(BaseModel):
     answered: int = 0
     latency_total: float = 0.0
     ejected: bool = False
+
+    def add(self, other: Counters, in_flight: bool = True) -> None:
+        """Sum a worker's counts into these (`in_flight`: not for one that died)."""
+        self.requests += other.requests
+        self.failures += other.failures
+        self.retries += other.retries
+        if in_flight:
+            self.in_flight += other.in_flight
+        self.answered += other.answered
+        self.latency_total += other.latency_total
+        self.tally.add(other.tally)
 
 
 # ---- down -----------------------------------------------------------------------------------
@@ -134,6 +185,7 @@ class Failed(_Message):
 class Stats(_Message):
     op: Literal["stats"] = "stats"
     members: dict[str, Counters]
+    unserved: dict[str, TallyState] = {}     # by pool: answered with no member
     connections: dict[str, int]
     log_written: int = 0        # access log lines
     log_dropped: int = 0

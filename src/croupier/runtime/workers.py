@@ -51,6 +51,7 @@ from croupier.runtime.messages import (
     States,
     Stats,
     Stop,
+    TallyState,
 )
 from croupier.runtime.notify import notify
 from croupier.runtime.process import freeze_startup_objects, install_signals, until_stopped
@@ -114,8 +115,10 @@ def worker_stats(balancer: Balancer) -> Stats:
     return Stats(
         members={m.key: Counters(requests=m.requests, failures=m.failures, retries=m.retries,
                                  in_flight=m.in_flight, answered=m.answered,
-                                 latency_total=m.latency_total, ejected=m.ejected)
+                                 latency_total=m.latency_total, ejected=m.ejected,
+                                 tally=TallyState.of(m.tally))
                  for m in balancer.members()},
+        unserved={p.name: TallyState.of(p.unserved) for p in balancer.pools.values()},
         connections={lst.name: lst.open_connections for lst in balancer.listeners},
         log_written=sum(lg.written for lg in balancer.access_logs.values()),
         log_dropped=sum(lg.dropped for lg in balancer.access_logs.values()))
@@ -290,6 +293,7 @@ class Supervisor:
         self._tasks: set[asyncio.Task[Any]] = set()     # held: a task nobody holds may vanish
         self._retired: dict[str, Counters] = {}         # counters of workers that died
         self._retired_log = (0, 0)                      # their access log lines, dropped
+        self._retired_unserved: dict[str, TallyState] = {}   # their pools', no member
         self._seq = 0
         self._pushed: States | None = None
         self._push_due = False
@@ -434,12 +438,10 @@ class Supervisor:
         log.error("worker %d (pid %d) exited with %s; starting it again", w.index, proc.pid,
                   code)
         for key, counts in (w.stats.members if w.stats is not None else {}).items():
-            kept = self._retired.setdefault(key, Counters())   # keep counters monotonic
-            kept.requests += counts.requests
-            kept.failures += counts.failures
-            kept.retries += counts.retries
-            kept.answered += counts.answered
-            kept.latency_total += counts.latency_total
+            # keep counters monotonic
+            self._retired.setdefault(key, Counters()).add(counts, in_flight=False)
+        for pool, unserved in (w.stats.unserved if w.stats is not None else {}).items():
+            self._retired_unserved.setdefault(pool, TallyState()).add(unserved)
         if w.stats is not None:
             self._retired_log = (self._retired_log[0] + w.stats.log_written,
                                  self._retired_log[1] + w.stats.log_dropped)
@@ -596,24 +598,24 @@ class Supervisor:
         assert self.balancer is not None
         while not self.stopping:
             await asyncio.sleep(STATS_EVERY)
-            totals: dict[str, Counters] = {k: v.model_copy() for k, v in self._retired.items()}
+            totals = {k: v.model_copy(deep=True) for k, v in self._retired.items()}
+            unserved = {k: v.model_copy(deep=True) for k, v in self._retired_unserved.items()}
             ejected: set[str] = set()
             connections: dict[str, int] = {}
             for w in self.workers:
                 if w.stats is None:
                     continue
                 for key, counts in w.stats.members.items():
-                    t = totals.setdefault(key, Counters())
-                    t.requests += counts.requests
-                    t.failures += counts.failures
-                    t.retries += counts.retries
-                    t.in_flight += counts.in_flight
-                    t.answered += counts.answered
-                    t.latency_total += counts.latency_total
+                    totals.setdefault(key, Counters()).add(counts)
                     if counts.ejected:
                         ejected.add(key)
+                for name, tally in w.stats.unserved.items():
+                    unserved.setdefault(name, TallyState()).add(tally)
                 for name, n in w.stats.connections.items():
                     connections[name] = connections.get(name, 0) + n
+            for name, tally in unserved.items():
+                if name in self.balancer.pools:
+                    self.balancer.pools[name].unserved = tally.tally()
             for m in self.balancer.members():
                 summed = totals.get(m.key)
                 if summed is not None:
@@ -621,6 +623,7 @@ class Supervisor:
                                                          summed.retries)
                     m.in_flight, m.answered = summed.in_flight, summed.answered
                     m.latency_total = summed.latency_total
+                    m.tally = summed.tally.tally()
                 # Shown, not acted on: each worker ejects on what it sees itself.
                 m.ejected_until = 1.0 if m.key in ejected else 0.0
             for lst in self.balancer.listeners:
