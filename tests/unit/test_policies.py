@@ -13,8 +13,8 @@ from croupier.balancing.consistent_hash import ConsistentHash
 from croupier.config import validate_config
 from croupier.config.schema import ListenerConfig
 from croupier.model.state import Host, Member, Pool
-from croupier.proxy.client import Exchange
 from croupier.proxy.context import ProxyContext
+from croupier.proxy.exchange import Exchange
 from croupier.proxy.listener import Listener
 
 

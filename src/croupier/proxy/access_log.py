@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Final
 from mypy_extensions import i64
 
 if TYPE_CHECKING:
-    from croupier.proxy.client import Exchange
+    from croupier.proxy.exchange import Exchange
 
 BATCH: Final = 65536
 PIPE_BUF: Final = 4096              # what a pipe writes whole (POSIX: at least 512; Linux 4096)

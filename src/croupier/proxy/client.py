@@ -35,11 +35,12 @@ from typing import TYPE_CHECKING, Final, cast
 import httptools
 from mypy_extensions import i64
 
+from croupier.proxy.downstream import Downstream
+from croupier.proxy.exchange import Exchange
 from croupier.proxy.http import (
     IDEMPOTENT,
     connection_named,
     equals_at,
-    field_name,
     field_value,
     is_name,
     joined_runs,
@@ -75,165 +76,6 @@ class _Reject(Exception):
     """Raised from a parser callback to stop parsing; the reason is in `ClientConnection.error`."""
 
 
-class Exchange:
-    """One request and its answer, from the first byte of its head to its end: the one
-    object a request (plain slots), and the one place it ends (`finish`), however it ends:
-    the access log line is written there and nowhere else."""
-
-    __slots__ = (
-        "attempts",
-        "begun",
-        "body",
-        "body_done",
-        "body_size",
-        "bytes_in",
-        "bytes_out",
-        "chunked",
-        "close_after",
-        "connect_time",
-        "connection_field",
-        "content_length",
-        "discard",
-        "drop",
-        "ended",
-        "fields",
-        "first_byte",
-        "forwarded_host",
-        "forwarded_proto",
-        "host",
-        "http11",
-        "listener",
-        "member",
-        "method",
-        "peer",
-        "peer_port",
-        "pool",
-        "replay",
-        "replay_limit",
-        "replayable",
-        "request_id",
-        "response_done",
-        "response_started",
-        "sent_at",
-        "served_by",
-        "set_cookie",
-        "sink",
-        "status",
-        "tried",
-        "upgrade",
-        "upgrade_value",
-        "url",
-        "user_agent",
-        "via",
-        "xff",
-    )
-
-    def __init__(self, listener: Listener, peer: bytes, peer_port: int) -> None:
-        self.listener = listener
-        self.peer = peer                # the client's address: X-Forwarded-For, hash keys
-        self.peer_port = peer_port
-        self.begun = 0.0                # loop time: the head was read (0: answered at once)
-        self.connect_time = 0.0         # seconds the last attempt took to connect (0: reused)
-        self.first_byte = 0.0           # loop time: the member's response head came
-        self.bytes_in = 0               # from the client: head and body
-        self.bytes_out = 0              # to the client: heads and body
-        self.user_agent = b""
-        self.request_id = b""
-        self.forwarded_proto = b""      # the client's X-Forwarded-Proto and -Host: passed on
-        self.forwarded_host = b""       # only from a trusted proxy
-        self.served_by: Member | None = None    # the member of the last attempt, or chosen
-        self.ended = False
-        self.set_cookie: bytes | None = None    # sticky sessions: a cookie for the response
-        self.url = b""
-        self.method = b""
-        # The field lines copied to the member, each b"Name: value\r\n" as the client sent
-        # it; the request line and the forwarding fields are added when it is sent.
-        self.fields = b""
-        self.host: bytes | None = None
-        self.xff = b""                  # X-Forwarded-For and Via from the client, merged
-        self.via = b""
-        self.drop: list[bytes] | None = None     # fields the client's Connection names
-        self.upgrade_value = b""
-        self.http11 = True
-        self.upgrade = False
-        self.chunked = False
-        self.content_length = -1
-        self.close_after = False
-        self.connection_field = False   # a Connection field came: see on_headers_complete
-        # Request body bytes held until a member connection (lists made when a body comes:
-        # most requests have none).
-        self.body: list[bytes] | None = None
-        self.body_size = 0
-        # Body bytes already sent, kept while they fit `replay_limit` so that a failed
-        # attempt can be replayed on another member; `replayable` is False once they no
-        # longer fit.
-        self.replay: list[bytes] | None = None
-        self.replayable = True
-        self.replay_limit = 65536
-        self.attempts = 0
-        self.tried: list[Member] | None = None
-        self.pool: Pool | None = None
-        self.sent_at = 0.0
-        self.status = 0
-        self.body_done = False
-        self.discard = False            # answered without a member: drop the body
-        self.sink: UpstreamConnection | None = None
-        self.member: Member | None = None
-        self.response_started = False
-        self.response_done = False
-
-    def finish(self, termination: bytes, now: float = -1.0) -> None:
-        """The exchange is over (`termination`: who ended it, at what stage; see
-        proxy/access_log.py's table): its counts and its log line. Runs once, whoever
-        calls it."""
-        if self.ended:
-            return
-        self.ended = True
-        listener = self.listener
-        if now < 0.0:
-            now = listener.time()
-        begun = self.begun or now
-        member = self.served_by
-        pool = self.pool
-        tally = member.tally if member is not None else pool.unserved if pool is not None \
-            else None
-        if tally is not None:
-            tally.count(self.status, termination, self.bytes_in + self.body_size,
-                        self.bytes_out, now - begun)
-        log = listener.access_log
-        if log is None:
-            return
-        log.write(self, now, listener.name_bytes, pool.name_bytes if pool is not None else b"",
-                  member.name_bytes if member is not None else b"", termination,
-                  int((now - begun) * 1000.0), int(self.connect_time * 1000.0),
-                  int((self.first_byte - begun) * 1000.0) if self.first_byte else 0)
-
-    def hold(self, pieces: tuple[bytes, ...]) -> None:
-        """Hold body bytes until a member connection takes the request."""
-        if self.body is None:
-            self.body = list(pieces)
-        else:
-            self.body.extend(pieces)
-
-    def keep_for_replay(self, pieces: tuple[bytes, ...] | list[bytes]) -> None:
-        """Keep body bytes sent to a member, while a failed attempt may be replayed."""
-        if self.replay is None:
-            self.replay = list(pieces)
-        else:
-            self.replay.extend(pieces)
-
-    def field_values(self, lname: bytes) -> list[bytes]:
-        """The values of a request field by lower-case name (balancing keys, cookies)."""
-        if lname == b"host":
-            return [self.host] if self.host is not None else []
-        if lname == b"x-forwarded-for" or lname == b"via":
-            value = self.xff if lname == b"x-forwarded-for" else self.via
-            return [value] if value else []
-        start = len(lname) + 1
-        return [line[start:].strip() for line in self.fields.split(b"\r\n")
-                if line and field_name(line) == lname]
-
-
 def client_protocol(listener: Listener) -> Callable[[], asyncio.Protocol]:
     """The protocol factory for a listener's server. The connection classes have no Python
     base class (mypyc compiles them to native classes, which cannot have one); uvloop only
@@ -241,7 +83,7 @@ def client_protocol(listener: Listener) -> Callable[[], asyncio.Protocol]:
     return lambda: cast(asyncio.Protocol, ClientConnection(listener))
 
 
-class ClientConnection:
+class ClientConnection(Downstream):
     PAUSE_QUEUE = 1
     PAUSE_UPSTREAM = 2
     PAUSE_CONNECT = 4
@@ -417,9 +259,7 @@ class ClientConnection:
         self.transport = None
         tunnel, self.tunnel = self.tunnel, None
         if tunnel is not None:
-            tunnel.client = None
-            tunnel.req = None
-            tunnel._abandon()
+            tunnel.detach()
         tunnel_req, self.tunnel_req = self.tunnel_req, None
         if tunnel_req is not None:
             self._release_member(tunnel_req, failed=False)
@@ -437,9 +277,7 @@ class ClientConnection:
                 sink = req.sink
                 if sink is not None:
                     req.sink = None
-                    sink.client = None
-                    sink.req = None
-                    sink._abandon()
+                    sink.detach()
         self.current = None
         self.queue = None
 
@@ -802,8 +640,7 @@ class ClientConnection:
         replay = req.replay
         if req.content_length <= 0 and not req.chunked and not replay and not req.body:
             # No body will follow in this read: nothing to join the head with.
-            if conn.transport is not None and not conn.closed:
-                conn.send(head)
+            conn.send(head)
         else:
             self._send_body(req, conn, head)
         if self.write_paused:
@@ -827,7 +664,7 @@ class ClientConnection:
 
     def upstream_connected(self, req: Exchange, conn: UpstreamConnection) -> None:
         if req is not self.current or self.transport is None:
-            conn.pool.release(conn)     # the client left while we connected; keep it
+            conn.release()              # the client left while we connected; keep it
             return
         now = self.listener.time()      # the connect took a while
         req.connect_time = now - req.sent_at
@@ -1067,19 +904,14 @@ class ClientConnection:
             self._out_sink = sink
             self._out = list(pieces)
         else:
-            transport = sink.transport
-            if transport is not None and not sink.closed:
-                transport.writelines(pieces)
+            sink.send_pieces(list(pieces))
 
     def _flush_up(self) -> None:
         out, sink = self._out, self._out_sink
         self._out = None
         self._out_sink = None
-        if out and sink is not None and sink.transport is not None and not sink.closed:
-            if len(out) == 1:
-                sink.transport.write(out[0])
-            else:
-                sink.transport.writelines(out)
+        if out and sink is not None:
+            sink.send_pieces(out)
 
     # ---- tunnels (Upgrade, WebSocket) ------------------------------------------------------
 
@@ -1145,11 +977,39 @@ class ClientConnection:
             conn.send(held)
             if req is not None:
                 req.bytes_in += len(held)
-        self.deadline = self.refresh_tunnel_deadline()
-        conn.deadline = 0.0     # the client side's deadline covers both directions
+        self.deadline = self.refresh_tunnel_deadline()    # it covers both directions
 
     def refresh_tunnel_deadline(self) -> float:
         return self.listener.time() + self.listener.tunnel_timeout
+
+    # ---- the downstream interface (proxy/downstream.py): what the member side may do ------
+
+    def send(self, data: bytes | memoryview) -> bool:
+        transport = self.transport
+        if transport is None:
+            return False
+        transport.write(data)
+        return True
+
+    def send_pieces(self, pieces: list[bytes | memoryview] | list[bytes]) -> bool:
+        transport = self.transport
+        if transport is None:
+            return False
+        transport.writelines(pieces)
+        return True
+
+    def buffered(self) -> int:
+        transport = self.transport
+        return transport.get_write_buffer_size() if transport is not None else 0
+
+    def pause(self) -> None:
+        self.pause_reading(self.PAUSE_UPSTREAM)
+
+    def resume(self) -> None:
+        self.resume_reading(self.PAUSE_UPSTREAM)
+
+    def tunnel_activity(self) -> None:
+        self.deadline = self.refresh_tunnel_deadline()
 
     def tunnel_closed(self) -> None:
         self.tunnel = None
@@ -1221,8 +1081,7 @@ class ClientConnection:
             self._release_member(current, failed=False)
             sink, current.sink = current.sink, None
             if sink is not None:
-                sink.client = sink.req = None
-                sink._abandon()
+                sink.detach()
             if current.response_started:
                 current.finish(b"PD")
                 if self.transport is not None:

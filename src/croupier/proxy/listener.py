@@ -12,8 +12,8 @@ if TYPE_CHECKING:
     from croupier.config.schema import ListenerConfig
     from croupier.model.state import Pool
     from croupier.proxy.access_log import AccessLog
-    from croupier.proxy.client import Exchange
     from croupier.proxy.context import ProxyContext
+    from croupier.proxy.exchange import Exchange
 
 
 class Route:

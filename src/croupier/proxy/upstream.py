@@ -49,8 +49,9 @@ from croupier.proxy.http import (
 
 if TYPE_CHECKING:
     from croupier.model.state import Member
-    from croupier.proxy.client import ClientConnection, Exchange
     from croupier.proxy.context import ProxyContext
+    from croupier.proxy.downstream import Downstream
+    from croupier.proxy.exchange import Exchange
 
 log = logging.getLogger("croupier.upstream")
 
@@ -151,7 +152,7 @@ class UpstreamConnection:
         # The parser's feed_data, bound once: a member connection lives for many exchanges,
         # and a call by name looks the method up on every read.
         self._feed: Callable[[bytes], None] = self.parser.feed_data
-        self.client: ClientConnection | None = None
+        self.client: Downstream | None = None
         self.req: Exchange | None = None
         self.closed = False
         self.idle = False
@@ -201,9 +202,8 @@ class UpstreamConnection:
     def data_received(self, data: bytes) -> None:
         if self.tunnel:
             client = self.client
-            if client is not None and client.transport is not None:
-                client.transport.write(data)
-                client.deadline = client.refresh_tunnel_deadline()
+            if client is not None and client.send(data):
+                client.tunnel_activity()
                 if self.req is not None:
                     self.req.bytes_out += len(data)
             return
@@ -292,17 +292,17 @@ class UpstreamConnection:
         start = len(data) - self._past_head
         n = self._counted(self._past_head)
         client = self.client
-        transport = client.transport if client is not None else None
-        if transport is not None:
-            self._to_client = True
-            req = self.req
-            if req is not None:
-                req.bytes_out += n + sum(len(piece) for piece in out)
+        if client is not None:
             if n:
                 pieces: list[bytes | memoryview] = [*out, memoryview(data)[start:start + n]]
-                transport.writelines(pieces)
+                sent = client.send_pieces(pieces)
             else:
-                transport.writelines(out)
+                sent = client.send_pieces(out)
+            req = self.req
+            if sent:
+                self._to_client = True
+                if req is not None:
+                    req.bytes_out += n + sum(len(piece) for piece in out)
         if self._body_left == 0:
             self._body_ended(over=n < self._past_head, now=now)
         else:
@@ -338,13 +338,11 @@ class UpstreamConnection:
         got = n
         n = self._counted(n)
         client = self.client
-        transport = client.transport if client is not None else None
-        if transport is not None:
+        if client is not None and client.send(buffer.view[:n]):
             self._to_client = True
             if self.req is not None:
                 self.req.bytes_out += n
-            transport.write(buffer.view[:n])
-            if transport.get_write_buffer_size():
+            if client.buffered():
                 buffer.renew()          # queued for a slow client: the bytes are its now
         if self._body_left == 0:
             if self.transport is not None:
@@ -386,8 +384,7 @@ class UpstreamConnection:
             client.tunnel_closed()
         elif self._close_delimited and self._final and not self._message_done:
             # The member ended a close-delimited body: that is the end of the message.
-            if self.out_mode == OUT_CHUNKED and client.transport is not None:
-                client.transport.write(b"0\r\n\r\n")
+            if self.out_mode == OUT_CHUNKED and client.send(b"0\r\n\r\n"):
                 req.bytes_out += 5
             self._message_done = True
             self._finish(reusable=False)
@@ -399,12 +396,12 @@ class UpstreamConnection:
     def pause_writing(self) -> None:
         client = self.client
         if client is not None:
-            client.pause_reading(client.PAUSE_UPSTREAM)
+            client.pause()
 
     def resume_writing(self) -> None:
         client = self.client
         if client is not None:
-            client.resume_reading(client.PAUSE_UPSTREAM)
+            client.resume()
 
     # ---- parser callbacks ------------------------------------------------------------------
 
@@ -600,8 +597,7 @@ class UpstreamConnection:
             return
         self._to_client = True
         client = self.client
-        transport = client.transport if client is not None else None
-        if transport is None:
+        if client is None:
             return
         n = len(out)
         req = self.req
@@ -614,20 +610,38 @@ class UpstreamConnection:
             # in the kernel than a writev of them; big bodies keep their zero-copy path.
             data = b"".join(out)
         else:
-            if req is not None:
+            if client.send_pieces(out) and req is not None:
                 req.bytes_out += sum(len(piece) for piece in out)
-            transport.writelines(out)
             return
-        if req is not None:
+        if client.send(data) and req is not None:
             req.bytes_out += len(data)
-        transport.write(data)
+
+    # ---- what the client side may call (proxy/downstream.py's rules) ----------------------
 
     def send(self, data: bytes) -> None:
-        """Write request bytes to the member (called by the client side)."""
-        assert self.transport is not None
-        self._write(data)
+        """Write request bytes to the member (nothing once it is closed)."""
+        if self.transport is not None and not self.closed:
+            self._write(data)
 
-    def attach(self, client: ClientConnection, req: Exchange, now: float) -> None:
+    def send_pieces(self, pieces: list[bytes]) -> None:
+        transport = self.transport
+        if transport is not None and not self.closed:
+            if len(pieces) == 1:
+                self._write(pieces[0])
+            else:
+                transport.writelines(pieces)
+
+    def detach(self) -> None:
+        """The client side leaves this exchange (it closed, or refused the request): the
+        connection closes without reuse."""
+        self.client = self.req = None
+        self._abandon()
+
+    def release(self) -> None:
+        """Opened for a client that left meanwhile: kept for the next exchange."""
+        self.pool.release(self)
+
+    def attach(self, client: Downstream, req: Exchange, now: float) -> None:
         """A new exchange. (`_interim`, `_keep_alive`, `_close_delimited`, `out_mode`,
         `_fields`, `_copied` and `_length` are set before they are read.)"""
         self.client = client
@@ -829,12 +843,12 @@ class UpstreamPool:
             if conn.transport is not None:
                 conn.transport.close()
 
-    def connect(self, client: ClientConnection, req: Exchange) -> None:
+    def connect(self, client: Downstream, req: Exchange) -> None:
         """Open a new connection for `req`; the client hears back either way."""
         self.open += 1
         self.context.loop.create_task(self._connect(client, req))
 
-    async def _connect(self, client: ClientConnection, req: Exchange) -> None:
+    async def _connect(self, client: Downstream, req: Exchange) -> None:
         loop = self.context.loop
         member = self.member
         try:
