@@ -5,6 +5,12 @@ from __future__ import annotations
 import pytest
 
 from croupier.proxy.http import (
+    F_CHUNKED,
+    F_LENGTH,
+    OUT_CHUNKED,
+    OUT_NONE,
+    OUT_RAW,
+    OUT_UNTIL_CLOSE,
     connection_named,
     equals_at,
     field_value,
@@ -13,6 +19,7 @@ from croupier.proxy.http import (
     joined_runs,
     kept_run,
     length_value,
+    response_framing,
     simple_response,
     tokens,
     valid_host,
@@ -110,3 +117,20 @@ def test_response_field_names_match_as_lower_casing_would(name):
         for byte in TCHARS:
             spelt = name[:at] + bytes([byte]) + name[at + 1:]
             assert is_name(spelt + b": v", 0, name) == (spelt.lower() == name), spelt
+
+
+@pytest.mark.parametrize("head, status, fields, http11, mode", [
+    (True, 200, F_LENGTH, True, OUT_NONE),                  # HEAD: never a body
+    (False, 204, F_LENGTH, True, OUT_NONE),
+    (False, 304, F_CHUNKED, True, OUT_NONE),
+    (False, 103, 0, True, OUT_NONE),
+    (False, 200, F_LENGTH, True, OUT_RAW),
+    (False, 200, F_LENGTH, False, OUT_RAW),                 # a length suits HTTP/1.0 too
+    (False, 200, F_LENGTH | F_CHUNKED, True, OUT_CHUNKED),  # chunked overrides the length
+    (False, 200, F_CHUNKED, True, OUT_CHUNKED),
+    (False, 500, 0, True, OUT_CHUNKED),                     # until close -> chunked
+    (False, 200, F_CHUNKED, False, OUT_UNTIL_CLOSE),        # HTTP/1.0 reads no chunks
+    (False, 200, 0, False, OUT_UNTIL_CLOSE),
+])
+def test_one_function_decides_a_responses_framing(head, status, fields, http11, mode):
+    assert response_framing(head, status, fields, http11) == mode

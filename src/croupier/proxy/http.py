@@ -113,6 +113,29 @@ def status_line(status: int) -> bytes:
     return b"HTTP/1.1 %d %s\r\n" % (status, reason(status))
 
 
+# How a response body leaves for the client (`response_framing`).
+OUT_NONE: Final = 0         # no body (HEAD, 1xx, 204, 304)
+OUT_RAW: Final = 1          # Content-Length from the member, bytes copied as they come
+OUT_CHUNKED: Final = 2      # chunked or close-delimited from the member, chunked to HTTP/1.1
+OUT_UNTIL_CLOSE: Final = 3  # close-delimited to an HTTP/1.0 client
+# What a response head had, for its framing (bits).
+F_LENGTH: Final = 1
+F_CHUNKED: Final = 2
+
+
+def response_framing(head_request: bool, status: int, fields: int, http11: bool) -> int:
+    """How the client gets a response's body (RFC 9112 6.3), the one place it is decided:
+    none after HEAD, 1xx, 204 and 304; as it came with a Content-Length (and no
+    Transfer-Encoding, which would override it); otherwise (chunked, or ending when the
+    member closes) chunked to an HTTP/1.1 client and until the close to an HTTP/1.0 one,
+    which cannot read chunks."""
+    if head_request or status < 200 or status == 204 or status == 304:
+        return OUT_NONE
+    if fields & (F_LENGTH | F_CHUNKED) == F_LENGTH:
+        return OUT_RAW
+    return OUT_CHUNKED if http11 else OUT_UNTIL_CLOSE
+
+
 # llhttp's reasons, in words a client's developer understands (its own wording names its
 # internals: "Pause on PRI/Upgrade" is an HTTP/2 preface). First match, lower case.
 _PARSE_ERRORS: Final = (

@@ -35,6 +35,12 @@ import httptools
 from mypy_extensions import i64
 
 from croupier.proxy.http import (
+    F_CHUNKED,
+    F_LENGTH,
+    OUT_CHUNKED,
+    OUT_NONE,
+    OUT_RAW,
+    OUT_UNTIL_CLOSE,
     connection_named,
     equals_at,
     field_value,
@@ -43,6 +49,7 @@ from croupier.proxy.http import (
     kept_run,
     length_value,
     reason,
+    response_framing,
     switch_allowed,
     without_fields,
 )
@@ -55,12 +62,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("croupier.upstream")
 
-# How the response body leaves for the client.
-OUT_NONE: Final = 0         # no body (HEAD, 204, 304)
-OUT_RAW: Final = 1          # Content-Length from the member, bytes copied as they come
-OUT_CHUNKED: Final = 2      # chunked or close-delimited from the member, chunked to HTTP/1.1
-OUT_UNTIL_CLOSE: Final = 3  # close-delimited to an HTTP/1.0 client
-
 # A response head larger than this is refused (502), as nginx's proxy_buffer_size and
 # HAProxy's bufsize refuse one: it is held whole until llhttp has read it.
 MAX_RESPONSE_HEAD: Final = 65536
@@ -68,9 +69,6 @@ MAX_RESPONSE_HEAD: Final = 65536
 # buffer of our own (_BodyPump), PUMP_SIZE bytes at a time (uvloop reads 256 kB too).
 PUMP_FROM: Final = 65536
 PUMP_SIZE: Final = 262144
-# What a response head had, for its framing (bits of `_fields`).
-F_LENGTH: Final = 1
-F_CHUNKED: Final = 2
 _STATUS_LINES: Final = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason(code))
                         for code in range(100, 600) if reason(code) != b"Unknown"}
 
@@ -432,22 +430,16 @@ class UpstreamConnection:
                                   b"Connection: upgrade\r\nUpgrade: %s\r\n" % self._upgrade))
             return
         fields = self._fields
+        mode = self.out_mode = response_framing(req.method == b"HEAD", status, fields,
+                                                req.http11)
         framing = b""
-        close_delimited = long_body = False
-        if req.method == b"HEAD" or status == 204 or status == 304:
-            self.out_mode = OUT_NONE
-        elif fields & (F_LENGTH | F_CHUNKED) == F_LENGTH:
-            self.out_mode = OUT_RAW
-            long_body = self._length >= PUMP_FROM
-        else:
-            close_delimited = not fields & F_CHUNKED
-            if req.http11:
-                self.out_mode = OUT_CHUNKED
-                framing = b"Transfer-Encoding: chunked\r\n"
-            else:
-                self.out_mode = OUT_UNTIL_CLOSE
-                req.close_after = True
-        self._close_delimited = close_delimited
+        long_body = mode == OUT_RAW and self._length >= PUMP_FROM
+        # Neither length nor chunked from the member: its body ends when it closes.
+        self._close_delimited = mode >= OUT_CHUNKED and not fields & F_CHUNKED
+        if mode == OUT_CHUNKED:
+            framing = b"Transfer-Encoding: chunked\r\n"
+        elif mode == OUT_UNTIL_CLOSE:
+            req.close_after = True
         if req.set_cookie is not None:
             framing += b"Set-Cookie: " + req.set_cookie + b"\r\n"
         framing += b"X-Request-ID: " + req.request_id + b"\r\n"
