@@ -36,7 +36,7 @@ import httptools
 from mypy_extensions import i64
 
 from croupier.proxy.downstream import Downstream
-from croupier.proxy.exchange import Exchange
+from croupier.proxy.exchange import ANSWERED, SENT, TUNNEL, WAITING, Exchange
 from croupier.proxy.http import (
     IDEMPOTENT,
     connection_named,
@@ -340,6 +340,7 @@ class ClientConnection(Downstream):
             base = self._fed
             start = self._begin - base
         end = self._take_head(req, src, start, method)
+        req.to(WAITING)
         req.bytes_in = end - start
         if self.trusted:
             if req.xff:
@@ -616,6 +617,7 @@ class ClientConnection(Downstream):
         """One attempt: `member` takes `req`, on a kept-alive connection unless `fresh`."""
         member.in_flight += 1
         member.requests += 1
+        req.to(SENT)
         req.member = member
         req.served_by = member
         req.attempts += 1
@@ -817,6 +819,7 @@ class ClientConnection(Downstream):
                 content_type: bytes = b"text/plain; charset=utf-8",
                 termination: bytes = b"--") -> None:
         """Answer `req` ourselves (error, redirect, lookup)."""
+        req.to(ANSWERED)
         req.status = status
         req.discard = True
         req.body = None
@@ -962,6 +965,7 @@ class ClientConnection(Downstream):
         self.tunnel = conn
         self.tunnel_req = req           # its member stays in flight while the tunnel is open
         if req is not None:
+            req.to(TUNNEL)
             req.sink = None
         self.current = None
         self.parser = None

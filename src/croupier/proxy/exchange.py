@@ -8,7 +8,9 @@ are written there and nowhere else.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import logging
+import os
+from typing import TYPE_CHECKING, Final
 
 from croupier.proxy.http import field_name
 
@@ -16,6 +18,37 @@ if TYPE_CHECKING:
     from croupier.model.state import Member, Pool
     from croupier.proxy.listener import Listener
     from croupier.proxy.upstream import UpstreamConnection
+
+
+log = logging.getLogger("croupier.proxy")
+
+# The states of an exchange, and for each the states it may go to (a bit each), as h11's
+# _state.py writes its own. A transition the table does not have is a bug: it raises where
+# CROUPIER_STRICT_STATES is set (the test suite), and is logged at ERROR elsewhere.
+HEAD: Final = 0         # its head is being read
+WAITING: Final = 1      # its head is read: queued behind another, or about to be routed
+SENT: Final = 2         # an attempt went to a member (connecting, or sent); no final head yet
+RESPONDING: Final = 3   # the member's final response head came
+TUNNEL: Final = 4       # the member switched protocols: bytes are copied both ways
+ANSWERED: Final = 5     # croupier answered it itself (an error, 503, redirect, lookup)
+DONE: Final = 6         # it ended (finish ran): counted and logged
+STATE_NAMES: Final = ("HEAD", "WAITING", "SENT", "RESPONDING", "TUNNEL", "ANSWERED", "DONE")
+NEXT: Final = (
+    1 << WAITING | 1 << DONE,                                   # HEAD: read, or refused
+    1 << SENT | 1 << ANSWERED | 1 << DONE,                      # WAITING
+    1 << SENT | 1 << RESPONDING | 1 << ANSWERED | 1 << DONE,    # SENT: a retry goes again
+    # RESPONDING: a head that never reached the client (a bad 101, one too large) fails the
+    # attempt, which may still be retried or answered
+    1 << SENT | 1 << TUNNEL | 1 << ANSWERED | 1 << DONE,
+    1 << DONE,                                                  # TUNNEL
+    1 << DONE,                                                  # ANSWERED
+    0,                                                          # DONE
+)
+STRICT: Final = bool(os.environ.get("CROUPIER_STRICT_STATES"))
+
+
+class IllegalTransition(Exception):
+    pass
 
 
 class Exchange:
@@ -38,7 +71,6 @@ class Exchange:
         "content_length",
         "discard",
         "drop",
-        "ended",
         "fields",
         "first_byte",
         "forwarded_host",
@@ -61,6 +93,7 @@ class Exchange:
         "served_by",
         "set_cookie",
         "sink",
+        "state",
         "status",
         "tried",
         "upgrade",
@@ -85,7 +118,7 @@ class Exchange:
         self.forwarded_proto = b""      # the client's X-Forwarded-Proto and -Host: passed on
         self.forwarded_host = b""       # only from a trusted proxy
         self.served_by: Member | None = None    # the member of the last attempt, or chosen
-        self.ended = False
+        self.state = HEAD
         self.set_cookie: bytes | None = None    # sticky sessions: a cookie for the response
         self.url = b""
         self.method = b""
@@ -129,9 +162,9 @@ class Exchange:
         """The exchange is over (`termination`: who ended it, at what stage; see
         proxy/access_log.py's table): its counts and its log line. Runs once, whoever
         calls it."""
-        if self.ended:
+        if self.state == DONE:
             return
-        self.ended = True
+        self.state = DONE
         listener = self.listener
         if now < 0.0:
             now = listener.time()
@@ -150,6 +183,19 @@ class Exchange:
                   member.name_bytes if member is not None else b"", termination,
                   int((now - begun) * 1000.0), int(self.connect_time * 1000.0),
                   int((self.first_byte - begun) * 1000.0) if self.first_byte else 0)
+
+    def to(self, state: int) -> None:
+        """Move to `state`, as the table allows (NEXT)."""
+        if not (NEXT[self.state] >> state) & 1:
+            self._illegal(state)
+        self.state = state
+
+    def _illegal(self, state: int) -> None:
+        what = (f"exchange {self.method.decode('latin-1')} {self.url.decode('latin-1')}: "
+                f"{STATE_NAMES[self.state]} -> {STATE_NAMES[state]} is not a transition")
+        if STRICT:
+            raise IllegalTransition(what)
+        log.error("%s (a bug: please report it)", what)
 
     def hold(self, pieces: tuple[bytes, ...]) -> None:
         """Hold body bytes until a member connection takes the request."""

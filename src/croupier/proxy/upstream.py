@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Final, cast
 import httptools
 from mypy_extensions import i64
 
+from croupier.proxy.exchange import RESPONDING
 from croupier.proxy.http import (
     F_CHUNKED,
     F_LENGTH,
@@ -421,6 +422,7 @@ class UpstreamConnection:
         self._final = True
         self.response_started = True
         req.response_started = True
+        req.to(RESPONDING)
         req.status = status
         if status == 101:
             if not req.upgrade or not switch_allowed(req.upgrade_value, self._upgrade):

@@ -1,0 +1,76 @@
+"""The exchange's states as data: the table says which transitions exist, and one it does
+not have fails loudly (the suite runs with CROUPIER_STRICT_STATES set)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from croupier.balancing import make_policy
+from croupier.config.schema import ListenerConfig
+from croupier.model.state import Pool
+from croupier.proxy import exchange
+from croupier.proxy.context import ProxyContext
+from croupier.proxy.exchange import (
+    ANSWERED,
+    DONE,
+    HEAD,
+    NEXT,
+    RESPONDING,
+    SENT,
+    STATE_NAMES,
+    TUNNEL,
+    WAITING,
+    Exchange,
+    IllegalTransition,
+)
+from croupier.proxy.listener import Listener
+
+
+def _exchange() -> Exchange:
+    context = ProxyContext(asyncio.new_event_loop(), lambda member, why: None)
+    config = ListenerConfig(name="web", listen="127.0.0.1:8080", pool="p")
+    return Exchange(Listener(context, config, {"p": Pool("p", "round_robin", make_policy)}),
+                    b"127.0.0.1", 1)
+
+
+PATHS = [
+    [WAITING, SENT, RESPONDING],                # proxied
+    [WAITING, SENT, SENT, RESPONDING],          # retried
+    [WAITING, SENT, RESPONDING, TUNNEL],        # switched protocols
+    [WAITING, SENT, ANSWERED],                  # failed: croupier's 502
+    [WAITING, SENT, RESPONDING, SENT],          # a head that never reached the client
+    [WAITING, ANSWERED],                        # 503, redirect, lookup
+    [],                                         # refused while its head was read
+]
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: "-".join(STATE_NAMES[s] for s in p))
+def test_the_paths_an_exchange_takes_are_in_the_table(path):
+    ex = _exchange()
+    assert ex.state == HEAD
+    for state in path:
+        ex.to(state)
+    ex.finish(b"--")
+    assert ex.state == DONE
+    ex.finish(b"CD")                        # once: a second end changes nothing
+    assert ex.state == DONE
+
+
+@pytest.mark.parametrize("before, after", [
+    (HEAD, SENT), (HEAD, RESPONDING), (WAITING, RESPONDING), (ANSWERED, SENT),
+    (TUNNEL, RESPONDING), (DONE, WAITING), (DONE, SENT)])
+def test_a_transition_the_table_lacks_fails_loudly(before, after):
+    assert exchange.STRICT, "the suite sets CROUPIER_STRICT_STATES"
+    assert not (NEXT[before] >> after) & 1
+    ex = _exchange()
+    ex.state = before
+    with pytest.raises(IllegalTransition, match=f"{STATE_NAMES[before]} -> "
+                                                f"{STATE_NAMES[after]}"):
+        ex.to(after)
+
+
+def test_every_state_but_done_can_end():
+    assert all((NEXT[s] >> DONE) & 1 for s in range(len(NEXT)) if s != DONE)
+    assert NEXT[DONE] == 0
