@@ -33,7 +33,8 @@ TUNNEL: Final = 4       # the member switched protocols: bytes are copied both w
 ANSWERED: Final = 5     # croupier answered it itself (an error, 503, redirect, lookup)
 DONE: Final = 6         # it ended (finish ran): counted and logged
 STATE_NAMES: Final = ("HEAD", "WAITING", "SENT", "RESPONDING", "TUNNEL", "ANSWERED", "DONE")
-NEXT: Final = (
+# A list, not a tuple: compiled, indexing a tuple constant by a variable boxes it anew.
+NEXT: Final = [
     1 << WAITING | 1 << DONE,                                   # HEAD: read, or refused
     1 << SENT | 1 << ANSWERED | 1 << DONE,                      # WAITING
     1 << SENT | 1 << RESPONDING | 1 << ANSWERED | 1 << DONE,    # SENT: a retry goes again
@@ -43,7 +44,7 @@ NEXT: Final = (
     1 << DONE,                                                  # TUNNEL
     1 << DONE,                                                  # ANSWERED
     0,                                                          # DONE
-)
+]
 STRICT: Final = bool(os.environ.get("CROUPIER_STRICT_STATES"))
 
 
