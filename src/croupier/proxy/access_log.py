@@ -15,7 +15,7 @@ Rules kept here:
   counted (`dropped`): the event loop never waits for a log reader.
 - `reopen()` (SIGUSR1, `croupier reopen-logs`) opens the path again, for logrotate.
 
-Termination codes (the second field from the end of a text line; HAProxy's two-letter state
+Termination codes (the last field of a text line; HAProxy's two-letter state
 is the anchor): the first letter says who or what ended the exchange, the second at which
 stage. `--` is an exchange that ended normally.
 
@@ -27,16 +27,17 @@ stage. `--` is an exchange that ended normally.
 | `CD` | the client closed while the response was being sent |
 | `CT` | a tunnel (WebSocket) closed by the client |
 | `cR` | the client was too slow sending its request (408) |
+| `cD` | the client left our writes unread past send_timeout (connection cut) |
 | `PR` | croupier refused the request: malformed, too large, unsupported (400, 405, 413, 431 ...) |
+| `PD` | croupier cut the connection mid-response: the request body broke the rules |
 | `PQ` | no member could take the request (503) |
 | `SC` | the member refused or failed the connection (502) |
-| `sC` | connecting to the member timed out (502) |
+| `sC` | connecting to the member timed out (504) |
 | `SH` | the member closed or failed before a whole response head (502) |
 | `sH` | the member sent no response in time (504) |
 | `SD` | the member closed or failed in the middle of the response body (connection cut) |
 | `ST` | a tunnel closed by the member |
 | `sT` | a tunnel idle past tunnel_timeout |
-| `KD` | croupier stopped while the response was being sent |
 """
 
 from __future__ import annotations

@@ -359,24 +359,24 @@ class Balancer:
             return None
         path = config.path if config.path == "-" else str(loaded.beside(config.path))
         key = (path, config.format == "json")
-        log = self.access_logs.get(key)
-        if log is None:
+        access_log = self.access_logs.get(key)
+        if access_log is None:
             try:
-                log = AccessLog(path, json=key[1])
+                access_log = AccessLog(path, json=key[1])
             except OSError as e:
                 where = (f"listener {lc.name!r}'s access_log.path" if lc.access_log
                          else "access_log.path")
                 raise OSError(e.errno, f"{where} {path}: {e.strerror or e}") from None
-            log.clock(self.loop.time())
-            self.access_logs[key] = log
-        return log
+            access_log.clock(self.loop.time())
+            self.access_logs[key] = access_log
+        return access_log
 
     def _close_unused_logs(self) -> None:
         used = {id(lst.access_log) for lst in self.listeners}
-        for key, log in list(self.access_logs.items()):
-            if id(log) not in used:
-                log.flush()
-                log.close()
+        for key, access_log in list(self.access_logs.items()):
+            if id(access_log) not in used:
+                access_log.flush()
+                access_log.close()
                 del self.access_logs[key]
 
     def reopen_logs(self) -> int:
