@@ -182,13 +182,15 @@ def run_worker(channel_fd: int, index: int, build: Build) -> None:
         except OSError as e:
             await _send(writer, Failed(message=e.strerror or str(e)))
             return
-        await _send(writer, Ready(pid=os.getpid(), digest=loaded.digest))
-        freeze_startup_objects()
+        # The handlers first: once it says it is ready, its supervisor may signal it (a
+        # SIGUSR1 with no handler would end it).
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: None)   # the supervisor reloads us
         loop.add_signal_handler(signal.SIGUSR1, balancer.reopen_logs)
+        await _send(writer, Ready(pid=os.getpid(), digest=loaded.digest))
+        freeze_startup_objects()
         prepared: dict[int, tuple[LoadedConfig, dict[str, socket.socket]]] = {}
 
         async def report() -> None:
