@@ -74,3 +74,36 @@ def test_a_transition_the_table_lacks_fails_loudly(before, after):
 def test_every_state_but_done_can_end():
     assert all((NEXT[s] >> DONE) & 1 for s in range(len(NEXT)) if s != DONE)
     assert NEXT[DONE] == 0
+
+
+def test_a_member_connections_states_are_data_too():
+    from croupier.model.state import Host, Member
+    from croupier.proxy.upstream import (
+        BODY_PENDING,
+        CLOSED,
+        CONNECTION_NEXT,
+        EXCHANGE,
+        IDLE,
+        NEW,
+        TUNNEL,
+        UpstreamConnection,
+        UpstreamPool,
+    )
+
+    ex = _exchange()
+    owner = Pool("p", "round_robin", make_policy)
+    member = Member(owner, "m", Host("h", "127.0.0.1"), "127.0.0.1", 9, 1)
+    pool = UpstreamPool(ex.listener.context, member, 1.0, 1.0, 1.0, 4)
+    for path in ([EXCHANGE, BODY_PENDING, IDLE, EXCHANGE, TUNNEL, CLOSED],
+                 [IDLE, CLOSED], [EXCHANGE, IDLE, EXCHANGE, CLOSED]):
+        conn = UpstreamConnection(pool)
+        assert conn.state == NEW
+        for state in path:
+            conn.to(state)
+        assert conn.body_pending is False and conn.state == CLOSED
+    assert CONNECTION_NEXT[CLOSED] == 0
+    for before, after in ((IDLE, TUNNEL), (TUNNEL, IDLE), (CLOSED, IDLE), (NEW, BODY_PENDING)):
+        conn = UpstreamConnection(pool)
+        conn.state = before
+        with pytest.raises(IllegalTransition, match="is not a transition"):
+            conn.to(after)

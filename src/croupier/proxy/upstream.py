@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Final, cast
 import httptools
 from mypy_extensions import i64
 
-from croupier.proxy.exchange import RESPONDING
+from croupier.proxy.exchange import RESPONDING, STRICT, IllegalTransition
 from croupier.proxy.http import (
     F_CHUNKED,
     F_LENGTH,
@@ -97,6 +97,26 @@ class _BadSwitch(Exception):
     without an upgrade, or to another protocol than it named."""
 
 
+# The states of a member connection, and for each the states it may go to (a bit each), as
+# the exchange's (proxy/exchange.py: the same strictness). Which exchange it carries, and how
+# far its response has come, are the exchange's own states.
+NEW: Final = 0              # made (connecting, or just connected), no exchange yet
+EXCHANGE: Final = 1         # carrying an exchange
+BODY_PENDING: Final = 2     # its response went out whole; still being sent the request body
+TUNNEL: Final = 3           # the member switched protocols
+IDLE: Final = 4             # kept alive in its member's pool
+CLOSED: Final = 5           # its transport is gone
+CONNECTION_STATES: Final = ("NEW", "EXCHANGE", "BODY_PENDING", "TUNNEL", "IDLE", "CLOSED")
+CONNECTION_NEXT: Final = [      # a list: compiled, indexing a tuple constant boxes it anew
+    1 << EXCHANGE | 1 << IDLE | 1 << CLOSED,                    # NEW
+    1 << BODY_PENDING | 1 << TUNNEL | 1 << IDLE | 1 << CLOSED,  # EXCHANGE
+    1 << IDLE | 1 << CLOSED,                                    # BODY_PENDING
+    1 << CLOSED,                                                # TUNNEL
+    1 << EXCHANGE | 1 << CLOSED,                                # IDLE
+    0,                                                          # CLOSED
+]
+
+
 def _unconnected(data: bytes) -> None:
     raise RuntimeError("no transport yet")
 
@@ -126,11 +146,8 @@ class UpstreamConnection:
         "_tunnel_rest",
         "_upgrade",
         "_write",
-        "body_pending",
         "client",
-        "closed",
         "deadline",
-        "idle",
         "out_mode",
         "parser",
         "paused",
@@ -138,8 +155,8 @@ class UpstreamConnection:
         "req",
         "response_started",
         "reused",
+        "state",
         "transport",
-        "tunnel",
     )
 
     def __init__(self, pool: UpstreamPool) -> None:
@@ -153,11 +170,8 @@ class UpstreamConnection:
         self._feed: Callable[[bytes], None] = self.parser.feed_data
         self.client: Downstream | None = None
         self.req: Exchange | None = None
-        self.closed = False
-        self.idle = False
+        self.state = NEW
         self.reused = False
-        self.tunnel = False
-        self.body_pending = False       # answered; still being sent the request's body
         self.paused = False
         self.deadline = 0.0
         # The bytes of the head being read (from `_head_start`), kept until llhttp has seen
@@ -199,7 +213,8 @@ class UpstreamConnection:
         self.pool.context.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
-        if self.tunnel:
+        state = self.state
+        if state == TUNNEL:
             client = self.client
             if client is not None and client.send(data):
                 client.tunnel_activity()
@@ -207,10 +222,10 @@ class UpstreamConnection:
                     self.req.bytes_out += len(data)
             return
         req = self.req
-        if req is None or self.body_pending:
+        if req is None or state == BODY_PENDING:
             # Bytes on an idle connection, or after the answer to a request still being sent:
             # the member broke framing or is closing. Never reuse.
-            if self.body_pending:
+            if state == BODY_PENDING:
                 self._lose_pending_body()
             else:
                 self._abandon()
@@ -267,7 +282,7 @@ class UpstreamConnection:
             keep = self.parser.should_keep_alive() and data.endswith(b"\r\n\r\n")
             self._new_parser()
             self._finish(keep, now)
-        elif self.tunnel:
+        elif self.state == TUNNEL:
             self._start_tunnel()
         elif self._message_done:
             ended = data.endswith(self._body_tail or b"\r\n\r\n")   # nothing past it
@@ -365,10 +380,10 @@ class UpstreamConnection:
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
+        was = self.state
+        self.to(CLOSED)
         self.pool.context.connections.discard(self)
-        if self.idle:
-            self.idle = False
+        if was == IDLE:
             self.pool.forget(self)
             return
         self.pool.open -= 1
@@ -376,9 +391,9 @@ class UpstreamConnection:
         req = self.req
         if client is None or req is None:
             return
-        if self.body_pending:
+        if was == BODY_PENDING:
             self._lose_pending_body()
-        elif self.tunnel:
+        elif was == TUNNEL:
             self.client = self.req = None
             client.tunnel_closed()
         elif self._close_delimited and self._final and not self._message_done:
@@ -427,7 +442,7 @@ class UpstreamConnection:
         if status == 101:
             if not req.upgrade or not switch_allowed(req.upgrade_value, self._upgrade):
                 raise _BadSwitch()
-            self.tunnel = True
+            self.to(TUNNEL)
             out.append(self._head(status,
                                   b"Connection: upgrade\r\nUpgrade: %s\r\n" % self._upgrade))
             return
@@ -474,7 +489,7 @@ class UpstreamConnection:
             self._interim = False
             self._in_head = True        # the next head follows, from `_head_start`
             return
-        if self.tunnel:
+        if self.state == TUNNEL:
             return
         if self.out_mode == OUT_CHUNKED:
             out = self._out
@@ -612,14 +627,30 @@ class UpstreamConnection:
 
     # ---- what the client side may call (proxy/downstream.py's rules) ----------------------
 
+    @property
+    def body_pending(self) -> bool:
+        """Its response went out whole, and it is still being sent the request's body."""
+        return self.state == BODY_PENDING
+
+    def to(self, state: int) -> None:
+        """Move to `state`, as CONNECTION_NEXT allows."""
+        if not (CONNECTION_NEXT[self.state] >> state) & 1:
+            what = (f"member connection to {self.pool.member.name}: "
+                    f"{CONNECTION_STATES[self.state]} -> {CONNECTION_STATES[state]} is not a "
+                    f"transition")
+            if STRICT:
+                raise IllegalTransition(what)
+            log.error("%s (a bug: please report it)", what)
+        self.state = state
+
     def send(self, data: bytes) -> None:
         """Write request bytes to the member (nothing once it is closed)."""
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and self.state != CLOSED:
             self._write(data)
 
     def send_pieces(self, pieces: list[bytes]) -> None:
         transport = self.transport
-        if transport is not None and not self.closed:
+        if transport is not None and self.state != CLOSED:
             if len(pieces) == 1:
                 self._write(pieces[0])
             else:
@@ -638,9 +669,9 @@ class UpstreamConnection:
     def attach(self, client: Downstream, req: Exchange, now: float) -> None:
         """A new exchange. (`_interim`, `_keep_alive`, `_close_delimited`, `out_mode`,
         `_fields`, `_copied` and `_length` are set before they are read.)"""
+        self.to(EXCHANGE)
         self.client = client
         self.req = req
-        self.idle = False
         self._raw = b""
         self._head_start = 0
         self._in_head = True
@@ -668,11 +699,11 @@ class UpstreamConnection:
         """The exchange is over (`now` is the loop's time if the caller has read it)."""
         client, req = self.client, self.req
         if (req is not None and client is not None and not req.body_done and reusable
-                and req.status < 400 and not self.closed):
+                and req.status < 400 and self.state != CLOSED):
             # The member answered before it had the whole request, as nginx does when it
             # reads and discards a body: keep sending it the rest; the connection goes back
             # to the pool once the request is sent (`request_sent`).
-            self.body_pending = True
+            self.to(BODY_PENDING)
             self.deadline = 0.0         # the client's body_timeout covers a slow sender now
             client.response_done(req, now)
             return
@@ -681,7 +712,7 @@ class UpstreamConnection:
             self.resume_reading()
         if req is not None and not req.body_done:
             reusable = False    # the member answered before it had the whole request
-        if reusable and not self.closed:
+        if reusable and self.state != CLOSED:
             self.pool.release(self, now)
         else:
             self._abandon()
@@ -690,16 +721,14 @@ class UpstreamConnection:
 
     def request_sent(self) -> None:
         """The rest of a request answered early has been sent: the connection is free."""
-        self.body_pending = False
         self.client = self.req = None
-        if not self.closed:
+        if self.state != CLOSED:
             self.pool.release(self)
 
     def _lose_pending_body(self) -> None:
         """The member closed, or spoke, while it was still being sent an answered request's
         body: that body has nowhere to go, and the connection cannot be trusted again."""
         client, req = self.client, self.req
-        self.body_pending = False
         self.client = self.req = None
         self._abandon()
         if client is not None and req is not None:
@@ -717,30 +746,29 @@ class UpstreamConnection:
 
     def _abandon(self) -> None:
         """Close without reuse; connection_lost does the bookkeeping."""
-        self.idle = False
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and self.state != CLOSED:
             self.transport.abort()
 
     def on_timeout(self) -> None:
-        if self.body_pending:
+        if self.state == BODY_PENDING:
             self._lose_pending_body()
             return
-        if self.idle:
+        if self.state == IDLE:
             self.transport.close() if self.transport is not None else None
             return
         self._fail(f"no response within {self.pool.response_timeout:g}s", status=504)
 
     def pause_reading(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and self.state != CLOSED:
             self.paused = True
             self.transport.pause_reading()
             self.deadline = 0.0     # a client that reads slowly is not the member's fault
 
     def resume_reading(self) -> None:
         self.paused = False
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and self.state != CLOSED:
             self.transport.resume_reading()
-            if not self.tunnel:
+            if self.state != TUNNEL:
                 self.deadline = self.pool.time() + self.pool.response_timeout
 
 
@@ -813,8 +841,7 @@ class UpstreamPool:
         idle = self.idle
         while idle:
             conn = idle.pop()
-            if not conn.closed:
-                conn.idle = False
+            if conn.state != CLOSED:
                 conn.reused = True
                 return conn
         return None
@@ -823,7 +850,7 @@ class UpstreamPool:
         if not self.member.eligible or len(self.idle) >= self.max_idle:
             conn.transport.close() if conn.transport is not None else None
             return
-        conn.idle = True
+        conn.to(IDLE)
         conn.deadline = (now if now >= 0.0 else self.time()) + self.idle_timeout
         self.idle.append(conn)
 
