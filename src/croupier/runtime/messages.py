@@ -68,14 +68,12 @@ class TallyState(BaseModel):
                    duration_total=tally.duration_total)
 
     def add(self, other: TallyState) -> None:
-        self.codes = [a + b for a, b in zip(self.codes, other.codes, strict=True)]
-        for code, n in other.ends.items():
-            self.ends[code] = self.ends.get(code, 0) + n
-        self.bytes_in += other.bytes_in
-        self.bytes_out += other.bytes_out
-        self.buckets = ([a + b for a, b in zip(self.buckets, other.buckets, strict=True)]
-                        if self.buckets else list(other.buckets))
-        self.duration_total += other.duration_total
+        """Sum another's counts into these: model.state's Tally.add does the summing."""
+        summed = self.tally()
+        summed.add(other.tally())
+        self.codes, self.ends = summed.codes, summed.ends
+        self.bytes_in, self.bytes_out = summed.bytes_in, summed.bytes_out
+        self.buckets, self.duration_total = summed.buckets, summed.duration_total
 
     def tally(self) -> Tally:
         t = Tally()
