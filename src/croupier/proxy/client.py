@@ -36,7 +36,14 @@ import httptools
 from mypy_extensions import i64
 
 from croupier.proxy.downstream import Downstream
-from croupier.proxy.exchange import ANSWERED, SENT, TUNNEL, WAITING, Exchange
+from croupier.proxy.exchange import (
+    ANSWERED,
+    SENT,
+    TUNNEL,
+    WAITING,
+    Exchange,
+    illegal_transition,
+)
 from croupier.proxy.http import (
     IDEMPOTENT,
     connection_named,
@@ -72,6 +79,28 @@ IDLE_SHED: Final = 0.5
 LINGER = 2.0
 
 
+# The states of a client connection, and for each the states it may go to (a bit each), as
+# the exchange's (proxy/exchange.py: the same strictness). Whether reading is paused, and
+# why, and whether writing is, are flow control (`paused`, `write_paused`), not states.
+OPEN: Final = 0         # between request heads: reading bodies, answering, waiting for more
+HEAD: Final = 1         # a request head is being read (header_timeout)
+UPGRADING: Final = 2    # an upgrade request is with its member; what came behind it is held
+TUNNEL_OPEN: Final = 3  # the member switched protocols: bytes are copied both ways
+CLOSING: Final = 4      # no more requests are read: those taken are answered, then it closes
+LINGERING: Final = 5    # the answer is out and our side shut: what still comes is dropped
+CLOSED: Final = 6       # its transport is gone
+STATES: Final = ("OPEN", "HEAD", "UPGRADING", "TUNNEL", "CLOSING", "LINGERING", "CLOSED")
+NEXT: Final = [         # a list: compiled, indexing a tuple constant boxes it anew
+    1 << HEAD | 1 << UPGRADING | 1 << CLOSING | 1 << CLOSED,           # OPEN
+    1 << OPEN | 1 << CLOSING | 1 << CLOSED,                             # HEAD
+    1 << OPEN | 1 << TUNNEL_OPEN | 1 << CLOSING | 1 << CLOSED,          # UPGRADING
+    1 << CLOSING | 1 << CLOSED,                                         # TUNNEL
+    1 << LINGERING | 1 << CLOSED,                                       # CLOSING
+    1 << CLOSED,                                                        # LINGERING
+    0,                                                                  # CLOSED
+]
+
+
 class _Reject(Exception):
     """Raised from a parser callback to stop parsing; the reason is in `ClientConnection.error`."""
 
@@ -104,18 +133,17 @@ class ClientConnection(Downstream):
         "error",
         "held",
         "idle_since",
-        "in_head",
         "last_host",
-        "lingering",
         "listener",
+        "log_client",
         "parser",
-        "parser_dead",
         "parsing",
         "paused",
         "peer",
         "peer_port",
         "queue",
         "refused",
+        "state",
         "transport",
         "trusted",
         "tunnel",
@@ -136,7 +164,7 @@ class ClientConnection(Downstream):
         self.queue: deque[Exchange] | None = None
         self.paused = 0
         self.write_paused = False
-        self.in_head = False
+        self.state = OPEN
         # Where heads are in the stream (offsets from the connection's first byte), to read
         # each from the bytes as they came: see _take_head.
         self._fed = 0                   # bytes fed to the parser before this read
@@ -145,7 +173,6 @@ class ClientConnection(Downstream):
         self._data = b""                # this read, while it is fed
         self._raw = b""                 # a head's bytes from earlier reads, while it is cut
         self.error: tuple[int, str] | None = None
-        self.parser_dead = False
         self.tunnel: UpstreamConnection | None = None
         self.tunnel_req: Exchange | None = None
         # An upgrade request not answered yet, and the bytes the client sent behind it, held
@@ -156,9 +183,9 @@ class ClientConnection(Downstream):
         self.deadline = 0.0
         self.idle_since = 0.0
         self.client_eof = False         # the client half-closed: no lingering needed
-        self.lingering = False          # our answer is out, we drop what still comes
         self.peer = b""
         self.peer_port = 0
+        self.log_client = b""           # see Exchange.log_client
         self.refused: Exchange | None = None    # the request the parser stopped on
         self.trusted = False            # the peer is one of the listener's trusted_proxies
         self.last_host = b""            # the last Host value found valid on this connection
@@ -175,6 +202,10 @@ class ClientConnection(Downstream):
         self.peer_port = peer[1] if peer else 0
         listener = self.listener
         self.trusted = bool(listener.trusted) and listener.trusts(self.peer)
+        access_log = listener.access_log
+        if access_log is not None:
+            self.log_client = access_log.client_piece(self.peer, self.peer_port,
+                                                      listener.name_bytes)
         self.listener.context.connections.add(self)
         self.listener.open_connections += 1
         self.deadline = self.listener.time() + self.listener.keepalive_timeout
@@ -186,7 +217,7 @@ class ClientConnection(Downstream):
             if self.tunnel_req is not None:
                 self.tunnel_req.bytes_in += len(data)
             return
-        if self.parser_dead:
+        if self.state >= CLOSING:
             return
         if self.held is not None:       # reading is paused then; a read already under way
             self.held += data
@@ -227,7 +258,7 @@ class ClientConnection(Downstream):
         parsing = self.parsing
         if parsing is None:
             self._next_start = self._fed    # every request in this read is whole
-        elif self.in_head:
+        elif self.state == HEAD:
             # A head cut by the end of the read: keep its bytes (from where it began) for
             # _take_head, within the limit.
             raw = self._raw
@@ -236,7 +267,7 @@ class ClientConnection(Downstream):
                 self._head_too_large(long_line=len(raw) >= 8192 and b"\r" not in raw[:8192])
                 self._parse_failed()
                 return
-        if parsing is not None and not parsing.body_done and not self.in_head:
+        if parsing is not None and not parsing.body_done and self.state != HEAD:
             self.deadline = self.listener.time() + listener.body_timeout
         elif self.deadline < 0.0:       # a head began in this read and is not answered yet
             self.deadline = self.listener.time() + listener.header_timeout
@@ -246,9 +277,10 @@ class ClientConnection(Downstream):
         # stops mid-request, or with nothing in flight, is closed. So is one whose answer is
         # out while we linger: the lingering was only to wait for this end.
         if (self.tunnel is not None or self.parsing is not None or self.current is None
-                or self.lingering):
+                or self.state == LINGERING):
             return False
-        self.parser_dead = True     # nothing more will come; close once answered
+        if self.state < CLOSING:
+            self.to(CLOSING)        # nothing more will come; close once answered
         self.client_eof = True
         return True
 
@@ -257,6 +289,7 @@ class ClientConnection(Downstream):
         listener.context.connections.discard(self)
         listener.open_connections -= 1
         self.transport = None
+        self.to(CLOSED)
         tunnel, self.tunnel = self.tunnel, None
         if tunnel is not None:
             tunnel.detach()
@@ -316,14 +349,14 @@ class ClientConnection(Downstream):
             self.error = (0, "a pipelined request after a chunked body")
             raise _Reject()
         self._begin = begin
-        self.parsing = Exchange(self.listener, self.peer, self.peer_port)
-        self.in_head = True
+        self.parsing = Exchange(self.listener, self.peer, self.peer_port, self.log_client)
+        self.to(HEAD)
         # The head's deadline is set once this read is parsed (see data_received), unless
         # the request is complete by then: no clock reading for most requests.
         self.deadline = -1.0
 
     def on_headers_complete(self) -> None:
-        self.in_head = False
+        self.to(OPEN)
         req = self.parsing
         assert req is not None
         parser = self.parser
@@ -342,13 +375,9 @@ class ClientConnection(Downstream):
         end = self._take_head(req, src, start, method)
         req.to(WAITING)
         req.bytes_in = end - start
-        if self.trusted:
-            if req.xff:
-                req.peer = self.listener.client_address(req.xff, self.peer)
-            if req.request_id and not request_id_ok(req.request_id):
-                req.request_id = b""
-        else:
-            req.request_id = b""
+        if self.trusted and req.xff:
+            req.peer = self.listener.client_address(req.xff, self.peer)
+            req.log_client = b""        # made for this address when the line is written
         if not req.request_id:
             req.request_id = self.listener.context.new_request_id()
         limit = self.listener.max_header_size
@@ -506,7 +535,11 @@ class ClientConnection(Downstream):
                     req.forwarded_host = field_value(src, at + 17, i - 2)
                     drop = True
                 elif is_name(src, at, b"x-request-id"):
-                    req.request_id = field_value(src, at + 13, i - 2)
+                    # Kept only from a trusted peer and well formed: what the exchange
+                    # holds is safe to log unescaped.
+                    value = field_value(src, at + 13, i - 2)
+                    if self.trusted and request_id_ok(value):
+                        req.request_id = value
                     drop = True
             elif first == 0x76 and is_name(src, at, b"via"):                # v
                 value = field_value(src, at + 4, i - 2)
@@ -807,7 +840,7 @@ class ClientConnection(Downstream):
         else:
             if self.paused:
                 self.resume_reading(self.PAUSE_QUEUE)
-            if self.parser_dead:
+            if self.state >= CLOSING:
                 self._answer_error_and_close()
             elif self.held is not None:
                 self._parse_held(now)
@@ -932,13 +965,14 @@ class ClientConnection(Downstream):
         self._data = rest
         req, self.upgrading = self.upgrading, None
         self.parser = httptools.HttpRequestParser(self)
-        if self.parser_dead:            # answered with a close: nothing more is read
+        if self.state >= CLOSING:       # answered with a close: nothing more is read
             rest = b""
         elif req is None or req.response_done:
             return rest
         else:
             self.upgrading = req
             self.held = rest
+            self.to(UPGRADING)
             self.pause_reading(self.PAUSE_UPGRADE)
         self._feeding = False
         self._flush_up()
@@ -953,6 +987,7 @@ class ClientConnection(Downstream):
         held = self.held
         self.held = None
         self.upgrading = None
+        self.to(OPEN)
         self.deadline = self._idle_deadline(now)
         self.resume_reading(self.PAUSE_UPGRADE)
         if held:
@@ -963,6 +998,7 @@ class ClientConnection(Downstream):
         with those the client sent behind its request."""
         req = self.current
         self.tunnel = conn
+        self.to(TUNNEL_OPEN)
         self.tunnel_req = req           # its member stays in flight while the tunnel is open
         if req is not None:
             req.to(TUNNEL)
@@ -1017,6 +1053,8 @@ class ClientConnection(Downstream):
 
     def tunnel_closed(self) -> None:
         self.tunnel = None
+        if self.state == TUNNEL_OPEN:
+            self.to(CLOSING)            # nothing it still sends is parsed
         req, self.tunnel_req = self.tunnel_req, None
         if req is not None:
             self._release_member(req, failed=False)
@@ -1024,7 +1062,14 @@ class ClientConnection(Downstream):
         if self.transport is not None:
             self.transport.close()
 
-    # ---- flow control, timeouts, closing ---------------------------------------------------
+    # ---- states, flow control, timeouts, closing -------------------------------------------
+
+    def to(self, state: int) -> None:
+        """Move to `state`, as NEXT allows."""
+        if not (NEXT[self.state] >> state) & 1:
+            illegal_transition(f"client connection from {self.peer.decode()}: "
+                               f"{STATES[self.state]} -> {STATES[state]} is not a transition")
+        self.state = state
 
     def pause_reading(self, reason: int) -> None:
         if not self.paused and self.transport is not None:
@@ -1041,7 +1086,7 @@ class ClientConnection(Downstream):
         transport = self.transport
         if transport is None:
             return
-        if self.lingering:
+        if self.state == LINGERING:
             transport.close()
             return
         if self.tunnel is not None or self.write_paused:
@@ -1049,14 +1094,14 @@ class ClientConnection(Downstream):
             if ended is not None:
                 ended.finish(b"sT" if self.tunnel is not None else b"cD")
             transport.abort()           # a peer that stopped reading or talking
-        elif self.in_head:
+        elif self.state == HEAD:
             self.error = (408, "request head not received in time")
             self._parse_failed()
         elif self.parsing is not None:
             self.error = (408, "request body not received in time")
             self._parse_failed()
         elif self.current is None:
-            if self.parser is not None and not self.parser_dead and self.idle_since:
+            if self.parser is not None and self.state < CLOSING and self.idle_since:
                 # Idle a while: give the parser's memory back; the next byte makes a new one.
                 self.parser = None
                 self.deadline = self.idle_since + self.listener.keepalive_timeout
@@ -1068,8 +1113,8 @@ class ClientConnection(Downstream):
     def _parse_failed(self) -> None:
         """The parser stopped on `self.error`. Requests before the bad one are still answered
         in order; then the error is answered and the connection closes."""
-        self.parser_dead = True
-        self.in_head = False
+        if self.state < CLOSING:
+            self.to(CLOSING)
         bad = self.parsing
         if bad is not None and not bad.method:
             self._take_refused_line(bad)
@@ -1134,16 +1179,17 @@ class ClientConnection(Downstream):
         lingering close). Like nginx, only when the client may still be sending: after a
         whole request, with nothing read past it and no error, close at once."""
         transport = self.transport
-        if transport is None:
+        if transport is None or self.state == LINGERING:
             return
-        self.parser_dead = True
+        if self.state < CLOSING:
+            self.to(CLOSING)
         req = self.current
         read_all = (self.error is None and self.parsing is None and not self.queue
                     and (req is None or req.body_done))
         if self.client_eof or read_all or not transport.can_write_eof():
             transport.close()           # after what is buffered has been sent
             return
-        self.lingering = True
+        self.to(LINGERING)
         transport.write_eof()           # after what is buffered has been sent
         if self.paused:
             self.paused = 0

@@ -24,7 +24,8 @@ log = logging.getLogger("croupier.proxy")
 
 # The states of an exchange, and for each the states it may go to (a bit each), as h11's
 # _state.py writes its own. A transition the table does not have is a bug: it raises where
-# CROUPIER_STRICT_STATES is set (the test suite), and is logged at ERROR elsewhere.
+# CROUPIER_STRICT_STATES is set (the test suite), and is logged at ERROR elsewhere (see
+# `illegal_transition`, which the connections' tables use too).
 HEAD: Final = 0         # its head is being read
 WAITING: Final = 1      # its head is read: queued behind another, or about to be routed
 SENT: Final = 2         # an attempt went to a member (connecting, or sent); no final head yet
@@ -45,11 +46,24 @@ NEXT: Final = [
     1 << DONE,                                                  # ANSWERED
     0,                                                          # DONE
 ]
-STRICT: Final = bool(os.environ.get("CROUPIER_STRICT_STATES"))
+# "1", or a file: a transition raised inside a protocol or parser callback is caught by the
+# event loop or the parser, so it is also written there for the test run to find.
+STRICT: Final = os.environ.get("CROUPIER_STRICT_STATES", "")
 
 
 class IllegalTransition(Exception):
     pass
+
+
+def illegal_transition(what: str) -> None:
+    """A transition a table does not have: raise (strict) or log it."""
+    if not STRICT:
+        log.error("%s (a bug: please report it)", what)
+        return
+    if STRICT != "1":
+        with open(STRICT, "a") as record:
+            record.write(what + "\n")
+    raise IllegalTransition(what)
 
 
 class Exchange:
@@ -79,6 +93,7 @@ class Exchange:
         "host",
         "http11",
         "listener",
+        "log_client",
         "member",
         "method",
         "peer",
@@ -105,10 +120,12 @@ class Exchange:
         "xff",
     )
 
-    def __init__(self, listener: Listener, peer: bytes, peer_port: int) -> None:
+    def __init__(self, listener: Listener, peer: bytes, peer_port: int,
+                 log_client: bytes = b"") -> None:
         self.listener = listener
         self.peer = peer                # the client's address: X-Forwarded-For, hash keys
         self.peer_port = peer_port
+        self.log_client = log_client    # the log line's piece for peer and listener, or b""
         self.begun = 0.0                # loop time: the head was read (0: answered at once)
         self.connect_time = 0.0         # seconds the last attempt took to connect (0: reused)
         self.first_byte = 0.0           # loop time: the member's response head came
@@ -180,7 +197,8 @@ class Exchange:
         log = listener.access_log
         if log is None:
             return
-        log.write(self, now, listener.name_bytes, pool.name_bytes if pool is not None else b"",
+        log.write(self, now, member if member is not None else pool,
+                  pool.name_bytes if pool is not None else b"",
                   member.name_bytes if member is not None else b"", termination,
                   int((now - begun) * 1000.0), int(self.connect_time * 1000.0),
                   int((self.first_byte - begun) * 1000.0) if self.first_byte else 0)
@@ -192,11 +210,9 @@ class Exchange:
         self.state = state
 
     def _illegal(self, state: int) -> None:
-        what = (f"exchange {self.method.decode('latin-1')} {self.url.decode('latin-1')}: "
-                f"{STATE_NAMES[self.state]} -> {STATE_NAMES[state]} is not a transition")
-        if STRICT:
-            raise IllegalTransition(what)
-        log.error("%s (a bug: please report it)", what)
+        illegal_transition(
+            f"exchange {self.method.decode('latin-1')} {self.url.decode('latin-1')}: "
+            f"{STATE_NAMES[self.state]} -> {STATE_NAMES[state]} is not a transition")
 
     def hold(self, pieces: tuple[bytes, ...]) -> None:
         """Hold body bytes until a member connection takes the request."""

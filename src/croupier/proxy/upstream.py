@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Final, cast
 import httptools
 from mypy_extensions import i64
 
-from croupier.proxy.exchange import RESPONDING, STRICT, IllegalTransition
+from croupier.proxy.exchange import RESPONDING, illegal_transition
 from croupier.proxy.http import (
     F_CHUNKED,
     F_LENGTH,
@@ -635,12 +635,9 @@ class UpstreamConnection:
     def to(self, state: int) -> None:
         """Move to `state`, as CONNECTION_NEXT allows."""
         if not (CONNECTION_NEXT[self.state] >> state) & 1:
-            what = (f"member connection to {self.pool.member.name}: "
-                    f"{CONNECTION_STATES[self.state]} -> {CONNECTION_STATES[state]} is not a "
-                    f"transition")
-            if STRICT:
-                raise IllegalTransition(what)
-            log.error("%s (a bug: please report it)", what)
+            illegal_transition(f"member connection to {self.pool.member.name}: "
+                               f"{CONNECTION_STATES[self.state]} -> "
+                               f"{CONNECTION_STATES[state]} is not a transition")
         self.state = state
 
     def send(self, data: bytes) -> None:
