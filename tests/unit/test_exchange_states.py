@@ -4,6 +4,7 @@ not have fails loudly (the suite runs with CROUPIER_STRICT_STATES set)."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +27,20 @@ from croupier.proxy.exchange import (
     IllegalTransition,
 )
 from croupier.proxy.listener import Listener
+
+
+@pytest.fixture
+def deliberate():
+    """Illegal transitions this test makes on purpose: left out of the run's record (see
+    conftest.py), which must hold only those nobody meant."""
+    record = Path(exchange.STRICT) if exchange.STRICT not in ("", "1") else None
+    size = record.stat().st_size if record is not None and record.exists() else 0
+    yield
+    if record is not None and record.exists():
+        with open(record, "r+") as f:
+            f.truncate(size)
+        if size == 0:
+            record.unlink()
 
 
 def _exchange() -> Exchange:
@@ -61,7 +76,7 @@ def test_the_paths_an_exchange_takes_are_in_the_table(path):
 @pytest.mark.parametrize("before, after", [
     (HEAD, SENT), (HEAD, RESPONDING), (WAITING, RESPONDING), (ANSWERED, SENT),
     (TUNNEL, RESPONDING), (DONE, WAITING), (DONE, SENT)])
-def test_a_transition_the_table_lacks_fails_loudly(before, after):
+def test_a_transition_the_table_lacks_fails_loudly(before, after, deliberate):
     assert exchange.STRICT, "the suite sets CROUPIER_STRICT_STATES"
     assert not (NEXT[before] >> after) & 1
     ex = _exchange()
@@ -76,7 +91,7 @@ def test_every_state_but_done_can_end():
     assert NEXT[DONE] == 0
 
 
-def test_a_member_connections_states_are_data_too():
+def test_a_member_connections_states_are_data_too(deliberate):
     from croupier.model.state import Host, Member
     from croupier.proxy.upstream import (
         BODY_PENDING,
@@ -104,6 +119,38 @@ def test_a_member_connections_states_are_data_too():
     assert CONNECTION_NEXT[CLOSED] == 0
     for before, after in ((IDLE, TUNNEL), (TUNNEL, IDLE), (CLOSED, IDLE), (NEW, BODY_PENDING)):
         conn = UpstreamConnection(pool)
+        conn.state = before
+        with pytest.raises(IllegalTransition, match="is not a transition"):
+            conn.to(after)
+
+
+def test_a_client_connections_states_are_data_too(deliberate):
+    from croupier.proxy.client import (
+        CLOSED,
+        CLOSING,
+        HEAD,
+        LINGERING,
+        NEXT,
+        OPEN,
+        TUNNEL_OPEN,
+        UPGRADING,
+        ClientConnection,
+    )
+
+    listener = _exchange().listener
+    for path in ([HEAD, OPEN, HEAD, OPEN, CLOSING, LINGERING, CLOSED],
+                 [HEAD, OPEN, UPGRADING, TUNNEL_OPEN, CLOSING, CLOSED],
+                 [HEAD, OPEN, UPGRADING, OPEN, HEAD, CLOSING, CLOSED],
+                 [CLOSED]):
+        conn = ClientConnection(listener)
+        assert conn.state == OPEN
+        for state in path:
+            conn.to(state)
+        assert conn.state == CLOSED
+    assert NEXT[CLOSED] == 0
+    for before, after in ((LINGERING, OPEN), (CLOSING, HEAD), (TUNNEL_OPEN, OPEN),
+                          (OPEN, TUNNEL_OPEN), (CLOSED, CLOSING)):
+        conn = ClientConnection(listener)
         conn.state = before
         with pytest.raises(IllegalTransition, match="is not a transition"):
             conn.to(after)
