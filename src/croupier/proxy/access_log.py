@@ -70,7 +70,6 @@ KIND_SOCKET: Final = 2
 # What a field a client chose may not carry raw: controls, DEL, non-ASCII, and the quote and
 # backslash that delimit text fields and JSON strings. Escaped where found.
 _UNSAFE: Final = re.compile(rb'[\x00-\x1f"\\\x7f-\xff]')
-_SMALL: Final = [b"%d" % i for i in range(1000)]
 _SMALL_SP: Final = [b"%d " % i for i in range(1000)]       # a text line's numbers
 _MILLIS_TEXT: Final = [b".%03dZ " % i for i in range(1000)]
 _MILLIS_JSON: Final = [b'.%03dZ","client":"' % i for i in range(1000)]
@@ -79,6 +78,10 @@ _STATUS_TEXT: Final = [[b' %s" %d ' % (v, i) for i in range(600)]
                        for v in (b"HTTP/1.0", b"HTTP/1.1")]
 _STATUS_JSON: Final = [[b'","version":"%s","status":%d,"pool":"' % (v, i) for i in range(600)]
                        for v in (b"HTTP/1.0", b"HTTP/1.1")]
+# A json line's numbers, each with the key after it: [field][n] (about 50 KB a field).
+_JSON_AFTER: Final = (b',"bytes_in":', b',"bytes_out":', b',"duration_ms":', b',"connect_ms":',
+                      b',"first_byte_ms":', b',"request_id":"')
+_JSON_NUM: Final = [[b"%d%s" % (i, after) for i in range(1000)] for after in _JSON_AFTER]
 _PLACES_MAX: Final = 4096       # pool and member pieces kept (members come and go on reload)
 
 
@@ -116,8 +119,8 @@ def json_safe(value: bytes) -> bytes:
     return _UNSAFE.sub(_json_escape, value) if _unsafe(value) else value
 
 
-def _num(n: int) -> bytes:
-    return _SMALL[n] if 0 <= n < 1000 else b"%d" % n
+def _json_num(field: int, n: int) -> bytes:
+    return _JSON_NUM[field][n] if 0 <= n < 1000 else b"%d%s" % (n, _JSON_AFTER[field])
 
 
 def _num_sp(n: int) -> bytes:
@@ -253,13 +256,12 @@ class AccessLog:
             tail = self._tail(termination)
         if self.json:
             line = b"".join([
-                stamp, client, ex.method,
-                b'","target":"', json_safe(ex.url), _STATUS_JSON[version][status], middle,
-                _num(ex.attempts), b',"bytes_in":', _num(ex.bytes_in + ex.body_size),
-                b',"bytes_out":', _num(ex.bytes_out), b',"duration_ms":', _num(duration_ms),
-                b',"connect_ms":', _num(connect_ms), b',"first_byte_ms":',
-                _num(first_byte_ms), b',"request_id":"', ex.request_id,
-                b'","user_agent":"', json_safe(ex.user_agent), tail])
+                stamp, client, ex.method, b'","target":"', json_safe(ex.url),
+                _STATUS_JSON[version][status], middle, _json_num(0, ex.attempts),
+                _json_num(1, ex.bytes_in + ex.body_size), _json_num(2, ex.bytes_out),
+                _json_num(3, duration_ms), _json_num(4, connect_ms),
+                _json_num(5, first_byte_ms), ex.request_id, b'","user_agent":"',
+                json_safe(ex.user_agent), tail])
         else:
             line = b"".join([
                 stamp, client, ex.method or b"-", b" ",
