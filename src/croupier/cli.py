@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from croupier.config import ConfigError, LoadedConfig, load_config
+from croupier.config.certificates import load_certificate
+from croupier.config.certificates import warnings as certificate_warnings
 
 if TYPE_CHECKING:
     from croupier.admin.client import AdminClient
@@ -76,7 +78,14 @@ def check(config_path: Path) -> None:
     config = loaded.config
     click.echo(f"{config_path}: valid")
     for lst in config.listeners:
-        click.echo(f"listener {lst.name}: {lst.listen} ({lst.mode}) -> pool {lst.pool}")
+        scheme = "https" if lst.tls is not None else "http"
+        click.echo(f"listener {lst.name}: {scheme} {lst.listen} ({lst.mode}) -> pool {lst.pool}")
+        for c in lst.tls.certificates if lst.tls is not None else ():
+            cert = load_certificate(loaded.beside(c.cert), loaded.beside(c.key))
+            click.echo(f"  certificate {c.cert}: {', '.join(cert.names)} "
+                       f"(until {cert.not_after:%Y-%m-%d}, {cert.key_type})")
+            for warning in certificate_warnings(cert):
+                click.echo(f"  warning: {warning}", err=True)
         for r in lst.routes:
             what = " ".join(x for x in (f"host {r.host}" if r.host else "",
                                         f"path {r.path_prefix}" if r.path_prefix else "") if x)

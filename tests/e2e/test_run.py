@@ -118,8 +118,35 @@ def test_check_prints_what_would_be_served(tmp_path: Path):
     path = write_config(tmp_path, ["127.0.0.1:9001", "127.0.0.1:9002"], port=8080)
     r = subprocess.run([CROUPIER, "check", "-c", str(path)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert "listener web: 127.0.0.1:8080 (proxy) -> pool app" in r.stdout
+    assert "listener web: http 127.0.0.1:8080 (proxy) -> pool app" in r.stdout
     assert "member 127.0.0.1:9002" in r.stdout
+
+
+def test_check_lists_certificates_and_warns_of_a_key_others_can_read(tmp_path: Path):
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("a.test", "*.a.test")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "a.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "a.key"))
+    (tmp_path / "a.key").chmod(0o644)
+    (tmp_path / "croupier.toml").write_text("""
+[[listeners]]
+name = "web-tls"
+listen = "127.0.0.1:8443"
+pool = "app"
+  [listeners.tls]
+  certificates = [{ cert = "a.pem", key = "a.key" }]
+[[pools]]
+name = "app"
+members = ["127.0.0.1:9001"]
+""")
+    r = subprocess.run([CROUPIER, "check", "-c", str(tmp_path / "croupier.toml")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "listener web-tls: https 127.0.0.1:8443" in r.stdout
+    assert "certificate a.pem: a.test, *.a.test (until " in r.stdout
+    assert "a.key: the private key is readable by others (mode 644" in r.stderr
 
 
 def test_bad_config_exits_nonzero_naming_file_and_key_before_listening(tmp_path: Path):

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from croupier.config.certificates import CertificateError, load_certificate
 from croupier.config.schema import Config, MemberConfig, is_address, split_address
 
 
@@ -189,6 +190,15 @@ def validate_config(data: dict[str, Any], path: Path | str = "<config>") -> Load
             if r.path_prefix is None and r.host is None:
                 problems.append((f"{base}.routes[{j}]",
                                  "a route needs path_prefix, host, or both"))
+        if lst.tls is not None:
+            # Loaded as `run` loads them: a file check passes is one run can serve.
+            for j, c in enumerate(lst.tls.certificates):
+                cert_file, key_file = Path(path).parent / c.cert, Path(path).parent / c.key
+                try:
+                    load_certificate(cert_file, key_file)
+                except CertificateError as e:
+                    field = "key" if e.file == key_file else "cert"
+                    problems.append((f"{base}.tls.certificates[{j}].{field}", str(e)))
 
     members: dict[str, list[MemberSpec]] = {}
     for i, p in enumerate(config.pools):

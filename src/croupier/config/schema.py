@@ -185,6 +185,22 @@ class AccessLogConfig(_Strict):
     enabled: bool = True                # false: a listener writes none, whatever the top says
 
 
+class CertificateConfig(_Strict):
+    """A certificate (PEM, leaf first, then its chain) and its private key (PEM)."""
+
+    cert: Text
+    key: Text
+
+
+class ListenerTlsConfig(_Strict):
+    """TLS for clients (proxy/tls.py): the certificate is chosen by the name the client asks
+    for (SNI) among the names each certificate carries; the first is the default."""
+
+    certificates: list[CertificateConfig] = Field(min_length=1, max_length=1000)
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    handshake_timeout: Timeout = 10.0   # a client that does not finish its handshake is cut
+
+
 class ListenerConfig(_Strict):
     name: Name
     listen: str
@@ -204,6 +220,7 @@ class ListenerConfig(_Strict):
     # Peers whose X-Forwarded-For, -Proto, -Host and X-Request-ID are believed (networks, as
     # "10.0.0.0/8" or one address); from anyone else they are replaced.
     trusted_proxies: list[str] = Field(default=[], max_length=1000)
+    tls: ListenerTlsConfig | None = None    # HTTPS for clients; plain HTTP when absent
 
     @field_validator("trusted_proxies")
     @classmethod

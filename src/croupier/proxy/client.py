@@ -904,7 +904,8 @@ class ClientConnection(Downstream):
         trusted = self.trusted
         forwarded_for = xff + b", " + self.peer if xff and trusted else self.peer
         via = via + b", 1.1 croupier" if via else b"1.1 croupier"
-        proto = req.forwarded_proto if trusted and req.forwarded_proto else b"http"
+        proto = (req.forwarded_proto if trusted and req.forwarded_proto
+                 else self.listener.scheme)
         extra = b""
         if req.chunked:
             extra = b"Transfer-Encoding: chunked\r\n"

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from croupier.proxy.access_log import AccessLog
     from croupier.proxy.context import ProxyContext
     from croupier.proxy.exchange import Exchange
+    from croupier.proxy.tls import ListenerTls
 
 
 class Route:
@@ -54,11 +55,14 @@ class Listener:
     __slots__ = ("access_log", "body_timeout", "config", "context", "default_pool",
                  "header_timeout", "keepalive_timeout", "max_body_size", "max_header_size",
                  "max_pipelined", "mode", "name", "name_bytes", "open_connections", "routes",
-                 "send_timeout", "server", "time", "trusted", "tunnel_timeout")
+                 "scheme", "send_timeout", "server", "time", "tls", "trusted", "tunnel_timeout")
 
     def __init__(self, context: ProxyContext, config: ListenerConfig,
-                 pools: dict[str, Pool], access_log: AccessLog | None = None) -> None:
+                 pools: dict[str, Pool], access_log: AccessLog | None = None,
+                 tls: ListenerTls | None = None) -> None:
         self.context = context
+        self.tls = tls                      # its contexts; None: plain HTTP
+        self.scheme = b"https" if config.tls is not None else b"http"   # X-Forwarded-Proto
         self.time = context.time           # bound once: the hot path reads the clock often
         self.access_log = access_log
         self.name = config.name

@@ -20,6 +20,7 @@ import logging
 import os
 import secrets
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from typing import Any, Protocol, cast
 
 from croupier.admin.ops import OpError
 from croupier.admin.schedule import Scheduler
+from croupier.config.certificates import CertificateError
 from croupier.config.load import ConfigError, LoadedConfig, MemberSpec, load_config
 from croupier.config.schema import ListenerConfig, PoolConfig
 from croupier.health.checks import Checker
@@ -38,6 +40,7 @@ from croupier.proxy.access_log import AccessLog
 from croupier.proxy.client import ClientConnection, client_protocol
 from croupier.proxy.context import ProxyContext
 from croupier.proxy.listener import Listener
+from croupier.proxy.tls import ListenerTls, load_table
 from croupier.proxy.upstream import UpstreamPool
 from croupier.runtime import sockets, state_file
 from croupier.runtime.notify import notify
@@ -294,7 +297,8 @@ class Balancer:
 
     def listeners_for(self, loaded: LoadedConfig) -> Iterator[Listener]:
         for lc in loaded.config.listeners:
-            listener = Listener(self.context, lc, self.pools, self._access_log(loaded, lc))
+            listener = Listener(self.context, lc, self.pools, self._access_log(loaded, lc),
+                                self._tls(loaded, lc))
             self.listeners.append(listener)
             yield listener
 
@@ -303,8 +307,34 @@ class Balancer:
         if sock is None:
             sock = sockets.bind_named(listener.config.listen, f"listener {listener.name!r}",
                                       reuse_port=self.reuse_port)
-        listener.server = await self.loop.create_server(
-            client_protocol(listener), sock=sock, backlog=4096)
+        listener.server = await self._serve(listener, sock)
+
+    async def _serve(self, listener: Listener, sock: socket.socket) -> asyncio.Server:
+        tls = listener.tls
+        if tls is None:
+            return await self.loop.create_server(client_protocol(listener), sock=sock,
+                                                 backlog=4096)
+        return await self.loop.create_server(
+            client_protocol(listener), sock=sock, backlog=4096, ssl=tls.context,
+            ssl_handshake_timeout=tls.config.handshake_timeout)
+
+    def _tls(self, loaded: LoadedConfig, lc: ListenerConfig) -> ListenerTls | None:
+        """A TLS listener's contexts (only where connections are served)."""
+        if lc.tls is None or not self.serves:
+            return None
+        return ListenerTls(lc.tls, load_table(lc.tls, loaded.beside(".")))
+
+    def _renew_tls(self, listener: Listener, loaded: LoadedConfig, lc: ListenerConfig) -> None:
+        """A reload with the listener's TLS still on: its certificates loaded anew, in place
+        (open connections keep theirs; the session context, and so resumption, stay). A set
+        that does not load keeps the old one, and says why."""
+        if listener.tls is None or lc.tls is None:
+            return
+        try:
+            listener.tls.table = load_table(lc.tls, loaded.beside("."))
+            listener.tls.config = lc.tls
+        except (CertificateError, ssl.SSLError, OSError) as e:
+            log.error("listener %r keeps its certificates: %s", lc.name, e)
 
     async def _start_admin(self) -> None:
         import uvicorn
@@ -488,13 +518,14 @@ class Balancer:
             if listener is not None and listener.config.listen == lc.listen:
                 listener.update(lc, self.pools)
                 listener.access_log = self._access_log(loaded, lc)
+                self._renew_tls(listener, loaded, lc)
             else:
                 if listener is not None and listener.server is not None:
                     listener.server.close()         # open connections finish on their own
-                listener = Listener(self.context, lc, self.pools, self._access_log(loaded, lc))
+                listener = Listener(self.context, lc, self.pools, self._access_log(loaded, lc),
+                                    self._tls(loaded, lc))
                 if lc.name in socks:
-                    listener.server = await self.loop.create_server(
-                        client_protocol(listener), sock=socks[lc.name], backlog=4096)
+                    listener.server = await self._serve(listener, socks[lc.name])
             listeners.append(listener)
         for gone in old.values():
             if gone.server is not None:

@@ -1,0 +1,86 @@
+"""TLS for clients: the contexts a TLS listener wraps its connections with.
+
+Rules kept here (DESIGN.md, "Pitfalls"):
+- A listener wraps every connection with one session context, made once and kept for the
+  listener's life: OpenSSL seals session tickets with the keys of the context a connection
+  was first wrapped with, not of the one the SNI callback switches to. The callback picks the
+  certificate's context by the name the client asked for, from a table (`SniTable`) that a
+  reload may replace.
+- Certificates of the same names with different key types (RSA and ECDSA) share one context:
+  OpenSSL then serves the one the client's signature algorithms allow.
+- uvloop's TLS transport does the record layer; the data plane sees plain bytes, and knows a
+  connection is TLS once, from its listener (`Listener.scheme`).
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+from croupier.config.certificates import (
+    Certificate,
+    load_certificate,
+    name_matches,
+    server_context,
+)
+from croupier.config.schema import ListenerTlsConfig
+
+
+class SniTable:
+    """Names to certificate contexts; the first certificate's is the default."""
+
+    def __init__(self, config: ListenerTlsConfig, certificates: list[Certificate]) -> None:
+        self.certificates = certificates
+        by_names: dict[tuple[str, ...], ssl.SSLContext] = {}
+        self.contexts: list[tuple[tuple[str, ...], ssl.SSLContext]] = []
+        for cert in certificates:
+            ctx = by_names.get(cert.names)
+            if ctx is None:
+                ctx = by_names[cert.names] = server_context(config.min_version)
+                self.contexts.append((cert.names, ctx))
+            ctx.load_cert_chain(cert.cert, cert.key)
+        self.default = self.contexts[0][1]
+        self.exact: dict[str, ssl.SSLContext] = {}
+        self.wildcards: list[tuple[str, ssl.SSLContext]] = []
+        for names, ctx in self.contexts:
+            for name in names:
+                if name.startswith("*."):
+                    self.wildcards.append((name, ctx))
+                else:
+                    self.exact.setdefault(name, ctx)
+
+    def context_for(self, server_name: str | None) -> ssl.SSLContext:
+        if server_name is None:
+            return self.default
+        name = server_name.lower()
+        ctx = self.exact.get(name)
+        if ctx is not None:
+            return ctx
+        for pattern, ctx in self.wildcards:
+            if name_matches(name, pattern):
+                return ctx
+        return self.default
+
+
+def load_table(config: ListenerTlsConfig, beside: Path) -> SniTable:
+    """Every certificate of a listener, loaded (CertificateError naming the file)."""
+    return SniTable(config, [load_certificate(beside / c.cert, beside / c.key)
+                             for c in config.certificates])
+
+
+class ListenerTls:
+    """A TLS listener's session context (kept) and its SNI table (replaced on reload)."""
+
+    def __init__(self, config: ListenerTlsConfig, table: SniTable) -> None:
+        self.config = config
+        self.table = table
+        self.context = server_context(config.min_version)
+        # Its own certificate is the default's: a client without SNI gets it even where the
+        # callback is not asked.
+        first = table.certificates[0]
+        self.context.load_cert_chain(first.cert, first.key)
+        self.context.sni_callback = self._pick
+
+    def _pick(self, conn: ssl.SSLObject, server_name: str | None,
+              ctx: ssl.SSLContext) -> None:
+        conn.context = self.table.context_for(server_name)

@@ -1,0 +1,243 @@
+"""TLS listeners: real handshakes over 127.0.0.1 with certificates made at test time (trustme,
+ECDSA), croupier in-process, real members behind it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from helpers import proxy_config, read_response
+
+from croupier.config.load import ConfigError, validate_config
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA(key_type=trustme.KeyType.ECDSA)
+
+
+@pytest.fixture(scope="module")
+def pki(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A CA file and two certificates: a.test (the default) and *.b.test."""
+    d = tmp_path_factory.mktemp("pki")
+    ca.cert_pem.write_to_path(str(d / "ca.pem"))
+    for name, hosts in (("a", ["a.test"]), ("b", ["*.b.test"])):
+        cert = ca.issue_cert(*hosts, key_type=trustme.KeyType.ECDSA)
+        cert.cert_chain_pems[0].write_to_path(str(d / f"{name}.pem"))
+        cert.private_key_pem.write_to_path(str(d / f"{name}.key"))
+        (d / f"{name}.key").chmod(0o600)
+    return {p.stem + p.suffix: p for p in d.iterdir()}
+
+
+def tls_config(members: list[str], pki: dict[str, Path], **tls: Any) -> dict[str, Any]:
+    config = proxy_config(members)
+    config["listeners"][0]["tls"] = {
+        "certificates": [{"cert": str(pki["a.pem"]), "key": str(pki["a.key"])},
+                         {"cert": str(pki["b.pem"]), "key": str(pki["b.key"])}],
+        **tls}
+    return config
+
+
+def client_context(pki: dict[str, Path]) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(pki["ca.pem"]))
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    return ctx
+
+
+def served_names(port: int, pki: dict[str, Path], server_name: str | None) -> list[str]:
+    """The DNS names of the certificate croupier presents for `server_name` (None: no SNI)."""
+    ctx = client_context(pki)
+    if server_name is None:
+        ctx.check_hostname = False
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+            ctx.wrap_socket(raw, server_hostname=server_name) as s:
+        cert = s.getpeercert()
+        assert cert is not None
+        assert s.selected_alpn_protocol() == "http/1.1", "only what is served is offered"
+        return [v for k, v in cert["subjectAltName"] if k == "DNS"]
+
+
+@pytest.mark.parametrize("server_name, names", [
+    ("a.test", ["a.test"]),
+    ("x.b.test", ["*.b.test"]),
+    ("X.B.Test", ["*.b.test"]),
+])
+def test_the_certificate_is_chosen_by_the_name_asked_for(backends, croupier, pki, server_name,
+                                                         names):
+    c = croupier(tls_config([backends[0].address], pki))
+    assert served_names(c.port, pki, server_name) == names
+
+
+def test_no_name_or_an_unknown_one_gets_the_first_certificate(backends, croupier, pki):
+    c = croupier(tls_config([backends[0].address], pki))
+    assert served_names(c.port, pki, None) == ["a.test"]
+    with pytest.raises(ssl.SSLCertVerificationError):      # the default, not a match
+        served_names(c.port, pki, "other.test")
+
+
+def test_a_request_over_tls_reaches_the_member_as_https(backends, croupier, pki):
+    c = croupier(tls_config([backends[0].address], pki))
+    ctx = client_context(pki)
+    with socket.create_connection(("127.0.0.1", c.port), timeout=5) as raw, \
+            ctx.wrap_socket(raw, server_hostname="a.test") as s:
+        for _ in range(2):                                  # kept alive under TLS
+            s.sendall(b"GET /echo HTTP/1.1\r\nHost: a.test\r\n"
+                      b"X-Forwarded-Proto: gopher\r\n\r\n")   # forged: replaced
+            buf = bytearray()
+            status, _, body = read_response(s, buf)
+            assert status == 200
+            headers = {k.lower(): v for k, v in json.loads(body)["headers"]}
+            assert headers["x-forwarded-proto"] == "https"
+    assert backends[0].requests == 2
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_curl_with_the_ca_gets_the_page(backends, croupier, pki):
+    c = croupier(tls_config([backends[0].address], pki))
+    out = subprocess.run(
+        ["curl", "-sS", "--max-time", "10", "--cacert", str(pki["ca.pem"]), "--resolve",
+         f"a.test:{c.port}:127.0.0.1", f"https://a.test:{c.port}/"],
+        capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == backends[0].name
+
+
+def test_plain_http_to_the_tls_port_is_closed_and_serving_goes_on(backends, croupier, pki):
+    c = croupier(tls_config([backends[0].address], pki))
+    with socket.create_connection(("127.0.0.1", c.port), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        got = b""
+        while chunk := s.recv(4096):
+            got += chunk
+    assert not got.startswith(b"HTTP/1.1 200"), "plaintext was served on a TLS port"
+    assert served_names(c.port, pki, "a.test") == ["a.test"]
+
+
+def test_a_stalled_handshake_is_cut_at_its_timeout(backends, croupier, pki):
+    c = croupier(tls_config([backends[0].address], pki, handshake_timeout="0.3s"))
+    with socket.create_connection(("127.0.0.1", c.port), timeout=10) as s:
+        began = time.monotonic()
+        assert s.recv(1) == b""                     # closed by croupier, not by our timeout
+        assert time.monotonic() - began < 9
+
+
+def test_tls_1_3_only_refuses_a_1_2_client(backends, croupier, pki):
+    c = croupier(tls_config([backends[0].address], pki, min_version="1.3"))
+    ctx = client_context(pki)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    with socket.create_connection(("127.0.0.1", c.port), timeout=5) as raw, \
+            pytest.raises(ssl.SSLError):
+        ctx.wrap_socket(raw, server_hostname="a.test")
+    assert served_names(c.port, pki, "a.test") == ["a.test"]
+
+
+# ---- what check refuses -------------------------------------------------------------------
+
+def _problems(config: dict[str, Any]) -> list[tuple[str, str]]:
+    with pytest.raises(ConfigError) as e:
+        validate_config(config)
+    return e.value.problems
+
+
+def test_check_names_a_missing_key(pki, tmp_path):
+    config = tls_config(["127.0.0.1:9"], pki)
+    config["listeners"][0]["tls"]["certificates"][1]["key"] = str(tmp_path / "gone.key")
+    [(key, reason)] = _problems(config)
+    assert key == "listeners[0] (web).tls.certificates[1].key"
+    assert "gone.key" in reason and "No such file" in reason
+
+
+def test_check_names_a_key_that_is_not_the_certificates(pki):
+    config = tls_config(["127.0.0.1:9"], pki)
+    config["listeners"][0]["tls"]["certificates"][0]["key"] = str(pki["b.key"])
+    [(key, reason)] = _problems(config)
+    assert key == "listeners[0] (web).tls.certificates[0].key"
+    assert "does not match the certificate" in reason and "a.pem" in reason
+
+
+def test_check_names_a_chain_out_of_order(ca, pki, tmp_path):
+    leaf = ca.create_child_ca().issue_cert("c.test")
+    pems = [p.bytes() for p in leaf.cert_chain_pems]
+    assert len(pems) == 2                                   # leaf, intermediate
+    (tmp_path / "c.pem").write_bytes(pems[0] + ca.cert_pem.bytes() + pems[1])   # root early
+    leaf.private_key_pem.write_to_path(str(tmp_path / "c.key"))
+    config = tls_config(["127.0.0.1:9"], pki)
+    config["listeners"][0]["tls"]["certificates"][0] = {"cert": str(tmp_path / "c.pem"),
+                                                        "key": str(tmp_path / "c.key")}
+    [(key, reason)] = _problems(config)
+    assert key == "listeners[0] (web).tls.certificates[0].cert"
+    assert "out of order" in reason
+
+
+def test_check_refuses_a_file_that_is_no_certificate(pki, tmp_path):
+    (tmp_path / "junk.pem").write_text("not a certificate\n")
+    config = tls_config(["127.0.0.1:9"], pki)
+    config["listeners"][0]["tls"]["certificates"][0]["cert"] = str(tmp_path / "junk.pem")
+    [(key, reason)] = _problems(config)
+    assert key.endswith(".cert") and "no PEM certificate" in reason
+
+
+# ---- renewal ------------------------------------------------------------------------------
+
+def _serial(port: int, pki: dict[str, Path]) -> int:
+    ctx = client_context(pki)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+            ctx.wrap_socket(raw, server_hostname="a.test") as s:
+        der = s.getpeercert(binary_form=True)
+    assert der is not None
+    from cryptography import x509
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def test_a_renewed_certificate_is_served_after_a_reload_and_a_bad_one_is_refused(
+        backends, ca, pki, tmp_path):
+    from helpers import Croupier, free_port
+
+    for name in ("a.pem", "a.key", "b.pem", "b.key"):
+        shutil.copy(pki[name], tmp_path / name)
+    (tmp_path / "a.key").chmod(0o600)
+    path = tmp_path / "croupier.toml"
+    path.write_text(f"""
+[admin]
+enabled = false
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:{free_port()}"
+pool = "app"
+  [listeners.tls]
+  certificates = [{{ cert = "a.pem", key = "a.key" }}, {{ cert = "b.pem", key = "b.key" }}]
+[[pools]]
+name = "app"
+members = ["{backends[0].address}"]
+""")
+    c = Croupier.from_file(path)
+    try:
+        port = c.port
+        first = _serial(port, pki)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                client_context(pki).wrap_socket(raw, server_hostname="a.test") as open_conn:
+            renewed = ca.issue_cert("a.test", key_type=trustme.KeyType.ECDSA)
+            renewed.cert_chain_pems[0].write_to_path(str(tmp_path / "a.pem"))
+            renewed.private_key_pem.write_to_path(str(tmp_path / "a.key"))
+            assert c.lt.run(c.balancer.reload())["reloaded"] is True
+            second = _serial(port, pki)
+            assert second != first
+            # the connection made before the reload goes on
+            open_conn.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            status, _, _ = read_response(open_conn, bytearray())
+            assert status == 200
+        (tmp_path / "a.key").write_text("broken\n")
+        result = c.lt.run(c.balancer.reload())
+        assert result["reloaded"] is False
+        assert any("a.key" in e for e in result["errors"]), result
+        assert _serial(port, pki) == second, "a renewal that does not load keeps the old one"
+    finally:
+        c.close()
