@@ -67,7 +67,7 @@ def test_text_lines_are_one_readable_line_each(backends, croupier, tmp_path):
     log.c.lt.call(lambda: [lg.flush() for lg in log.c.balancer.access_logs.values()])
     text = log.path.read_text().splitlines()
     assert len(text) == 2, text
-    assert re.match(r'\S+Z 127\.0\.0\.1:\d+ web "GET /x\?a=1 HTTP/1\.1" 200 app '
+    assert re.match(r'\S+Z 127\.0\.0\.1:\d+ web - "GET /x\?a=1 HTTP/1\.1" 200 app '
                     + re.escape(backends[0].address) + r' 1 \d+ \d+ \d+ \d+ \d+ [0-9a-f]{12}-\d+ '
                     r'"python-httpx/[\d.]+" --$', text[0]), text[0]
     assert '"GET /bad\\x22\\x7Fquote HTTP/1.1" 400 - - 0 ' in text[1], text[1]

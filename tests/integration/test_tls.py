@@ -241,3 +241,31 @@ members = ["{backends[0].address}"]
         assert _serial(port, pki) == second, "a renewal that does not load keeps the old one"
     finally:
         c.close()
+
+
+def test_the_access_log_says_how_each_connection_was_encrypted(backends, croupier, pki,
+                                                               tmp_path):
+    config = tls_config([backends[0].address], pki)
+    config["access_log"] = {"path": str(tmp_path / "access.log"), "format": "json"}
+    c = croupier(config)
+    ctx = client_context(pki)
+    for name in ("x.b.test", None):
+        if name is None:
+            ctx.check_hostname = False
+        with socket.create_connection(("127.0.0.1", c.port), timeout=5) as raw, \
+                ctx.wrap_socket(raw, server_hostname=name) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+            status, _, _ = read_response(s, bytearray())
+            assert status == 200
+            version, cipher = s.version(), s.cipher()
+    from helpers import wait_until
+
+    def lines() -> list[dict[str, Any]]:
+        c.lt.call(lambda: [lg.flush() for lg in c.balancer.access_logs.values()])
+        path = tmp_path / "access.log"
+        return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    wait_until(lambda: len(lines()) == 2, message="two access log lines")
+    first, second = lines()
+    assert (first["sni"], second["sni"]) == ("x.b.test", "")
+    assert second["tls_version"] == version and second["tls_cipher"] == cipher[0]
+    assert first["termination"] == second["termination"] == "--"

@@ -14,10 +14,13 @@ import stat
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+if TYPE_CHECKING:
+    from cryptography import x509
+
+# cryptography is imported where a certificate is read: a config without TLS never loads it
+# (several MB a process).
 
 # Mozilla's "intermediate" profile for TLS 1.2 (TLS 1.3's suites are all good and fixed).
 INTERMEDIATE_CIPHERS = (
@@ -60,6 +63,8 @@ def server_context(min_version: str) -> ssl.SSLContext:
 
 def load_certificate(cert: Path, key: Path) -> Certificate:
     """Read and check one certificate and its key (CertificateError naming the file)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
     try:
         pem = cert.read_bytes()
     except OSError as e:
@@ -94,6 +99,9 @@ def load_certificate(cert: Path, key: Path) -> Certificate:
 
 
 def _names(leaf: x509.Certificate) -> tuple[str, ...]:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     try:
         san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
         names = [n.lower() for n in san.value.get_values_for_type(x509.DNSName)]

@@ -216,12 +216,18 @@ class AccessLog:
                 self._stamp_ms = self._stamp + _MILLIS_TEXT[ms % 1000]
         return self._stamp_ms
 
-    def client_piece(self, peer: bytes, port: int, listener: bytes) -> bytes:
+    def client_piece(self, peer: bytes, port: int, listener: bytes,
+                     tls: tuple[bytes, bytes, bytes] | None = None) -> bytes:
         """What follows the time up to the method: made once a connection (see Exchange's
-        `log_client`), or a request when a trusted proxy named the client."""
+        `log_client`), or a request when a trusted proxy named the client. `tls`: the
+        connection's TLS version, cipher and the name the client asked for (SNI)."""
+        version, cipher, sni = tls if tls is not None else (b"", b"", b"")
         if self.json:
-            return b'%s","client_port":%d,"listener":"%s","method":"' % (peer, port, listener)
-        return b'%s:%d %s "' % (peer, port, listener)
+            return (b'%s","client_port":%d,"listener":"%s","tls_version":"%s","tls_cipher":"%s",'
+                    b'"sni":"%s","method":"' % (peer, port, listener, version, cipher,
+                                                json_safe(sni)))
+        what = b"%s/%s/%s" % (version, cipher, text_safe(sni) or b"-") if tls else b"-"
+        return b'%s:%d %s %s "' % (peer, port, listener, what)
 
     def _place(self, key: object, pool: bytes, member: bytes) -> bytes:
         if self.json:

@@ -61,6 +61,7 @@ from croupier.proxy.http import (
     without_fields,
     without_h2c,
 )
+from croupier.proxy.tls import tls_summary
 
 if TYPE_CHECKING:
     from croupier.model.state import Member, Pool
@@ -144,6 +145,7 @@ class ClientConnection(Downstream):
         "queue",
         "refused",
         "state",
+        "tls_info",
         "transport",
         "trusted",
         "tunnel",
@@ -186,6 +188,7 @@ class ClientConnection(Downstream):
         self.peer = b""
         self.peer_port = 0
         self.log_client = b""           # see Exchange.log_client
+        self.tls_info: tuple[bytes, bytes, bytes] | None = None   # version, cipher, SNI
         self.refused: Exchange | None = None    # the request the parser stopped on
         self.trusted = False            # the peer is one of the listener's trusted_proxies
         self.last_host = b""            # the last Host value found valid on this connection
@@ -202,10 +205,12 @@ class ClientConnection(Downstream):
         self.peer_port = peer[1] if peer else 0
         listener = self.listener
         self.trusted = bool(listener.trusted) and listener.trusts(self.peer)
+        if listener.tls is not None:    # uvloop calls this once the handshake is done
+            self.tls_info = tls_summary(transport)
         access_log = listener.access_log
         if access_log is not None:
             self.log_client = access_log.client_piece(self.peer, self.peer_port,
-                                                      listener.name_bytes)
+                                                      listener.name_bytes, self.tls_info)
         self.listener.context.connections.add(self)
         self.listener.open_connections += 1
         self.deadline = self.listener.time() + self.listener.keepalive_timeout
@@ -377,7 +382,10 @@ class ClientConnection(Downstream):
         req.bytes_in = end - start
         if self.trusted and req.xff:
             req.peer = self.listener.client_address(req.xff, self.peer)
-            req.log_client = b""        # made for this address when the line is written
+            access_log = self.listener.access_log
+            if access_log is not None:
+                req.log_client = access_log.client_piece(req.peer, req.peer_port,
+                                                         self.listener.name_bytes, self.tls_info)
         if not req.request_id:
             req.request_id = self.listener.context.new_request_id()
         limit = self.listener.max_header_size
@@ -1165,7 +1173,7 @@ class ClientConnection(Downstream):
             answer = simple_response(status, f"croupier: {why}\n", close=True)
             req = self.refused
             if req is None:     # refused before a request began (bytes no request starts with)
-                req = Exchange(self.listener, self.peer, self.peer_port)
+                req = Exchange(self.listener, self.peer, self.peer_port, self.log_client)
             req.status = status
             req.bytes_out += len(answer)
             req.finish(b"cR" if status == 408 else b"PR")

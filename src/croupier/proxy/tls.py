@@ -14,8 +14,10 @@ Rules kept here (DESIGN.md, "Pitfalls"):
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from pathlib import Path
+from typing import Final
 
 from croupier.config.certificates import (
     Certificate,
@@ -24,6 +26,8 @@ from croupier.config.certificates import (
     server_context,
 )
 from croupier.config.schema import ListenerTlsConfig
+
+SNI_ATTRIBUTE: Final = "croupier_sni"
 
 
 class SniTable:
@@ -84,3 +88,16 @@ class ListenerTls:
     def _pick(self, conn: ssl.SSLObject, server_name: str | None,
               ctx: ssl.SSLContext) -> None:
         conn.context = self.table.context_for(server_name)
+        # The server side's SSLObject does not keep the name: kept for tls_summary.
+        setattr(conn, SNI_ATTRIBUTE, server_name or "")
+
+
+def tls_summary(transport: asyncio.BaseTransport) -> tuple[bytes, bytes, bytes]:
+    """A TLS connection's version, cipher and the name its client asked for (b"": none), for
+    the access log: read once, when the connection is made."""
+    obj = transport.get_extra_info("ssl_object")
+    if obj is None:
+        return (b"", b"", b"")
+    cipher = obj.cipher()
+    return ((obj.version() or "").encode(), (cipher[0] if cipher else "").encode(),
+            str(getattr(obj, SNI_ATTRIBUTE, "")).encode("ascii", "replace"))
