@@ -45,6 +45,8 @@ PORTS = {"croupier": 18080, "haproxy": 18081, "nginx": 18082}
 # request ID sent to the member, written in 64 KiB batches where the contender can.
 LOG_PORTS = {"croupier": 18090, "haproxy": 18091, "nginx": 18092}
 JSON_LOG_PORT = 18093           # croupier's json lines
+# HTTPS (the tls- cases): one ECDSA P-256 certificate made at start, the same for all three.
+TLS_PORTS = {"croupier": 18443, "haproxy": 18444, "nginx": 18445}
 NAMES = ("croupier", "haproxy", "nginx")
 BODY = "hello from backend\n"   # the `small` case's 19-byte answer
 MiB = 1024 * 1024
@@ -111,6 +113,11 @@ http {{ access_log off;
   log_format lb '$remote_addr:$remote_port "$request" $status $upstream_addr '
                 '$request_length $bytes_sent $request_time $upstream_connect_time '
                 '$upstream_header_time $request_id "$http_user_agent"';
+  server {{ listen 127.0.0.1:{TLS_PORTS['nginx']} ssl reuseport; keepalive_requests 1000000;
+    keepalive_timeout 300s; client_max_body_size 8m;
+    ssl_certificate {tmp}/tls.pem; ssl_certificate_key {tmp}/tls.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    location / {{ {NGINX_PROXY} }} }}
   server {{ listen 127.0.0.1:{LOG_PORTS['nginx']} reuseport; keepalive_requests 1000000;
     keepalive_timeout 300s; client_max_body_size 8m;
     access_log {tmp}/nginx-access.log lb buffer=64k flush=1s;
@@ -119,7 +126,7 @@ http {{ access_log off;
 """
 
 
-def haproxy_conf() -> str:
+def haproxy_conf(tmp: Path) -> str:
     members = "\n".join(f"    server s{i} 127.0.0.1:{p} check inter 500ms fall 2 rise 2"
                         for i, p in enumerate(BACKEND_PORTS))
     return f"""global
@@ -139,6 +146,9 @@ defaults
 frontend web
     bind 127.0.0.1:{PORTS['haproxy']}
     default_backend app
+frontend tls
+    bind 127.0.0.1:{TLS_PORTS['haproxy']} ssl crt {tmp}/tls-combined.pem alpn http/1.1
+    default_backend app
 frontend logged
     bind 127.0.0.1:{LOG_PORTS['haproxy']}
     log stdout format raw local0 info
@@ -150,7 +160,8 @@ backend app
     balance roundrobin
     option forwardfor
     http-request set-header X-Forwarded-Host %[req.hdr(host)]
-    http-request set-header X-Forwarded-Proto http
+    http-request set-header X-Forwarded-Proto https if {{ ssl_fc }}
+    http-request set-header X-Forwarded-Proto http if !{{ ssl_fc }}
     http-request add-header Via "1.1 haproxy"
     option httpchk GET /
 {members}
@@ -169,6 +180,14 @@ name = "web"
 listen = "127.0.0.1:{PORTS['croupier']}"
 pool = "app"
 keepalive_timeout = "300s"
+
+[[listeners]]
+name = "web-tls"
+listen = "127.0.0.1:{TLS_PORTS['croupier']}"
+pool = "app"
+keepalive_timeout = "300s"
+  [listeners.tls]
+  certificates = [{{ cert = "{tmp}/tls.pem", key = "{tmp}/tls.key" }}]
 
 [[listeners]]
 name = "logged"
@@ -235,7 +254,8 @@ class Contenders:
         for port in BACKEND_PORTS:
             self.start_backend(port)
         (t / "nginx-lb.conf").write_text(nginx_lb_conf(t))
-        (t / "haproxy.cfg").write_text(haproxy_conf())
+        make_certificate(t)
+        (t / "haproxy.cfg").write_text(haproxy_conf(t))
         (t / "croupier.toml").write_text(croupier_conf(t))
         croupier = str(Path(sys.executable).parent / "croupier")
         self.start("croupier", [croupier, "run", "-c", str(t / "croupier.toml"),
@@ -290,15 +310,29 @@ def _ms(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
+def make_certificate(tmp: Path) -> None:
+    """A self-signed ECDSA P-256 certificate for localhost: tls.pem and tls.key, and both in
+    one file for HAProxy."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj",
+                    "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+                    "-keyout", str(tmp / "tls.key"), "-out", str(tmp / "tls.pem")],
+                   check=True, capture_output=True)
+    (tmp / "tls.key").chmod(0o644)      # nginx's workers run as nobody
+    (tmp / "tls-combined.pem").write_bytes((tmp / "tls.pem").read_bytes()
+                                           + (tmp / "tls.key").read_bytes())
+
+
 def wrk(port: int, connections: int, duration: float, path: str = "/",
-        script: Path | None = None, close: bool = False) -> dict[str, float]:
+        script: Path | None = None, close: bool = False,
+        scheme: str = "http") -> dict[str, float]:
     argv = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{connections}", f"-d{duration:g}s",
             "--latency", "--timeout", "5s"]
     if script is not None:
         argv += ["-s", str(script)]
     if close:
         argv += ["-H", "Connection: close"]
-    out = subprocess.run([*argv, f"http://127.0.0.1:{port}{path}"], capture_output=True,
+    out = subprocess.run([*argv, f"{scheme}://127.0.0.1:{port}{path}"], capture_output=True,
                          text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))      # type: ignore[union-attr]
@@ -447,7 +481,8 @@ def main() -> None:
                                  formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--repeat", type=int, default=5)   # this machine is shared: 3 was noisy
     ap.add_argument("--duration", type=float, default=5)
-    ap.add_argument("--cases", default="small,close,large,upload,idle,failover,log")
+    ap.add_argument("--cases",
+                    default="small,close,large,upload,idle,failover,log,tls-small,tls-close")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "latest.json")
     args = ap.parse_args()
     cases = args.cases.split(",")
@@ -476,6 +511,10 @@ def main() -> None:
                         r = wrk(port, 50, d)
                     elif case == "close":
                         r = wrk(port, 50, d, close=True)
+                    elif case == "tls-small":
+                        r = wrk(TLS_PORTS[name], 50, d, scheme="https")
+                    elif case == "tls-close":
+                        r = wrk(TLS_PORTS[name], 50, d, close=True, scheme="https")
                     elif case == "large":
                         r = wrk(port, 10, d, path="/large")
                         r["mb_s"] = r["rps"] * MiB / 1e6
@@ -533,6 +572,8 @@ METRICS = [
     ("idle", "kib_per_connection", False, "idle KiB/conn vs HAProxy"),
     ("failover", "failed", False, "failover failed"),
     ("log", "rps_log", True, "logged req/s"),
+    ("tls-small", "rps", True, "tls-small req/s"),
+    ("tls-close", "rps", True, "tls-close req/s"),
 ]
 
 

@@ -269,3 +269,19 @@ def test_the_access_log_says_how_each_connection_was_encrypted(backends, croupie
     assert (first["sni"], second["sni"]) == ("x.b.test", "")
     assert second["tls_version"] == version and second["tls_cipher"] == cipher[0]
     assert first["termination"] == second["termination"] == "--"
+
+
+def test_a_client_resumes_its_session_on_a_new_connection(backends, croupier, pki):
+    c = croupier(tls_config([backends[0].address], pki))
+    ctx = client_context(pki)
+    session = None
+    resumed = []
+    for _ in range(4):
+        with socket.create_connection(("127.0.0.1", c.port), timeout=5) as raw, \
+                ctx.wrap_socket(raw, server_hostname="a.test", session=session) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            status, _, _ = read_response(s, bytearray())    # TLS 1.3 tickets come after
+            assert status == 200
+            resumed.append(s.session_reused)
+            session = s.session
+    assert resumed == [False, True, True, True]

@@ -83,11 +83,21 @@ class ListenerTls:
         # callback is not asked.
         first = table.certificates[0]
         self.context.load_cert_chain(first.cert, first.key)
+        # Switching a connection's context copies its certificate in: skipped while the
+        # session context's own certificate is the default's (until a reload replaces it).
+        self.default: ssl.SSLContext | None = table.default
         self.context.sni_callback = self._pick
+
+    def replace(self, table: SniTable) -> None:
+        """A reload's certificates: from now on every connection switches to its context."""
+        self.table = table
+        self.default = None
 
     def _pick(self, conn: ssl.SSLObject, server_name: str | None,
               ctx: ssl.SSLContext) -> None:
-        conn.context = self.table.context_for(server_name)
+        chosen = self.table.context_for(server_name)
+        if chosen is not self.default:
+            conn.context = chosen
         # The server side's SSLObject does not keep the name: kept for tls_summary.
         setattr(conn, SNI_ATTRIBUTE, server_name or "")
 

@@ -331,7 +331,7 @@ class Balancer:
         if listener.tls is None or lc.tls is None:
             return
         try:
-            listener.tls.table = load_table(lc.tls, loaded.beside("."))
+            listener.tls.replace(load_table(lc.tls, loaded.beside(".")))
             listener.tls.config = lc.tls
         except (CertificateError, ssl.SSLError, OSError) as e:
             log.error("listener %r keeps its certificates: %s", lc.name, e)
