@@ -285,3 +285,113 @@ def test_a_client_resumes_its_session_on_a_new_connection(backends, croupier, pk
             resumed.append(s.session_reused)
             session = s.session
     assert resumed == [False, True, True, True]
+
+
+# ---- client certificates (mutual TLS) ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def client_ca(tmp_path_factory: pytest.TempPathFactory) -> tuple[trustme.CA, Path]:
+    ca = trustme.CA(key_type=trustme.KeyType.ECDSA)
+    path = tmp_path_factory.mktemp("clients") / "clients.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return ca, path
+
+
+def _with_client_cert(pki: dict[str, Path], issuer: trustme.CA | None,
+                      tmp_path: Path) -> tuple[ssl.SSLContext, bytes]:
+    ctx = client_context(pki)
+    if issuer is None:
+        return ctx, b""
+    cert = issuer.issue_cert("client@example.test", key_type=trustme.KeyType.ECDSA)
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "client.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "client.key"))
+    ctx.load_cert_chain(str(tmp_path / "client.pem"), str(tmp_path / "client.key"))
+    return ctx, ssl.PEM_cert_to_DER_cert(cert.cert_chain_pems[0].bytes().decode())
+
+
+def _echo_over(port: int, ctx: ssl.SSLContext, extra: bytes = b"") -> dict[str, str]:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+            ctx.wrap_socket(raw, server_hostname="a.test") as s:
+        s.sendall(b"GET /echo HTTP/1.1\r\nHost: a.test\r\n" + extra + b"\r\n")
+        status, _, body = read_response(s, bytearray())
+        assert status == 200
+        return {k.lower(): v for k, v in json.loads(body)["headers"]}
+
+
+def test_a_client_certificate_reaches_the_member_as_client_cert(backends, croupier, pki,
+                                                                 client_ca, tmp_path):
+    import base64
+
+    c = croupier(tls_config([backends[0].address], pki, client_ca=str(client_ca[1])))
+    ctx, der = _with_client_cert(pki, client_ca[0], tmp_path)
+    headers = _echo_over(c.port, ctx, b"Client-Cert: :Zm9yZ2Vk:\r\nClient-Cert-Chain: :eA==:\r\n")
+    assert headers["client-cert"] == ":" + base64.b64encode(der).decode() + ":"
+    assert "client-cert-chain" not in headers, "a forged chain field went through"
+
+
+@pytest.mark.parametrize("issuer", ["none", "another CA"])
+def test_without_a_good_client_certificate_there_is_no_connection(backends, croupier, pki,
+                                                                  client_ca, tmp_path, issuer):
+    c = croupier(tls_config([backends[0].address], pki, client_ca=str(client_ca[1])))
+    other = trustme.CA(key_type=trustme.KeyType.ECDSA) if issuer == "another CA" else None
+    ctx, _ = _with_client_cert(pki, other, tmp_path)
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        _echo_over(c.port, ctx)         # TLS 1.3: the refusal comes with the first read
+    assert backends[0].requests == 0
+
+
+def test_optional_client_certificates_let_others_in_without_one(backends, croupier, pki,
+                                                                client_ca, tmp_path):
+    c = croupier(tls_config([backends[0].address], pki, client_ca=str(client_ca[1]),
+                            client_verify="optional"))
+    headers = _echo_over(c.port, client_context(pki), b"Client-Cert: :Zm9yZ2Vk:\r\n")
+    assert "client-cert" not in headers, "a forged Client-Cert went through"
+    ctx, _ = _with_client_cert(pki, client_ca[0], tmp_path)
+    assert "client-cert" in _echo_over(c.port, ctx)
+
+
+def test_check_names_a_client_ca_that_is_not_one(pki, tmp_path):
+    (tmp_path / "junk.pem").write_text("not a CA\n")
+    config = tls_config(["127.0.0.1:9"], pki, client_ca=str(tmp_path / "junk.pem"))
+    [(key, reason)] = _problems(config)
+    assert key == "listeners[0] (web).tls.client_ca" and "junk.pem" in reason
+
+
+# ---- plain to TLS -----------------------------------------------------------------------------
+
+def test_a_plain_listener_redirects_to_the_tls_one(backends, croupier, pki):
+    from helpers import free_port, raw_request
+
+    config = tls_config([backends[0].address], pki)
+    tls_port = free_port()
+    config["listeners"][0]["listen"] = f"127.0.0.1:{tls_port}"
+    config["listeners"].append({"name": "plain", "listen": f"127.0.0.1:{free_port()}",
+                                "pool": "app", "redirect_to_https": "web"})
+    c = croupier(config)
+    got = raw_request(c.ports["plain"], b"POST /x?a=1 HTTP/1.1\r\nHost: a.test:8080\r\n"
+                                        b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+    head = got.split(b"\r\n\r\n")[0].decode()
+    assert head.startswith("HTTP/1.1 308 ")
+    assert f"\r\nLocation: https://a.test:{tls_port}/x?a=1" in head
+    assert backends[0].requests == 0
+    # and the place it points to answers
+    assert served_names(tls_port, pki, "a.test") == ["a.test"]
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"redirect_to_https": "nowhere"}, "no listener named 'nowhere'"),
+    ({"redirect_to_https": "web"}, "a TLS listener has nothing to redirect"),
+])
+def test_check_refuses_a_redirect_to_https_that_cannot_work(pki, change, reason):
+    config = tls_config(["127.0.0.1:9"], pki)
+    config["listeners"][0].update(change)
+    assert any(key == "listeners[0] (web).redirect_to_https" and reason in got
+               for key, got in _problems(config))
+
+
+def test_check_refuses_a_redirect_to_a_plain_listener():
+    config = proxy_config(["127.0.0.1:9"])
+    config["listeners"].append({"name": "other", "listen": "127.0.0.1:8", "pool": "app",
+                                "redirect_to_https": "web"})
+    [(key, got)] = _problems(config)
+    assert key == "listeners[1] (other).redirect_to_https" and "has no [listeners.tls]" in got

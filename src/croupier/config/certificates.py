@@ -50,15 +50,31 @@ class Certificate:
     key_type: str               # "rsa", "ecdsa" or another: two of one name must differ
 
 
-def server_context(min_version: str) -> ssl.SSLContext:
-    """A server context with croupier's protocol settings and no certificate yet."""
+def server_context(min_version: str, client_ca: Path | None = None,
+                   client_verify: str = "require") -> ssl.SSLContext:
+    """A server context with croupier's protocol settings and no certificate yet; with
+    `client_ca`, clients are asked for a certificate that CA issued ("require": no
+    connection without one; "optional": one without goes on, none is passed on)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    if client_ca is not None:
+        ctx.load_verify_locations(cafile=str(client_ca))
+        ctx.verify_mode = ssl.CERT_REQUIRED if client_verify == "require" else ssl.CERT_OPTIONAL
     ctx.minimum_version = (ssl.TLSVersion.TLSv1_3 if min_version == "1.3"
                            else ssl.TLSVersion.TLSv1_2)
     ctx.set_ciphers(INTERMEDIATE_CIPHERS)
     ctx.set_alpn_protocols(["http/1.1"])    # never advertise what is not served
     ctx.options |= ssl.OP_NO_COMPRESSION
     return ctx
+
+
+def check_client_ca(path: Path) -> None:
+    """A CA file clients' certificates are checked against (CertificateError naming it)."""
+    try:
+        server_context("1.2", path)
+    except FileNotFoundError as e:
+        raise CertificateError(path, e.strerror or str(e)) from None
+    except ssl.SSLError as e:
+        raise CertificateError(path, f"holds no usable CA certificate ({e.reason or e})") from None
 
 
 def load_certificate(cert: Path, key: Path) -> Certificate:

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from croupier.config.certificates import CertificateError, load_certificate
+from croupier.config.certificates import CertificateError, check_client_ca, load_certificate
 from croupier.config.schema import Config, MemberConfig, is_address, split_address
 
 
@@ -190,6 +190,14 @@ def validate_config(data: dict[str, Any], path: Path | str = "<config>") -> Load
             if r.path_prefix is None and r.host is None:
                 problems.append((f"{base}.routes[{j}]",
                                  "a route needs path_prefix, host, or both"))
+        if lst.redirect_to_https is not None:
+            target = next((t for t in config.listeners if t.name == lst.redirect_to_https), None)
+            if target is None:
+                problems.append((f"{base}.redirect_to_https",
+                                 f"no listener named {lst.redirect_to_https!r}"))
+            elif target.tls is None:
+                problems.append((f"{base}.redirect_to_https",
+                                 f"listener {target.name!r} has no [listeners.tls]"))
         if lst.tls is not None:
             # Loaded as `run` loads them: a file check passes is one run can serve.
             for j, c in enumerate(lst.tls.certificates):
@@ -199,6 +207,14 @@ def validate_config(data: dict[str, Any], path: Path | str = "<config>") -> Load
                 except CertificateError as e:
                     field = "key" if e.file == key_file else "cert"
                     problems.append((f"{base}.tls.certificates[{j}].{field}", str(e)))
+            if lst.redirect_to_https is not None:
+                problems.append((f"{base}.redirect_to_https",
+                                 "a TLS listener has nothing to redirect: set it on a plain one"))
+            if lst.tls.client_ca is not None:
+                try:
+                    check_client_ca(Path(path).parent / lst.tls.client_ca)
+                except CertificateError as e:
+                    problems.append((f"{base}.tls.client_ca", str(e)))
 
     members: dict[str, list[MemberSpec]] = {}
     for i, p in enumerate(config.pools):

@@ -199,6 +199,8 @@ class ListenerTlsConfig(_Strict):
     certificates: list[CertificateConfig] = Field(min_length=1, max_length=1000)
     min_version: Literal["1.2", "1.3"] = "1.2"
     handshake_timeout: Timeout = 10.0   # a client that does not finish its handshake is cut
+    client_ca: Text | None = None       # ask clients for a certificate this CA issued
+    client_verify: Literal["require", "optional"] = "require"
 
 
 class ListenerConfig(_Strict):
@@ -221,6 +223,9 @@ class ListenerConfig(_Strict):
     # "10.0.0.0/8" or one address); from anyone else they are replaced.
     trusted_proxies: list[str] = Field(default=[], max_length=1000)
     tls: ListenerTlsConfig | None = None    # HTTPS for clients; plain HTTP when absent
+    # A plain listener that answers every request with a 308 to the same target on this
+    # TLS listener.
+    redirect_to_https: Name | None = None
 
     @field_validator("trusted_proxies")
     @classmethod

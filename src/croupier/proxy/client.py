@@ -49,6 +49,7 @@ from croupier.proxy.http import (
     connection_named,
     equals_at,
     field_value,
+    host_without_port,
     is_name,
     joined_runs,
     kept_run,
@@ -61,7 +62,7 @@ from croupier.proxy.http import (
     without_fields,
     without_h2c,
 )
-from croupier.proxy.tls import tls_summary
+from croupier.proxy.tls import client_cert_field, tls_summary
 
 if TYPE_CHECKING:
     from croupier.model.state import Member, Pool
@@ -128,6 +129,7 @@ class ClientConnection(Downstream):
         "_out",
         "_out_sink",
         "_raw",
+        "client_cert",
         "client_eof",
         "current",
         "deadline",
@@ -189,6 +191,7 @@ class ClientConnection(Downstream):
         self.peer_port = 0
         self.log_client = b""           # see Exchange.log_client
         self.tls_info: tuple[bytes, bytes, bytes] | None = None   # version, cipher, SNI
+        self.client_cert = b""          # the verified client certificate, as Client-Cert
         self.refused: Exchange | None = None    # the request the parser stopped on
         self.trusted = False            # the peer is one of the listener's trusted_proxies
         self.last_host = b""            # the last Host value found valid on this connection
@@ -207,6 +210,8 @@ class ClientConnection(Downstream):
         self.trusted = bool(listener.trusted) and listener.trusts(self.peer)
         if listener.tls is not None:    # uvloop calls this once the handshake is done
             self.tls_info = tls_summary(transport)
+            if listener.tls.config.client_ca is not None:
+                self.client_cert = client_cert_field(transport)
         access_log = listener.access_log
         if access_log is not None:
             self.log_client = access_log.client_piece(self.peer, self.peer_port,
@@ -508,6 +513,9 @@ class ClientConnection(Downstream):
                     named = connection_named(field_value(src, at + 11, i - 2))
                     if named:
                         req.drop = (req.drop or []) + named
+                else:       # RFC 9440's fields: only croupier's own reach the member
+                    drop = is_name(src, at, b"client-cert") or is_name(src, at,
+                                                                       b"client-cert-chain")
             elif first == 0x74:                                             # t
                 if is_name(src, at, b"transfer-encoding"):
                     req.chunked = True  # llhttp accepted it, so chunked is the final coding
@@ -638,6 +646,9 @@ class ClientConnection(Downstream):
         """Route `req`, pick a member, and send it on (or answer it ourselves)."""
         self.current = req
         listener = self.listener
+        if listener.redirect_port:
+            self._redirect_to_https(req, listener.redirect_port)
+            return
         pool = listener.route(req) if listener.routes else listener.default_pool
         mode = listener.mode
         member = pool.policy.pick(req)
@@ -882,6 +893,17 @@ class ClientConnection(Downstream):
         elif req.body_done:
             self._next()
 
+    def _redirect_to_https(self, req: Exchange, port: int) -> None:
+        """redirect_to_https: the same target, on the TLS listener (308 keeps the method)."""
+        if req.host is None:
+            self._answer(req, 400, "croupier: no Host to redirect to\n", termination=b"PR")
+            return
+        host = host_without_port(req.host)
+        location = (b"https://%s%s" % (host, req.url) if port == 443
+                    else b"https://%s:%d%s" % (host, port, req.url))
+        self._answer(req, 308, f"croupier: {location.decode('latin-1')}\n",
+                     extra=((b"Location", location),))
+
     def _answer_without_proxy(self, req: Exchange, pool: Pool, member: Member,
                               mode: str) -> None:
         url = member.url_for(req.url.decode("latin-1"))     # origin-form (or "*")
@@ -919,6 +941,8 @@ class ClientConnection(Downstream):
             extra = b"Transfer-Encoding: chunked\r\n"
         if req.upgrade:
             extra += b"Connection: upgrade\r\nUpgrade: %s\r\n" % req.upgrade_value
+        if self.client_cert:
+            extra += b"Client-Cert: %s\r\n" % self.client_cert
         # One build for the whole head: no intermediate bytes.
         host = req.host
         if host is not None:

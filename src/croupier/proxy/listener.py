@@ -54,12 +54,13 @@ class Route:
 class Listener:
     __slots__ = ("access_log", "body_timeout", "config", "context", "default_pool",
                  "header_timeout", "keepalive_timeout", "max_body_size", "max_header_size",
-                 "max_pipelined", "mode", "name", "name_bytes", "open_connections", "routes",
+                 "max_pipelined", "mode", "name", "name_bytes", "open_connections",
+                 "redirect_port", "routes",
                  "scheme", "send_timeout", "server", "time", "tls", "trusted", "tunnel_timeout")
 
     def __init__(self, context: ProxyContext, config: ListenerConfig,
                  pools: dict[str, Pool], access_log: AccessLog | None = None,
-                 tls: ListenerTls | None = None) -> None:
+                 tls: ListenerTls | None = None, redirect_port: int = 0) -> None:
         self.context = context
         self.tls = tls                      # its contexts; None: plain HTTP
         self.scheme = b"https" if config.tls is not None else b"http"   # X-Forwarded-Proto
@@ -69,12 +70,15 @@ class Listener:
         self.name_bytes = config.name.encode()
         self.open_connections = 0
         self.server: asyncio.Server | None = None
-        self.update(config, pools)
+        self.update(config, pools, redirect_port)
 
-    def update(self, config: ListenerConfig, pools: dict[str, Pool]) -> None:
+    def update(self, config: ListenerConfig, pools: dict[str, Pool],
+               redirect_port: int = 0) -> None:
         """Take a new config in place (a reload): open connections see it on their next
-        request, and none is dropped."""
+        request, and none is dropped. `redirect_port`: the port of the TLS listener every
+        request is redirected to (redirect_to_https), or 0."""
         self.config = config
+        self.redirect_port = redirect_port
         self.mode = config.mode
         # The limits the hot path reads, as plain attributes: reading them off the pydantic
         # model costs a generic attribute lookup each time.

@@ -15,6 +15,7 @@ Rules kept here (DESIGN.md, "Pitfalls"):
 from __future__ import annotations
 
 import asyncio
+import base64
 import ssl
 from pathlib import Path
 from typing import Final
@@ -33,14 +34,17 @@ SNI_ATTRIBUTE: Final = "croupier_sni"
 class SniTable:
     """Names to certificate contexts; the first certificate's is the default."""
 
-    def __init__(self, config: ListenerTlsConfig, certificates: list[Certificate]) -> None:
+    def __init__(self, config: ListenerTlsConfig, certificates: list[Certificate],
+                 client_ca: Path | None = None) -> None:
         self.certificates = certificates
+        self.client_ca = client_ca
         by_names: dict[tuple[str, ...], ssl.SSLContext] = {}
         self.contexts: list[tuple[tuple[str, ...], ssl.SSLContext]] = []
         for cert in certificates:
             ctx = by_names.get(cert.names)
             if ctx is None:
-                ctx = by_names[cert.names] = server_context(config.min_version)
+                ctx = by_names[cert.names] = server_context(config.min_version, client_ca,
+                                                            config.client_verify)
                 self.contexts.append((cert.names, ctx))
             ctx.load_cert_chain(cert.cert, cert.key)
         self.default = self.contexts[0][1]
@@ -69,7 +73,8 @@ class SniTable:
 def load_table(config: ListenerTlsConfig, beside: Path) -> SniTable:
     """Every certificate of a listener, loaded (CertificateError naming the file)."""
     return SniTable(config, [load_certificate(beside / c.cert, beside / c.key)
-                             for c in config.certificates])
+                             for c in config.certificates],
+                    beside / config.client_ca if config.client_ca is not None else None)
 
 
 class ListenerTls:
@@ -78,7 +83,10 @@ class ListenerTls:
     def __init__(self, config: ListenerTlsConfig, table: SniTable) -> None:
         self.config = config
         self.table = table
-        self.context = server_context(config.min_version)
+        # Client certificates are asked for and checked alike by every context: the one a
+        # connection starts with and the one the SNI callback may switch it to.
+        self.context = server_context(config.min_version, table.client_ca,
+                                      config.client_verify)
         # Its own certificate is the default's: a client without SNI gets it even where the
         # callback is not asked.
         first = table.certificates[0]
@@ -100,6 +108,15 @@ class ListenerTls:
             conn.context = chosen
         # The server side's SSLObject does not keep the name: kept for tls_summary.
         setattr(conn, SNI_ATTRIBUTE, server_name or "")
+
+
+def client_cert_field(transport: asyncio.BaseTransport) -> bytes:
+    """The client's verified certificate as RFC 9440's Client-Cert value (its DER in base64
+    between colons, a structured-field byte sequence), or b"" when it sent none. (Python 3.11
+    does not give the chain a client sent, so Client-Cert-Chain is not sent.)"""
+    obj = transport.get_extra_info("ssl_object")
+    der = obj.getpeercert(binary_form=True) if obj is not None else None
+    return b":%s:" % base64.b64encode(der) if der else b""
 
 
 def tls_summary(transport: asyncio.BaseTransport) -> tuple[bytes, bytes, bytes]:

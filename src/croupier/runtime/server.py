@@ -31,7 +31,7 @@ from croupier.admin.ops import OpError
 from croupier.admin.schedule import Scheduler
 from croupier.config.certificates import CertificateError
 from croupier.config.load import ConfigError, LoadedConfig, MemberSpec, load_config
-from croupier.config.schema import ListenerConfig, PoolConfig
+from croupier.config.schema import ListenerConfig, PoolConfig, split_address
 from croupier.health.checks import Checker
 from croupier.model.policy import PolicyFactory
 from croupier.model.reconcile import Changes, reconcile
@@ -298,7 +298,7 @@ class Balancer:
     def listeners_for(self, loaded: LoadedConfig) -> Iterator[Listener]:
         for lc in loaded.config.listeners:
             listener = Listener(self.context, lc, self.pools, self._access_log(loaded, lc),
-                                self._tls(loaded, lc))
+                                self._tls(loaded, lc), _redirect_port(loaded, lc))
             self.listeners.append(listener)
             yield listener
 
@@ -516,14 +516,14 @@ class Balancer:
         for lc in loaded.config.listeners:
             listener = old.pop(lc.name, None)
             if listener is not None and listener.config.listen == lc.listen:
-                listener.update(lc, self.pools)
+                listener.update(lc, self.pools, _redirect_port(loaded, lc))
                 listener.access_log = self._access_log(loaded, lc)
                 self._renew_tls(listener, loaded, lc)
             else:
                 if listener is not None and listener.server is not None:
                     listener.server.close()         # open connections finish on their own
                 listener = Listener(self.context, lc, self.pools, self._access_log(loaded, lc),
-                                    self._tls(loaded, lc))
+                                    self._tls(loaded, lc), _redirect_port(loaded, lc))
                 if lc.name in socks:
                     listener.server = await self._serve(listener, socks[lc.name])
             listeners.append(listener)
@@ -578,6 +578,14 @@ class Balancer:
             access_log.flush()
             access_log.close()
         self.access_logs.clear()
+
+
+def _redirect_port(loaded: LoadedConfig, lc: ListenerConfig) -> int:
+    """The port of the TLS listener `lc` redirects every request to, or 0."""
+    for target in loaded.config.listeners:
+        if target.name == lc.redirect_to_https:
+            return split_address(target.listen)[1]
+    return 0
 
 
 def _refused(errors: list[str]) -> dict[str, Any]:
