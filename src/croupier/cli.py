@@ -104,11 +104,13 @@ def check(config_path: Path) -> None:
               help="The first demo instance's port; the others follow.")
 @click.option("--instances", default=3, show_default=True, type=click.IntRange(1, 20))
 @click.option("--admin-port", default=9900, show_default=True, help="The admin API's port.")
-def demo(port: int, app_port: int, instances: int, admin_port: int) -> None:
+@click.option("--tls-port", default=8443, show_default=True,
+              help="The demo's HTTPS listener's port.")
+def demo(port: int, app_port: int, instances: int, admin_port: int, tls_port: int) -> None:
     """Start demo application instances and a proxy listener in front of them."""
     _setup_logging("info")
     from croupier.demo import run_demo
-    run_demo(port, app_port, instances, admin_port)
+    run_demo(port, app_port, instances, admin_port, tls_port)
 
 
 @main.command("demo-app", hidden=True)

@@ -50,6 +50,14 @@ listen = "127.0.0.1:{listen}"
 mode = "proxy"
 pool = "classes"
 
+# The same over HTTPS, with a self-signed certificate made when the demo started.
+[[listeners]]
+name = "web-tls"
+listen = "127.0.0.1:{tls_listen}"
+pool = "classes"
+  [listeners.tls]
+  certificates = [{{ cert = "demo.pem", key = "demo.key" }}]
+
 [[hosts]]
 name = "local"
 address = "127.0.0.1"
@@ -67,6 +75,38 @@ members = [{members}]
 """
 
 
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A self-signed ECDSA certificate for localhost and 127.0.0.1, valid for a week: what
+    curl --cacert trusts for the demo."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "croupier demo")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=7))
+            .add_extension(x509.SubjectAlternativeName([
+                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / "demo.pem", folder / "demo.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.touch(mode=0o600)
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
 def _wait_for_port(port: int, timeout: float = 10.0) -> bool:
     import socket
     deadline = time.monotonic() + timeout
@@ -79,7 +119,8 @@ def _wait_for_port(port: int, timeout: float = 10.0) -> bool:
     return False
 
 
-def run_demo(listen_port: int, first_app_port: int, instances: int, admin_port: int) -> None:
+def run_demo(listen_port: int, first_app_port: int, instances: int, admin_port: int,
+             tls_port: int = 8443) -> None:
     from croupier.config import load_config
     from croupier.runtime.app import run
 
@@ -87,6 +128,7 @@ def run_demo(listen_port: int, first_app_port: int, instances: int, admin_port: 
     # Every port first: a demo instance that cannot bind would leave croupier proxying to
     # whatever already listens there.
     wanted = [(listen_port, "the demo listener", "--port"),
+              (tls_port, "the demo's HTTPS listener", "--tls-port"),
               (admin_port, "the admin API", "--admin-port"),
               *((p, f"demo instance {i + 1}", "--app-port") for i, p in enumerate(ports))]
     for port, what, option in wanted:
@@ -107,14 +149,16 @@ def run_demo(listen_port: int, first_app_port: int, instances: int, admin_port: 
         members = ", ".join(f'"local:{p}"' for p in ports)
         folder = Path(tempfile.mkdtemp(prefix="croupier-demo-"))
         path = folder / "croupier.toml"
+        cert, _ = self_signed(folder)
         path.write_text(DEMO_CONFIG.format(listen=listen_port, members=members,
-                                           admin=admin_port))
+                                           admin=admin_port, tls_listen=tls_port))
         print(f"croupier demo: {instances} instances of 'classes' on ports "
               f"{', '.join(map(str, ports))}, pids {', '.join(str(p.pid) for p in procs)}")
         print(f"config: {path}")
         print("try:")
         print(f"  for i in 1 2 3 4 5 6; do curl -s http://127.0.0.1:{listen_port}/get-classes; "
               "done")
+        print(f"  curl --cacert {cert} https://localhost:{tls_port}/get-classes   # HTTPS")
         print(f"  kill {procs[0].pid}   # then curl again: the others carry on")
         print(f"  croupier status -c {path}")
         print(f"  croupier drain local:{ports[1]} --wait -c {path}   # planned maintenance")

@@ -61,7 +61,8 @@ def test_demo_names_a_port_that_is_taken(tmp_path: Path):
     holder.listen()
     try:
         r = subprocess.run([CROUPIER, "demo", "--port", str(ports[0]), "--admin-port",
-                            str(ports[1]), "--app-port", str(ports[2]), "--instances", "1"],
+                            str(ports[1]), "--app-port", str(ports[2]), "--instances", "1",
+                            "--tls-port", str(free_port())],
                            capture_output=True, text=True, timeout=60)
     finally:
         holder.close()

@@ -251,8 +251,9 @@ def test_demo_rotates_through_three_instances(tmp_path: Path):
     # The demo's instances take three ports in a row: find three that nothing listens on.
     app_port = next(base for base in range(21000, 30000, 7)
                     if all(_free(base + i) and _bindable(base + i) for i in range(3)))
+    tls_port = free_port()
     proc = subprocess.Popen([CROUPIER, "demo", "--port", str(port), "--app-port", str(app_port),
-                             "--admin-port", str(free_port())],
+                             "--admin-port", str(free_port()), "--tls-port", str(tls_port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         wait_for_port(port, timeout=30)
@@ -262,6 +263,19 @@ def test_demo_rotates_through_three_instances(tmp_path: Path):
         assert sorted(seen) == sorted([f"classes from instance-{i}" for i in (1, 2, 3)] * 2)
         assert seen[:3] == seen[3:]                 # strict rotation
         assert len(set(seen[:3])) == 3
+        # The HTTPS listener, with the curl command the demo printed
+        assert proc.stdout is not None
+        line = ""
+        while "curl --cacert" not in line:
+            line = proc.stdout.readline().decode()
+            assert line, "the demo printed no HTTPS curl command"
+        argv = line.split("#")[0].split()
+        assert argv[-1] == f"https://localhost:{tls_port}/get-classes"
+        if shutil.which("curl"):
+            out = subprocess.run([*argv, "-sS", "--max-time", "10"], capture_output=True,
+                                 text=True, timeout=20)
+            assert out.returncode == 0, out.stderr
+            assert out.stdout.startswith("classes from instance-")
     finally:
         proc.send_signal(signal.SIGINT)
         try:

@@ -3,6 +3,7 @@ ECDSA), croupier in-process, real members behind it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import socket
@@ -395,3 +396,28 @@ def test_check_refuses_a_redirect_to_a_plain_listener():
                                 "redirect_to_https": "web"})
     [(key, got)] = _problems(config)
     assert key == "listeners[1] (other).redirect_to_https" and "has no [listeners.tls]" in got
+
+
+def test_hsts_on_every_response_of_the_tls_listener_the_members_own_replaced(
+        backend_loop, croupier, pki):
+    from helpers import RawBackend
+
+    async def answer(head: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nStrict-Transport-Security: max-age=5\r\n"
+                     b"Content-Length: 2\r\n\r\nok")
+        await writer.drain()
+
+    raw = RawBackend(backend_loop, answer)
+    c = croupier(tls_config([raw.address], pki, hsts="max-age=31536000; includeSubDomains"))
+    with socket.create_connection(("127.0.0.1", c.port), timeout=5) as sock, \
+            client_context(pki).wrap_socket(sock, server_hostname="a.test") as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        got = b""
+        while not got.endswith(b"ok"):
+            chunk = s.recv(4096)
+            assert chunk, got
+            got += chunk
+    head = got.split(b"\r\n\r\n")[0].lower()
+    assert head.startswith(b"http/1.1 200")
+    assert head.count(b"strict-transport-security") == 1, head
+    assert b"\r\nstrict-transport-security: max-age=31536000; includesubdomains" in head

@@ -102,6 +102,7 @@ Weight = Annotated[int, Field(ge=0, le=1000)]
 Address = Annotated[str, BeforeValidator(_address)]
 # Free text people write (a reason in a history, a target): one line, printable, short, so
 # that it can go into logs, the state file and a terminal as it is.
+Hsts = Annotated[str, Field(max_length=200, pattern=r"^max-age=\d+(; ?[A-Za-z]+)*$")]
 Text = Annotated[str, Field(max_length=500, pattern=r"^[^\x00-\x1f\x7f]*$")]
 
 def parse_when(value: object) -> float:
@@ -201,6 +202,8 @@ class ListenerTlsConfig(_Strict):
     handshake_timeout: Timeout = 10.0   # a client that does not finish its handshake is cut
     client_ca: Text | None = None       # ask clients for a certificate this CA issued
     client_verify: Literal["require", "optional"] = "require"
+    # Strict-Transport-Security for every response, e.g. "max-age=31536000; includeSubDomains"
+    hsts: Hsts | None = None
 
 
 class ListenerConfig(_Strict):

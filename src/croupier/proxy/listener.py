@@ -53,10 +53,10 @@ class Route:
 
 class Listener:
     __slots__ = ("access_log", "body_timeout", "config", "context", "default_pool",
-                 "header_timeout", "keepalive_timeout", "max_body_size", "max_header_size",
-                 "max_pipelined", "mode", "name", "name_bytes", "open_connections",
-                 "redirect_port", "routes",
-                 "scheme", "send_timeout", "server", "time", "tls", "trusted", "tunnel_timeout")
+                 "header_timeout", "hsts", "keepalive_timeout", "max_body_size",
+                 "max_header_size", "max_pipelined", "mode", "name", "name_bytes",
+                 "open_connections", "redirect_port", "routes", "scheme", "send_timeout",
+                 "server", "time", "tls", "trusted", "tunnel_timeout")
 
     def __init__(self, context: ProxyContext, config: ListenerConfig,
                  pools: dict[str, Pool], access_log: AccessLog | None = None,
@@ -79,6 +79,11 @@ class Listener:
         request is redirected to (redirect_to_https), or 0."""
         self.config = config
         self.redirect_port = redirect_port
+        # Strict-Transport-Security on every response of a TLS listener that sets it (the
+        # member's own replaced): the field line, or b"".
+        tls = config.tls
+        self.hsts = (b"Strict-Transport-Security: %s\r\n" % tls.hsts.encode()
+                     if tls is not None and tls.hsts else b"")
         self.mode = config.mode
         # The limits the hot path reads, as plain attributes: reading them off the pydantic
         # model costs a generic attribute lookup each time.

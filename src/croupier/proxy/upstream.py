@@ -460,6 +460,9 @@ class UpstreamConnection:
         if req.set_cookie is not None:
             framing += b"Set-Cookie: " + req.set_cookie + b"\r\n"
         framing += b"X-Request-ID: " + req.request_id + b"\r\n"
+        hsts = req.listener.hsts
+        if hsts:
+            framing += hsts
         if req.close_after:
             framing += b"Connection: close\r\n"
         elif not req.http11:
@@ -534,6 +537,8 @@ class UpstreamConnection:
         named: list[bytes] | None = None
         flags = 0
         other_connection = False        # a Connection value but "keep-alive"
+        req = self.req
+        hsts = req.listener.hsts if req is not None else b""
         while True:
             at = i
             first = raw[i]
@@ -573,6 +578,8 @@ class UpstreamConnection:
                 other_connection = other_connection or drop     # llhttp reads it too
             elif first == 0x78:                                     # x
                 drop = is_name(raw, at, b"x-request-id")        # ours goes back instead
+            elif first == 0x73 and hsts:                            # s
+                drop = is_name(raw, at, b"strict-transport-security")   # the listener's
             if drop:
                 if at > keep_from:
                     kept, runs = kept_run(kept, runs, raw, keep_from, at)
