@@ -421,3 +421,23 @@ def test_hsts_on_every_response_of_the_tls_listener_the_members_own_replaced(
     assert head.startswith(b"http/1.1 200")
     assert head.count(b"strict-transport-security") == 1, head
     assert b"\r\nstrict-transport-security: max-age=31536000; includesubdomains" in head
+
+
+def test_the_certificates_expiry_is_a_metric(backends, pki, tmp_path):
+    import httpx
+    from helpers import Croupier, write_config
+
+    from croupier.config.certificates import certificate_end
+
+    path = write_config(tmp_path, [backends[0].address], listener_extra=(
+        "  [listeners.tls]\n"
+        f'  certificates = [{{ cert = "{pki["a.pem"]}", key = "{pki["a.key"]}" }}]\n'))
+    c = Croupier.from_file(path)
+    try:
+        text = httpx.get(f"http://127.0.0.1:{c.balancer.admin_port}/metrics").text
+    finally:
+        c.close()
+    series = (f'croupier_tls_certificate_expiry_timestamp_seconds{{certificate="{pki["a.pem"]}",'
+              f'listener="web"}} ')
+    [line] = [x for x in text.splitlines() if x.startswith(series)]
+    assert float(line[len(series):]) == certificate_end(pki["a.pem"]).timestamp()

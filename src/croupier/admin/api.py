@@ -61,6 +61,8 @@ class Instance(Protocol):
 
     def access_log_counts(self) -> tuple[int, int]: ...
 
+    def certificate_ends(self) -> list[tuple[str, str, float]]: ...
+
 
 # The bodies the API takes: the config's own types (croupier.config.schema), so that what the
 # API accepts and what a config may say are checked by the same validators.

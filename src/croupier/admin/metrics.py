@@ -34,6 +34,8 @@ class Scraped(Protocol):
 
     def access_log_counts(self) -> tuple[int, int]: ...
 
+    def certificate_ends(self) -> list[tuple[str, str, float]]: ...
+
 
 class InstanceCollector(Collector):
     def __init__(self, instance: Scraped) -> None:
@@ -103,6 +105,12 @@ class InstanceCollector(Collector):
         yield CounterMetricFamily("croupier_access_log_dropped",
                                   "Access log lines dropped: a pipe or socket that did not "
                                   "keep up (a file never drops).", value=dropped)
+        ends = GaugeMetricFamily("croupier_tls_certificate_expiry_timestamp_seconds",
+                                 "When each TLS listener's certificate expires (Unix time).",
+                                 labels=["listener", "certificate"])
+        for listener, certificate, end in self.instance.certificate_ends():
+            ends.add_metric([listener, certificate], end)
+        yield ends
         info = GaugeMetricFamily("croupier_build_info", "Always 1: the version, and whether "
                                  "the data plane is compiled (mypyc) or interpreted.",
                                  labels=["version", "data_plane"])

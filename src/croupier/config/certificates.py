@@ -114,6 +114,12 @@ def load_certificate(cert: Path, key: Path) -> Certificate:
     return Certificate(cert, key, _names(leaf), leaf.not_valid_after_utc, key_type)
 
 
+def certificate_end(cert: Path) -> datetime:
+    """When the first certificate of a PEM file expires (ValueError: none there)."""
+    from cryptography import x509
+    return x509.load_pem_x509_certificates(cert.read_bytes())[0].not_valid_after_utc
+
+
 def _names(leaf: x509.Certificate) -> tuple[str, ...]:
     from cryptography import x509
     from cryptography.x509.oid import NameOID

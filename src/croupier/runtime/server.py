@@ -29,7 +29,7 @@ from typing import Any, Protocol, cast
 
 from croupier.admin.ops import OpError
 from croupier.admin.schedule import Scheduler
-from croupier.config.certificates import CertificateError
+from croupier.config.certificates import CertificateError, certificate_end
 from croupier.config.load import ConfigError, LoadedConfig, MemberSpec, load_config
 from croupier.config.schema import ListenerConfig, PoolConfig, split_address
 from croupier.health.checks import Checker
@@ -118,6 +118,7 @@ class Balancer:
         self.admin_port: int | None = None
         # Open access logs, by (path, format): listeners that share one share its buffer.
         self.access_logs: dict[tuple[str, bool], AccessLog] = {}
+        self._certificate_ends: dict[tuple[str, int], float] = {}    # by file and mtime
         # The supervisor's: after a change of membership or weights (it tells its workers),
         # after any member or host state change (it pushes the new states), and the workers'
         # two phases of a reload.
@@ -421,6 +422,23 @@ class Balancer:
         if self.on_reopen is not None:
             return self.on_reopen()
         return len(self.access_logs)
+
+    def certificate_ends(self) -> list[tuple[str, str, float]]:
+        """(listener, certificate file as the config names it, when it expires as a Unix
+        time) for every TLS listener's certificates; files read again only when changed."""
+        out = []
+        for lc in self.loaded.config.listeners:
+            for c in lc.tls.certificates if lc.tls is not None else ():
+                path = self.loaded.beside(c.cert)
+                try:
+                    key = (str(path), path.stat().st_mtime_ns)
+                    end = self._certificate_ends.get(key)
+                    if end is None:
+                        end = self._certificate_ends[key] = certificate_end(path).timestamp()
+                except (OSError, ValueError):
+                    continue        # gone or broken since it was loaded: check says so
+                out.append((lc.name, c.cert, end))
+        return out
 
     def access_log_counts(self) -> tuple[int, int]:
         """Access log lines written and dropped (pipes or sockets that did not keep up)."""
