@@ -27,6 +27,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -53,6 +54,7 @@ MiB = 1024 * 1024
 # This sandbox cannot raise its 20000 file descriptor limit; HAProxy needs two per
 # connection (plus a margin) to start, so the idle case stays below 10000 for everyone.
 IDLE = 8000
+TLS_IDLE = 2000     # the TLS handshakes on the client's side take long: fewer
 
 
 def wait_port(port: int, timeout: float = 10) -> None:
@@ -346,16 +348,22 @@ def wrk(port: int, connections: int, duration: float, path: str = "/",
     return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "failed": failed, "requests": total}
 
 
-async def _hold_idle(port: int, n: int, ready: asyncio.Event, release: asyncio.Event) -> int:
+async def _hold_idle(port: int, n: int, ready: asyncio.Event, release: asyncio.Event,
+                     tls: bool = False) -> int:
     """Open n keep-alive connections, send one request on each, read its answer, then idle."""
     sem = asyncio.Semaphore(200)
+    ctx = None
+    if tls:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
     writers = []
     ok = 0
 
     async def one() -> None:
         nonlocal ok
         async with sem:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
             writer.write(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
             await writer.drain()
             head = await reader.readuntil(b"\r\n\r\n")
@@ -371,13 +379,14 @@ async def _hold_idle(port: int, n: int, ready: asyncio.Event, release: asyncio.E
     return ok
 
 
-def idle_rss(contenders: Contenders, name: str, n: int) -> dict[str, float]:
+def idle_rss(contenders: Contenders, name: str, n: int, tls: bool = False) -> dict[str, float]:
     before = contenders.rss_kib(name)
     result: dict[str, float] = {}
 
     async def main() -> None:
         ready, release = asyncio.Event(), asyncio.Event()
-        task = asyncio.create_task(_hold_idle(PORTS[name], n, ready, release))
+        port = TLS_PORTS[name] if tls else PORTS[name]
+        task = asyncio.create_task(_hold_idle(port, n, ready, release, tls))
         await ready.wait()
         await asyncio.sleep(1.0)          # let the balancer settle its buffers
         after = contenders.rss_kib(name)
@@ -482,7 +491,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)   # this machine is shared: 3 was noisy
     ap.add_argument("--duration", type=float, default=5)
     ap.add_argument("--cases",
-                    default="small,close,large,upload,idle,failover,log,tls-small,tls-close")
+                    default="small,close,large,upload,idle,failover,log,tls-small,tls-close,"
+                            "tls-idle")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "latest.json")
     args = ap.parse_args()
     cases = args.cases.split(",")
@@ -511,6 +521,10 @@ def main() -> None:
                         r = wrk(port, 50, d)
                     elif case == "close":
                         r = wrk(port, 50, d, close=True)
+                    elif case == "tls-idle":
+                        if i > 0:
+                            continue
+                        r = idle_rss(contenders, name, TLS_IDLE, tls=True)
                     elif case == "tls-small":
                         r = wrk(TLS_PORTS[name], 50, d, scheme="https")
                     elif case == "tls-close":
@@ -574,6 +588,7 @@ METRICS = [
     ("log", "rps_log", True, "logged req/s"),
     ("tls-small", "rps", True, "tls-small req/s"),
     ("tls-close", "rps", True, "tls-close req/s"),
+    ("tls-idle", "kib_per_connection", False, "tls idle KiB/conn vs HAProxy"),
 ]
 
 
@@ -585,7 +600,7 @@ def ratios_of(results: dict[str, dict[str, dict[str, float]]]) -> dict[str, floa
         if case not in results or "croupier" not in results[case]:
             continue
         # The idle target is stated against HAProxy's (nginx's is in the table beside it).
-        against = ("haproxy",) if case == "idle" else ("haproxy", "nginx")
+        against = ("haproxy",) if case in ("idle", "tls-idle") else ("haproxy", "nginx")
         others = [results[case][n][metric] for n in against if n in results[case]]
         if not others:
             continue

@@ -118,8 +118,11 @@ def test_plain_http_to_the_tls_port_is_closed_and_serving_goes_on(backends, crou
         got = b""
         while chunk := s.recv(4096):
             got += chunk
-    assert not got.startswith(b"HTTP/1.1 200"), "plaintext was served on a TLS port"
+    assert got.startswith(b"HTTP/1.1 400 "), got     # a plain answer, as nginx gives
+    assert b"plain HTTP was sent to an HTTPS port" in got
     assert served_names(c.port, pki, "a.test") == ["a.test"]
+    assert c.lt.call(c.balancer.tls_failures) == {"plain HTTP": 1}
+    assert backends[0].requests == 0
 
 
 def test_a_stalled_handshake_is_cut_at_its_timeout(backends, croupier, pki):
@@ -128,6 +131,7 @@ def test_a_stalled_handshake_is_cut_at_its_timeout(backends, croupier, pki):
         began = time.monotonic()
         assert s.recv(1) == b""                     # closed by croupier, not by our timeout
         assert time.monotonic() - began < 9
+    assert c.lt.call(c.balancer.tls_failures) == {"timeout": 1}
 
 
 def test_tls_1_3_only_refuses_a_1_2_client(backends, croupier, pki):
@@ -339,6 +343,11 @@ def test_without_a_good_client_certificate_there_is_no_connection(backends, crou
     with pytest.raises((ssl.SSLError, ConnectionError)):
         _echo_over(c.port, ctx)         # TLS 1.3: the refusal comes with the first read
     assert backends[0].requests == 0
+    from helpers import wait_until
+    reason = ("PEER_DID_NOT_RETURN_A_CERTIFICATE" if issuer == "none"
+              else "CERTIFICATE_VERIFY_FAILED")
+    wait_until(lambda: c.lt.call(c.balancer.tls_failures) == {reason: 1},
+               message=f"a failed handshake counted as {reason}")
 
 
 def test_optional_client_certificates_let_others_in_without_one(backends, croupier, pki,
@@ -441,3 +450,33 @@ def test_the_certificates_expiry_is_a_metric(backends, pki, tmp_path):
               f'listener="web"}} ')
     [line] = [x for x in text.splitlines() if x.startswith(series)]
     assert float(line[len(series):]) == certificate_end(pki["a.pem"]).timestamp()
+
+
+def test_a_websocket_tunnel_over_tls(backends, croupier, backend_loop, pki):
+    import aiohttp
+
+    c = croupier(tls_config([backends[0].address], pki))
+    ctx = client_context(pki)
+    ctx.set_alpn_protocols(["http/1.1"])
+
+    async def talk() -> list[str]:
+        connector = aiohttp.TCPConnector(ssl=ctx, resolver=_Local())
+        async with aiohttp.ClientSession(connector=connector) as session, \
+                session.ws_connect(f"wss://a.test:{c.port}/ws") as ws:
+            replies = []
+            for word in ("one", "two", "three"):
+                await ws.send_str(word)
+                replies.append((await ws.receive()).data)
+            return replies
+    assert backend_loop.run(talk()) == ["a: one", "a: two", "a: three"]
+
+
+class _Local:
+    """Every name is 127.0.0.1 (the certificate's names, croupier's address)."""
+
+    async def resolve(self, host: str, port: int = 0, family: int = 0) -> list[dict[str, Any]]:
+        return [{"hostname": host, "host": "127.0.0.1", "port": port, "family": socket.AF_INET,
+                 "proto": 0, "flags": 0}]
+
+    async def close(self) -> None:
+        pass

@@ -63,6 +63,8 @@ class Instance(Protocol):
 
     def certificate_ends(self) -> list[tuple[str, str, float]]: ...
 
+    def tls_failures(self) -> dict[str, int]: ...
+
 
 # The bodies the API takes: the config's own types (croupier.config.schema), so that what the
 # API accepts and what a config may say are checked by the same validators.

@@ -36,6 +36,8 @@ class Scraped(Protocol):
 
     def certificate_ends(self) -> list[tuple[str, str, float]]: ...
 
+    def tls_failures(self) -> dict[str, int]: ...
+
 
 class InstanceCollector(Collector):
     def __init__(self, instance: Scraped) -> None:
@@ -111,6 +113,13 @@ class InstanceCollector(Collector):
         for listener, certificate, end in self.instance.certificate_ends():
             ends.add_metric([listener, certificate], end)
         yield ends
+        failed = CounterMetricFamily("croupier_tls_handshake_failures",
+                                     "TLS handshakes that failed, by reason (OpenSSL's, or "
+                                     "timeout, or plain HTTP sent to a TLS port).",
+                                     labels=["reason"])
+        for cause, n in sorted(self.instance.tls_failures().items()):
+            failed.add_metric([cause], n)
+        yield failed
         info = GaugeMetricFamily("croupier_build_info", "Always 1: the version, and whether "
                                  "the data plane is compiled (mypyc) or interpreted.",
                                  labels=["version", "data_plane"])

@@ -22,7 +22,7 @@ class HasDeadline(Protocol):
 
 class ProxyContext:
     __slots__ = ("connections", "loop", "member_failed", "request_count", "request_prefix",
-                 "time")
+                 "time", "tls_failures")
 
     def __init__(self, loop: asyncio.AbstractEventLoop,
                  member_failed: Callable[[Member, str], None]) -> None:
@@ -35,6 +35,10 @@ class ProxyContext:
         # Request IDs: a prefix drawn once a process, then a counter (no syscall a request).
         self.request_prefix = os.urandom(6).hex().encode() + b"-"
         self.request_count = 0
+        self.tls_failures: dict[str, int] = {}     # handshakes that failed, by reason
+
+    def count_tls_failure(self, reason: str) -> None:
+        self.tls_failures[reason] = self.tls_failures.get(reason, 0) + 1
 
     def new_request_id(self) -> bytes:
         self.request_count += 1

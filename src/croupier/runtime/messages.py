@@ -187,6 +187,7 @@ class Stats(_Message):
     connections: dict[str, int]
     log_written: int = 0        # access log lines
     log_dropped: int = 0
+    tls_failures: dict[str, int] = {}       # failed TLS handshakes by reason
 
 
 class Prepared(_Message):

@@ -121,7 +121,8 @@ def worker_stats(balancer: Balancer) -> Stats:
         unserved={p.name: TallyState.of(p.unserved) for p in balancer.pools.values()},
         connections={lst.name: lst.open_connections for lst in balancer.listeners},
         log_written=sum(lg.written for lg in balancer.access_logs.values()),
-        log_dropped=sum(lg.dropped for lg in balancer.access_logs.values()))
+        log_dropped=sum(lg.dropped for lg in balancer.access_logs.values()),
+        tls_failures=dict(balancer.context.tls_failures))
 
 
 async def _send(writer: asyncio.StreamWriter, message: BaseModel) -> None:
@@ -295,6 +296,7 @@ class Supervisor:
         self._tasks: set[asyncio.Task[Any]] = set()     # held: a task nobody holds may vanish
         self._retired: dict[str, Counters] = {}         # counters of workers that died
         self._retired_log = (0, 0)                      # their access log lines, dropped
+        self._retired_tls: dict[str, int] = {}         # their failed TLS handshakes
         self._retired_unserved: dict[str, TallyState] = {}   # their pools', no member
         self._seq = 0
         self._pushed: States | None = None
@@ -447,6 +449,8 @@ class Supervisor:
         if w.stats is not None:
             self._retired_log = (self._retired_log[0] + w.stats.log_written,
                                  self._retired_log[1] + w.stats.log_dropped)
+            for why, n in w.stats.tls_failures.items():
+                self._retired_tls[why] = self._retired_tls.get(why, 0) + n
         w.stats = None
         w.ready = False
         for answer in w.answers.values():
@@ -631,11 +635,15 @@ class Supervisor:
             for lst in self.balancer.listeners:
                 lst.open_connections = connections.get(lst.name, 0)
             written, dropped = self._retired_log
+            failures = dict(self._retired_tls)
             for w in self.workers:
                 if w.stats is not None:
                     written += w.stats.log_written
                     dropped += w.stats.log_dropped
+                    for why, n in w.stats.tls_failures.items():
+                        failures[why] = failures.get(why, 0) + n
             self.balancer.log_counts = (written, dropped)
+            self.balancer.tls_failure_counts = failures
 
     async def stop(self) -> None:
         self.stopping = True
