@@ -480,3 +480,64 @@ class _Local:
 
     async def close(self) -> None:
         pass
+
+
+# ---- PROXY protocol -----------------------------------------------------------------------------
+
+def _proxied_config(members: list[str], trusted: str, log: Path, **listener: Any
+                    ) -> dict[str, Any]:
+    config = proxy_config(members, proxy_protocol=True, trusted_proxies=[trusted], **listener)
+    config["access_log"] = {"path": str(log), "format": "json"}
+    return config
+
+
+@pytest.mark.parametrize("header", [
+    b"PROXY TCP4 203.0.113.7 10.0.0.1 51234 443\r\n",
+    b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c" + bytes([203, 0, 113, 7, 10, 0, 0, 1])
+    + (51234).to_bytes(2, "big") + (443).to_bytes(2, "big"),
+], ids=["v1", "v2"])
+def test_a_proxy_header_from_a_trusted_balancer_names_the_client(backends, croupier, tmp_path,
+                                                                 header):
+    c = croupier(_proxied_config([backends[0].address], "127.0.0.1", tmp_path / "a.log"))
+    with socket.create_connection(("127.0.0.1", c.port), timeout=5) as s:
+        s.sendall(header + b"GET /echo HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        status, _, body = read_response(s, bytearray())
+    assert status == 200
+    headers = {k.lower(): v for k, v in json.loads(body)["headers"]}
+    assert headers["x-forwarded-for"] == "203.0.113.7"
+    c.lt.call(lambda: [lg.flush() for lg in c.balancer.access_logs.values()])
+    [line] = [json.loads(x) for x in (tmp_path / "a.log").read_text().splitlines()]
+    assert (line["client"], line["client_port"]) == ("203.0.113.7", 51234)
+
+
+def test_a_proxy_header_from_anyone_else_gets_no_answer(backends, croupier, tmp_path):
+    c = croupier(_proxied_config([backends[0].address], "10.9.9.9", tmp_path / "a.log"))
+    with socket.create_connection(("127.0.0.1", c.port), timeout=5) as s:
+        s.sendall(b"PROXY TCP4 203.0.113.7 10.0.0.1 51234 443\r\n"
+                  b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        try:
+            got = s.recv(4096)
+        except ConnectionResetError:
+            got = b""
+    assert got == b"" and backends[0].requests == 0
+
+
+def test_a_proxy_header_before_tls(backends, croupier, pki, tmp_path):
+    config = _proxied_config([backends[0].address], "127.0.0.1", tmp_path / "a.log")
+    config["listeners"][0]["tls"] = tls_config([], pki)["listeners"][0]["tls"]
+    c = croupier(config)
+    with socket.create_connection(("127.0.0.1", c.port), timeout=5) as raw:
+        raw.sendall(b"PROXY TCP4 203.0.113.9 10.0.0.1 40000 443\r\n")
+        with client_context(pki).wrap_socket(raw, server_hostname="a.test") as s:
+            s.sendall(b"GET /echo HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            status, _, body = read_response(s, bytearray())
+    assert status == 200
+    headers = {k.lower(): v for k, v in json.loads(body)["headers"]}
+    assert headers["x-forwarded-for"] == "203.0.113.9"
+    assert headers["x-forwarded-proto"] == "https"
+
+
+def test_check_refuses_proxy_protocol_without_trusted_proxies():
+    config = proxy_config(["127.0.0.1:9"], proxy_protocol=True)
+    [(key, reason)] = _problems(config)
+    assert key == "listeners[0] (web).proxy_protocol" and "trusted_proxies" in reason

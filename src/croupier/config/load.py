@@ -190,6 +190,9 @@ def validate_config(data: dict[str, Any], path: Path | str = "<config>") -> Load
             if r.path_prefix is None and r.host is None:
                 problems.append((f"{base}.routes[{j}]",
                                  "a route needs path_prefix, host, or both"))
+        if lst.proxy_protocol and not lst.trusted_proxies:
+            problems.append((f"{base}.proxy_protocol",
+                             "needs trusted_proxies: the balancers allowed to send the header"))
         if lst.redirect_to_https is not None:
             target = next((t for t in config.listeners if t.name == lst.redirect_to_https), None)
             if target is None:

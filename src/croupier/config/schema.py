@@ -229,6 +229,9 @@ class ListenerConfig(_Strict):
     # A plain listener that answers every request with a 308 to the same target on this
     # TLS listener.
     redirect_to_https: Name | None = None
+    # Connections open with a PROXY protocol header (v1 or v2) from an L4 balancer among
+    # trusted_proxies, naming the client.
+    proxy_protocol: bool = False
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -220,6 +220,17 @@ class ClientConnection(Downstream):
         self.listener.open_connections += 1
         self.deadline = self.listener.time() + self.listener.keepalive_timeout
 
+    def use_client_address(self, peer: bytes, port: int) -> None:
+        """The client a PROXY header named (proxy/proxy_protocol.py): the address this
+        connection logs, forwards and balances on from now on."""
+        self.peer = peer
+        self.peer_port = port
+        listener = self.listener
+        self.trusted = bool(listener.trusted) and listener.trusts(peer)
+        if listener.access_log is not None:
+            self.log_client = listener.access_log.client_piece(peer, port, listener.name_bytes,
+                                                               self.tls_info)
+
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
             self.tunnel.send(data)

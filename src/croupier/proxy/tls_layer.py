@@ -37,8 +37,8 @@ PLAIN_TO_TLS: Final = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\
 class TlsLayer:
     """The protocol of a TLS listener's TCP connection."""
 
-    __slots__ = ("app", "first", "handshaking", "incoming", "listener", "obj", "outgoing", "raw",
-                 "timer", "transport")
+    __slots__ = ("app", "client", "first", "handshaking", "incoming", "listener", "obj",
+                 "outgoing", "raw", "timer", "transport")
 
     def __init__(self, listener: Listener) -> None:
         tls = listener.tls
@@ -52,6 +52,7 @@ class TlsLayer:
         self.raw: asyncio.Transport | None = None
         self.handshaking = True
         self.first = True
+        self.client: tuple[bytes, int] | None = None    # from a PROXY header
         self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -119,6 +120,8 @@ class TlsLayer:
             self.timer = None
         self.flush()
         self.app.connection_made(self.transport)
+        if self.client is not None:
+            self.app.use_client_address(self.client[0], self.client[1])
         return True
 
     def _plain(self, data: bytes) -> None:

@@ -40,6 +40,7 @@ from croupier.proxy.access_log import AccessLog
 from croupier.proxy.client import ClientConnection, client_protocol
 from croupier.proxy.context import ProxyContext
 from croupier.proxy.listener import Listener
+from croupier.proxy.proxy_protocol import proxy_protocol
 from croupier.proxy.tls import ListenerTls, load_table
 from croupier.proxy.tls_layer import tls_protocol
 from croupier.proxy.upstream import UpstreamPool
@@ -316,7 +317,8 @@ class Balancer:
         # TLS is croupier's own layer (proxy/tls_layer.py), not uvloop's: measured the same
         # in requests a second, less memory an idle connection, and it can count failed
         # handshakes, answer plain HTTP and close lingering.
-        factory = tls_protocol if listener.tls is not None else client_protocol
+        factory = (proxy_protocol if listener.config.proxy_protocol
+                   else tls_protocol if listener.tls is not None else client_protocol)
         return await self.loop.create_server(factory(listener), sock=sock, backlog=4096)
 
     def _tls(self, loaded: LoadedConfig, lc: ListenerConfig) -> ListenerTls | None:
