@@ -541,3 +541,81 @@ def test_check_refuses_proxy_protocol_without_trusted_proxies():
     config = proxy_config(["127.0.0.1:9"], proxy_protocol=True)
     [(key, reason)] = _problems(config)
     assert key == "listeners[0] (web).proxy_protocol" and "trusted_proxies" in reason
+
+
+# ---- TLS to members -----------------------------------------------------------------------------
+
+class TlsMember:
+    """A member that speaks HTTPS: answers each request with the name the client asked for
+    (SNI), counting the connections croupier relays requests on (health checks apart)."""
+
+    def __init__(self, loop_thread: Any, ca: trustme.CA, name: str) -> None:
+        self.lt = loop_thread
+        self.names: list[str | None] = []
+        self.connections = 0
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ca.issue_cert(name).configure_cert(ctx)
+        ctx.sni_callback = lambda obj, server_name, c: self.names.append(server_name)
+        self.server = loop_thread.run(asyncio.start_server(self._serve, "127.0.0.1", 0,
+                                                           ssl=ctx))
+        self.address = f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        first = True
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                if first and b"croupier-health-check" not in head:
+                    self.connections += 1       # connections that carried relayed requests
+                first = False
+                body = f"over tls, sni={self.names[-1] if self.names else None}".encode()
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                             % (len(body), body))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+def _member_tls_config(member: TlsMember, ca_file: Path, **tls: Any) -> dict[str, Any]:
+    return proxy_config([member.address], pool_options={
+        "tls": {"ca": str(ca_file), **tls},
+        "health": {"path": "/", "interval": "200ms", "timeout": "1s", "rise": 1, "fall": 1},
+        "retries": 0})
+
+
+def test_requests_reach_a_member_over_tls_and_its_connection_is_reused(backend_loop, croupier,
+                                                                      ca, pki):
+    import httpx
+    from helpers import wait_until
+
+    member = TlsMember(backend_loop, ca, "member.test")
+    c = croupier(_member_tls_config(member, pki["ca.pem"], server_name="member.test"))
+    wait_until(lambda: c.state(lambda: c.member("app", 0).health) == "up",
+               message="the health check over TLS passes")
+    with httpx.Client() as client:
+        for _ in range(3):
+            r = client.get(c.url("/x"))
+            assert r.status_code == 200 and r.text == "over tls, sni=member.test"
+    requests = member.connections
+    with httpx.Client() as client:
+        assert client.get(c.url("/y")).status_code == 200
+    assert member.connections == requests, "a kept-alive TLS connection was not reused"
+
+
+def test_a_member_whose_certificate_does_not_verify_is_a_502(backend_loop, croupier, pki):
+    import httpx
+
+    member = TlsMember(backend_loop, trustme.CA(), "member.test")     # another CA
+    config = _member_tls_config(member, pki["ca.pem"], server_name="member.test")
+    del config["pools"][0]["health"]
+    c = croupier(config)
+    r = httpx.get(c.url("/x"))
+    assert r.status_code == 502 and "CERTIFICATE_VERIFY_FAILED" in r.text
+
+
+def test_check_names_a_missing_member_ca(tmp_path):
+    config = proxy_config(["127.0.0.1:9"], pool_options={"tls": {"ca": str(tmp_path / "no.pem")}})
+    [(key, reason)] = _problems(config)
+    assert key == "pools[0] (app).tls.ca" and "no.pem: no such file" in reason

@@ -67,6 +67,20 @@ def server_context(min_version: str, client_ca: Path | None = None,
     return ctx
 
 
+def member_context(ca: Path | None, verify: bool, cert: Path | None,
+                   key: Path | None) -> ssl.SSLContext:
+    """A client context for TLS to members (OSError or ssl.SSLError when a file will not
+    do)."""
+    ctx = ssl.create_default_context(cafile=str(ca) if ca is not None else None)
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if cert is not None:
+        ctx.load_cert_chain(cert, key)
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
 def check_client_ca(path: Path) -> None:
     """A CA file clients' certificates are checked against (CertificateError naming it)."""
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import ssl
 import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -12,7 +13,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from croupier.config.certificates import CertificateError, check_client_ca, load_certificate
+from croupier.config.certificates import (
+    CertificateError,
+    check_client_ca,
+    load_certificate,
+    member_context,
+)
 from croupier.config.schema import Config, MemberConfig, is_address, split_address
 
 
@@ -220,6 +226,23 @@ def validate_config(data: dict[str, Any], path: Path | str = "<config>") -> Load
                     problems.append((f"{base}.tls.client_ca", str(e)))
 
     members: dict[str, list[MemberSpec]] = {}
+    for i, p in enumerate(config.pools):
+        if p.tls is not None:
+            t, here = p.tls, Path(path).parent
+            missing = [(f, here / n) for f, n in (("ca", t.ca), ("cert", t.cert), ("key", t.key))
+                       if n is not None and not (here / n).is_file()]
+            for field, file in missing:
+                problems.append((f"pools[{i}] ({p.name}).tls.{field}", f"{file}: no such file"))
+            if (t.cert is None) != (t.key is None):
+                problems.append((f"pools[{i}] ({p.name}).tls",
+                                 "a client certificate needs both cert and key"))
+            elif not missing:
+                try:
+                    member_context(here / t.ca if t.ca else None, t.verify,
+                                   here / t.cert if t.cert else None,
+                                   here / t.key if t.key else None)
+                except (OSError, ssl.SSLError) as e:
+                    problems.append((f"pools[{i}] ({p.name}).tls", f"cannot be used: {e}"))
     for i, p in enumerate(config.pools):
         specs: list[MemberSpec] = []
         names: set[str] = set()

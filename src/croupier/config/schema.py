@@ -399,6 +399,17 @@ def _known_policy(v: str) -> str:
 Algorithm = Annotated[str, AfterValidator(_known_policy)]
 
 
+class PoolTlsConfig(_Strict):
+    """TLS to a pool's members (proxy/upstream.py), health checks included."""
+
+    ca: Text | None = None              # the CAs members' certificates are checked against;
+                                        # the system's store when absent
+    verify: bool = True                 # false: any certificate (a test bed, never production)
+    server_name: Text | None = None     # verified and sent as SNI; members' addresses if absent
+    cert: Text | None = None            # a client certificate, for members that ask for one
+    key: Text | None = None
+
+
 class PoolConfig(_Strict):
     name: Name
     algorithm: Algorithm = "round_robin"
@@ -419,6 +430,7 @@ class PoolConfig(_Strict):
     # Retries may add at most this share to the pool's requests of the last 10 s...
     retry_budget_percent: int = Field(default=20, ge=0, le=100)
     retry_burst: int = Field(default=10, ge=0)     # ...or this many, whichever is more
+    tls: PoolTlsConfig | None = None    # HTTPS to the members; plain HTTP when absent
 
     @field_validator("hash_key")
     @classmethod

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import random
 import re
+import ssl
 from typing import TYPE_CHECKING, Protocol
 
 import aiohttp
@@ -167,9 +168,13 @@ class Checker:
         if cfg.type == "tcp":
             return await self.probe_tcp(member.address, port, cfg.timeout)
         host = f"[{member.address}]" if ":" in member.address else member.address
-        url = f"http://{host}:{port}{cfg.path}"
+        upstream = member.upstream
+        tls = upstream.tls if upstream is not None else None
+        scheme = "https" if tls is not None else "http"
+        url = f"{scheme}://{host}:{port}{cfg.path}"
         return await self.probe_http(url, cfg.method, cfg.host or f"{host}:{port}",
-                                     cfg.timeout, cfg.expect_status, cfg.body_regex)
+                                     cfg.timeout, cfg.expect_status, cfg.body_regex, tls,
+                                     (upstream.server_name or None) if upstream else None)
 
     # ---- hosts -----------------------------------------------------------------------------
 
@@ -222,14 +227,18 @@ class Checker:
         return True, "connected"
 
     async def probe_http(self, url: str, method: str, host_header: str | None, timeout: float,
-                         expect: frozenset[int], body_regex: str | None) -> tuple[bool, str]:
+                         expect: frozenset[int], body_regex: str | None,
+                         tls: ssl.SSLContext | None = None,
+                         server_name: str | None = None) -> tuple[bool, str]:
         headers = {"User-Agent": "croupier-health-check", "Connection": "close"}
         if host_header is not None:
             headers["Host"] = host_header
         try:
             async with self._http().request(
                     method, url, headers=headers, allow_redirects=False,
-                    timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+                    timeout=aiohttp.ClientTimeout(total=timeout),
+                    ssl=tls if tls is not None else True,
+                    server_hostname=server_name) as resp:
                 body = await resp.content.read(_BODY_LIMIT) if body_regex else b""
                 status = resp.status
         except TimeoutError:

@@ -13,6 +13,7 @@ The data plane only reads `pool.policy`.
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections import deque
 from enum import StrEnum
@@ -83,6 +84,10 @@ class Upstream(Protocol):
     handles them: emptied when the member may take no more requests."""
 
     def close_idle(self) -> None: ...
+
+    # TLS to the member ([pools.tls]), which health checks use too; None: plain HTTP
+    tls: ssl.SSLContext | None
+    server_name: str
 
 
 def strongest(states: dict[str, str]) -> str:

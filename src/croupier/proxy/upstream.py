@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, cast
 
@@ -827,7 +828,7 @@ class UpstreamPool:
     """The kept-alive connections to one member, reused last-in first-out."""
 
     __slots__ = ("connect_timeout", "context", "idle", "idle_timeout", "max_idle", "member",
-                 "open", "response_timeout", "time")
+                 "open", "response_timeout", "server_name", "time", "tls")
 
     def __init__(self, context: ProxyContext, member: Member, connect_timeout: float,
                  response_timeout: float, idle_timeout: float, max_idle: int) -> None:
@@ -840,6 +841,8 @@ class UpstreamPool:
         self.max_idle = max_idle
         self.idle: list[UpstreamConnection] = []
         self.open = 0
+        self.tls: ssl.SSLContext | None = None     # [pools.tls]: HTTPS to the member
+        self.server_name = ""                   # verified and sent as SNI ("": its address)
 
     def acquire(self) -> UpstreamConnection | None:
         idle = self.idle
@@ -878,10 +881,16 @@ class UpstreamPool:
         member = self.member
         try:
             # No Python base class (see client_protocol): uvloop only calls its methods.
-            _, proto = await asyncio.wait_for(
-                loop.create_connection(lambda: cast(asyncio.Protocol, UpstreamConnection(self)),
-                                       member.address, member.port),
-                self.connect_timeout)
+            tls = self.tls
+            if tls is None:
+                connecting = loop.create_connection(
+                    lambda: cast(asyncio.Protocol, UpstreamConnection(self)), member.address,
+                    member.port)
+            else:
+                connecting = loop.create_connection(
+                    lambda: cast(asyncio.Protocol, UpstreamConnection(self)), member.address,
+                    member.port, ssl=tls, server_hostname=self.server_name or member.address)
+            _, proto = await asyncio.wait_for(connecting, self.connect_timeout)
             conn = cast(UpstreamConnection, proto)
         except TimeoutError:
             self.open -= 1

@@ -29,7 +29,7 @@ from typing import Any, Protocol, cast
 
 from croupier.admin.ops import OpError
 from croupier.admin.schedule import Scheduler
-from croupier.config.certificates import CertificateError, certificate_end
+from croupier.config.certificates import CertificateError, certificate_end, member_context
 from croupier.config.load import ConfigError, LoadedConfig, MemberSpec, load_config
 from croupier.config.schema import ListenerConfig, PoolConfig, split_address
 from croupier.health.checks import Checker
@@ -122,6 +122,7 @@ class Balancer:
         self.access_logs: dict[tuple[str, bool], AccessLog] = {}
         self._certificate_ends: dict[tuple[str, int], float] = {}    # by file and mtime
         self.tls_failure_counts: dict[str, int] | None = None   # set by a supervisor
+        self._member_tls: dict[tuple[str, str], ssl.SSLContext] = {}   # by pool and config
         # The supervisor's: after a change of membership or weights (it tells its workers),
         # after any member or host state change (it pushes the new states), and the workers'
         # two phases of a reload.
@@ -157,12 +158,33 @@ class Balancer:
         if member.upstream is None:
             member.upstream = UpstreamPool(self.context, member, pc.connect_timeout,
                                            pc.response_timeout, pc.idle_timeout, pc.max_idle)
-        else:
-            up = cast(UpstreamPool, member.upstream)
-            up.connect_timeout = pc.connect_timeout
-            up.response_timeout = pc.response_timeout
-            up.idle_timeout = pc.idle_timeout
-            up.max_idle = pc.max_idle
+        up = cast(UpstreamPool, member.upstream)
+        up.connect_timeout = pc.connect_timeout
+        up.response_timeout = pc.response_timeout
+        up.idle_timeout = pc.idle_timeout
+        up.max_idle = pc.max_idle
+        tls = self.member_tls(pc)
+        if tls is not up.tls:
+            up.close_idle()                 # kept connections were made the old way
+        up.tls = tls
+        up.server_name = pc.tls.server_name or "" if pc.tls is not None else ""
+
+    def member_tls(self, pc: PoolConfig) -> ssl.SSLContext | None:
+        """A pool's client context for TLS to its members, made once a config."""
+        if pc.tls is None:
+            return None
+        key = (pc.name, self.loaded.digest)
+        ctx = self._member_tls.get(key)
+        if ctx is None:
+            t = pc.tls
+            beside = self.loaded.beside
+            ctx = member_context(beside(t.ca) if t.ca else None, t.verify,
+                                 beside(t.cert) if t.cert else None,
+                                 beside(t.key) if t.key else None)
+            self._member_tls = {k: v for k, v in self._member_tls.items()
+                                if k[1] == self.loaded.digest}
+            self._member_tls[key] = ctx
+        return ctx
 
     def retire(self, member: Member) -> None:
         """A member left: no new requests; those in flight finish on their own."""
