@@ -619,3 +619,22 @@ def test_check_names_a_missing_member_ca(tmp_path):
     config = proxy_config(["127.0.0.1:9"], pool_options={"tls": {"ca": str(tmp_path / "no.pem")}})
     [(key, reason)] = _problems(config)
     assert key == "pools[0] (app).tls.ca" and "no.pem: no such file" in reason
+
+
+def test_a_refused_body_over_tls_gets_its_answer_and_a_clean_close(backends, croupier, pki):
+    """Lingering close under TLS: the 413 goes out, then close_notify and a shut TCP write
+    side while the rest of the body is read and dropped, so the client reads the whole answer
+    and a clean end, not a reset."""
+    config = tls_config([backends[0].address], pki)
+    config["listeners"][0]["max_body_size"] = 10
+    c = croupier(config)
+    with socket.create_connection(("127.0.0.1", c.port), timeout=5) as raw, \
+            client_context(pki).wrap_socket(raw, server_hostname="a.test") as s:
+        s.sendall(b"POST /sink HTTP/1.1\r\nHost: a.test\r\nContent-Length: 300000\r\n\r\n")
+        for _ in range(10):
+            s.sendall(b"x" * 30000)             # still sending after croupier answered
+        got = b""
+        while chunk := s.recv(65536):           # b"": close_notify came, a clean end
+            got += chunk
+    assert got.startswith(b"HTTP/1.1 413 "), got[:80]
+    assert backends[0].requests == 0

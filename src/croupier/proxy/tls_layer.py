@@ -38,7 +38,7 @@ class TlsLayer:
     """The protocol of a TLS listener's TCP connection."""
 
     __slots__ = ("app", "client", "first", "handshaking", "incoming", "listener", "obj",
-                 "outgoing", "raw", "timer", "transport")
+                 "outgoing", "raw", "shut", "timer", "transport")
 
     def __init__(self, listener: Listener) -> None:
         tls = listener.tls
@@ -52,6 +52,7 @@ class TlsLayer:
         self.raw: asyncio.Transport | None = None
         self.handshaking = True
         self.first = True
+        self.shut = False               # close_notify sent: nothing more is decrypted
         self.client: tuple[bytes, int] | None = None    # from a PROXY header
         self.timer: asyncio.TimerHandle | None = None
 
@@ -69,6 +70,8 @@ class TlsLayer:
             self.raw.abort()
 
     def data_received(self, data: bytes) -> None:
+        if self.shut:                           # lingering: read and dropped, not decrypted
+            return
         if self.handshaking:
             if self.first and data:
                 self.first = False
@@ -99,6 +102,8 @@ class TlsLayer:
             if not chunk:
                 break
             app.data_received(chunk)
+            if self.shut:                       # it answered and closed: no more reading
+                return
         if self.outgoing.pending:               # TLS 1.3 tickets, key updates
             self.flush()
 
@@ -182,6 +187,7 @@ class TlsTransport(asyncio.Transport):
 
     def _notify(self) -> None:
         layer = self.layer
+        layer.shut = True
         with contextlib.suppress(ssl.SSLError):      # WantRead: theirs has not come yet
             layer.obj.unwrap()                  # close_notify
         layer.flush()
