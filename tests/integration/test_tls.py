@@ -638,3 +638,36 @@ def test_a_refused_body_over_tls_gets_its_answer_and_a_clean_close(backends, cro
             got += chunk
     assert got.startswith(b"HTTP/1.1 413 "), got[:80]
     assert backends[0].requests == 0
+
+
+def test_a_reload_that_turns_tls_off_on_the_same_address_is_refused(backends, pki, tmp_path):
+    from helpers import Croupier, free_port
+
+    port = free_port()
+    tls = (f'  [listeners.tls]\n'
+           f'  certificates = [{{ cert = "{pki["a.pem"]}", key = "{pki["a.key"]}" }}]\n')
+    path = tmp_path / "croupier.toml"
+
+    def write(with_tls: bool) -> None:
+        path.write_text(f"""
+[admin]
+enabled = false
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:{port}"
+pool = "app"
+{tls if with_tls else ""}
+[[pools]]
+name = "app"
+members = ["{backends[0].address}"]
+""")
+    write(True)
+    c = Croupier.from_file(path)
+    try:
+        write(False)
+        result = c.lt.run(c.balancer.reload())
+        assert result["reloaded"] is False
+        assert "turns TLS or proxy_protocol on or off" in result["errors"][0]
+        assert served_names(port, pki, "a.test") == ["a.test"], "it still speaks TLS"
+    finally:
+        c.close()

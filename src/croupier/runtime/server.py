@@ -355,6 +355,11 @@ class Balancer:
         that does not load keeps the old one, and says why."""
         if listener.tls is None or lc.tls is None:
             return
+        old = listener.tls.config
+        if (old.min_version, old.client_ca, old.client_verify) != (
+                lc.tls.min_version, lc.tls.client_ca, lc.tls.client_verify):
+            log.warning("listener %r: a new min_version or client certificate setting takes a "
+                        "restart; the certificates are renewed now", lc.name)
         try:
             listener.tls.replace(load_table(lc.tls, loaded.beside(".")))
             listener.tls.config = lc.tls
@@ -510,6 +515,11 @@ class Balancer:
             loaded = load_config(self.loaded.path)
         except ConfigError as e:
             return _refused([f"{e.path}: {k}: {r}" for k, r in e.problems])
+        kept = _kept_listeners_that_change_kind(self.listeners, loaded)
+        if kept:
+            return _refused([f"{loaded.path}: listener {name!r} keeps its address but turns TLS "
+                             f"or proxy_protocol on or off: that takes a restart (or the new "
+                             f"setting on another address)" for name in kept])
         try:
             socks = self.bind_new_listeners(loaded)
         except OSError as e:
@@ -626,6 +636,18 @@ class Balancer:
             access_log.flush()
             access_log.close()
         self.access_logs.clear()
+
+
+def _kept_listeners_that_change_kind(listeners: list[Listener],
+                                     loaded: LoadedConfig) -> list[str]:
+    """Listeners a reload keeps (same name and address, so the same socket and protocol)
+    whose config turns TLS or the PROXY protocol on or off: what their socket speaks would
+    not change with it."""
+    old = {lst.name: lst.config for lst in listeners}
+    return [lc.name for lc in loaded.config.listeners
+            if lc.name in old and old[lc.name].listen == lc.listen
+            and ((old[lc.name].tls is None) != (lc.tls is None)
+                 or old[lc.name].proxy_protocol != lc.proxy_protocol)]
 
 
 def _redirect_port(loaded: LoadedConfig, lc: ListenerConfig) -> int:
