@@ -204,25 +204,15 @@ def _serial(port: int, pki: dict[str, Path]) -> int:
 
 def test_a_renewed_certificate_is_served_after_a_reload_and_a_bad_one_is_refused(
         backends, ca, pki, tmp_path):
-    from helpers import Croupier, free_port
+    from helpers import Croupier, write_config
 
     for name in ("a.pem", "a.key", "b.pem", "b.key"):
         shutil.copy(pki[name], tmp_path / name)
     (tmp_path / "a.key").chmod(0o600)
-    path = tmp_path / "croupier.toml"
-    path.write_text(f"""
-[admin]
-enabled = false
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:{free_port()}"
-pool = "app"
-  [listeners.tls]
-  certificates = [{{ cert = "a.pem", key = "a.key" }}, {{ cert = "b.pem", key = "b.key" }}]
-[[pools]]
-name = "app"
-members = ["{backends[0].address}"]
-""")
+    path = write_config(tmp_path, [backends[0].address], listener_extra=(
+        '  [listeners.tls]\n'
+        '  certificates = [{ cert = "a.pem", key = "a.key" },\n'
+        '                  { cert = "b.pem", key = "b.key" }]\n'))
     c = Croupier.from_file(path)
     try:
         port = c.port
@@ -641,28 +631,17 @@ def test_a_refused_body_over_tls_gets_its_answer_and_a_clean_close(backends, cro
 
 
 def test_a_reload_that_turns_tls_off_on_the_same_address_is_refused(backends, pki, tmp_path):
-    from helpers import Croupier, free_port
+    from helpers import Croupier, free_port, write_config
 
     port = free_port()
     tls = (f'  [listeners.tls]\n'
            f'  certificates = [{{ cert = "{pki["a.pem"]}", key = "{pki["a.key"]}" }}]\n')
-    path = tmp_path / "croupier.toml"
 
     def write(with_tls: bool) -> None:
-        path.write_text(f"""
-[admin]
-enabled = false
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:{port}"
-pool = "app"
-{tls if with_tls else ""}
-[[pools]]
-name = "app"
-members = ["{backends[0].address}"]
-""")
+        write_config(tmp_path, [backends[0].address], port=port,
+                     listener_extra=tls if with_tls else "")
     write(True)
-    c = Croupier.from_file(path)
+    c = Croupier.from_file(tmp_path / "croupier.toml")
     try:
         write(False)
         result = c.lt.run(c.balancer.reload())
