@@ -501,10 +501,24 @@ class Running:
     def url(self, path: str = "/") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
+    def all_pids(self) -> list[int]:
+        """croupier's processes: the supervisor and every process under it."""
+        found, todo = [], [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                todo += map(int, Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
+        return found
+
     def pids(self) -> list[int]:
-        """croupier's processes: the supervisor and its workers (or the one process)."""
-        kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
-        return [self.proc.pid, *map(int, kids)]
+        """The supervisor and its workers (or the one process): not the fork server."""
+        def name(pid: int) -> str:
+            try:
+                return Path(f"/proc/{pid}/comm").read_text().strip()
+            except (FileNotFoundError, ProcessLookupError):
+                return ""
+        return [p for p in self.all_pids() if name(p) != "croupier-fork"]
 
     def peak_rss_mib(self) -> float:
         """The highest peak RSS of any of croupier's processes."""
@@ -518,7 +532,7 @@ class Running:
 
     def stop(self) -> tuple[int, str]:
         """SIGTERM and wait; if that hangs, kill every process of croupier's and fail."""
-        pids = self.pids() if self.proc.poll() is None else [self.proc.pid]
+        pids = self.all_pids() if self.proc.poll() is None else [self.proc.pid]
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:

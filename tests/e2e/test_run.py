@@ -47,7 +47,7 @@ def run_croupier(tmp_path: Path) -> Iterator:
     yield start
     for r in started:
         if r.proc.poll() is None:
-            for pid in r.pids():                 # the supervisor and its workers
+            for pid in r.all_pids():             # the supervisor and its workers
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             r.proc.wait()
@@ -302,7 +302,7 @@ def _free(port: int) -> bool:
 
 def test_many_sequential_connections_do_not_leak_file_descriptors(backends, run_croupier):
     c = run_croupier([b.address for b in backends])
-    fd_dirs = [Path(f"/proc/{pid}/fd") for pid in c.pids()]
+    fd_dirs = [Path(f"/proc/{pid}/fd") for pid in c.all_pids()]
 
     def fds() -> int:
         return sum(len(list(d.iterdir())) for d in fd_dirs)
@@ -332,10 +332,10 @@ def _cli(path: Path, *args: str) -> str:
 def test_admin_states_and_added_members_survive_a_kill_and_restart(backends, tmp_path):
     path, port, admin_port = _admin_config(tmp_path, [b.address for b in backends[:2]])
     first = Running(path, port)
-    pids = first.pids()
+    pids = first.all_pids()
     try:
         wait_for_port(admin_port)
-        pids = first.pids()
+        pids = first.all_pids()
         _cli(path, "drain", f"app/{backends[0].address}")
         _cli(path, "members", "add", "app", backends[2].address)
         _cli(path, "maint", backends[1].address)
@@ -456,6 +456,33 @@ def test_a_worker_that_dies_is_restarted_and_the_others_carry_on(backends, tmp_p
     assert "exited with -9; starting it again" in out
 
 
+def test_with_its_fork_server_gone_a_dead_worker_is_started_as_a_program(backends, tmp_path):
+    path, port, admin_port = _workers_config(tmp_path, [b.address for b in backends])
+    c = Running(path, port)
+    try:
+        _wait_workers_ready(admin_port, 2)
+        fork_server = next(p for p in c.all_pids() if p not in c.pids())
+        os.kill(fork_server, signal.SIGKILL)
+
+        def workers() -> list[tuple[int, bool]]:
+            got = httpx.get(f"http://127.0.0.1:{admin_port}/api/v1/status", timeout=5)
+            return [(w["pid"], w["ready"]) for w in got.json()["workers"]]
+        # Its workers are nobody's children now (the supervisor is told of their ends).
+        first = workers()
+        os.kill(first[1][0], signal.SIGKILL)
+        wait_until(lambda: (w := workers())[1][0] != first[1][0] and w[1][1], timeout=15,
+                   message="a new worker")
+        assert workers()[1][0] in c.pids()      # a program the supervisor started
+        for _ in range(20):
+            with httpx.Client() as client:
+                assert client.get(c.url()).status_code == 200
+    finally:
+        code, out = c.stop()
+    assert "the fork server" in out and "is gone" in out, out
+    assert "exited with -1; starting it again" in out, out      # its code went with it
+    assert code == 0, out
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_every_process_stays_single_threaded_through_checks_and_admin_calls(backends, tmp_path,
                                                                             workers):
@@ -477,8 +504,8 @@ def test_every_process_stays_single_threaded_through_checks_and_admin_calls(back
         wait_until(checked, timeout=20, message="every member checked")
         with httpx.Client() as client:
             assert {client.get(c.url()).text for _ in range(6)} == {"a", "b", "c"}
-        threads = {pid: len(list(Path(f"/proc/{pid}/task").iterdir())) for pid in c.pids()}
-        assert len(threads) == (1 if workers == 1 else 1 + workers)
+        threads = {pid: len(list(Path(f"/proc/{pid}/task").iterdir())) for pid in c.all_pids()}
+        assert len(threads) == (1 if workers == 1 else 2 + workers)   # and the fork server
         assert set(threads.values()) == {1}, threads
     finally:
         code, out = c.stop()

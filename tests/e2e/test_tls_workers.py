@@ -1,16 +1,20 @@
 """`croupier run` with two workers and a TLS listener: each worker serves HTTPS from the
-supervisor's socket, and the supervisor's metrics sum the handshakes that failed."""
+supervisor's socket, the supervisor's metrics sum the handshakes that failed, and a session
+one worker began resumes on the other, across a reload and a worker started anew."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import socket
 import ssl
+import subprocess
 from pathlib import Path
 
 import httpx
 import trustme
-from helpers import Backend, Running, free_port, wait_until, write_config
+from helpers import CROUPIER, Backend, Running, free_port, read_response, wait_until, write_config
 
 
 def _failures(admin: int) -> dict[str, float]:
@@ -50,6 +54,78 @@ def test_two_workers_serve_https_and_count_failed_handshakes(backend_loop, tmp_p
         wait_until(lambda: _failures(admin) == {"plain HTTP": 3}, timeout=15,
                    message="the workers' failed handshakes summed")
         assert backend.requests == 6
+    finally:
+        code, out = running.stop()
+    assert code == 0, out
+
+
+def _issue(ca: trustme.CA, where: Path) -> None:
+    cert = ca.issue_cert("a.test", key_type=trustme.KeyType.ECDSA)
+    cert.cert_chain_pems[0].write_to_path(str(where / "a.pem"))
+    cert.private_key_pem.write_to_path(str(where / "a.key"))
+    (where / "a.key").chmod(0o600)
+
+
+def _served(admin: int) -> list[int]:
+    """Requests each worker has served."""
+    workers = httpx.get(f"http://127.0.0.1:{admin}/api/v1/status", timeout=5).json()["workers"]
+    return [sum(w["requests"].values()) for w in workers]
+
+
+def test_sessions_resume_on_any_worker_across_a_reload_and_a_restarted_worker(
+        backend_loop, tmp_path: Path):
+    backend = Backend(backend_loop, "a")
+    ca = trustme.CA(key_type=trustme.KeyType.ECDSA)
+    _issue(ca, tmp_path)
+    port, admin = free_port(), free_port()
+    path = write_config(tmp_path, [backend.address], port=port, admin_port=admin,
+                        top="workers = 2\n", listener_extra=(
+                            '  [listeners.tls]\n'
+                            '  certificates = [{ cert = "a.pem", key = "a.key" }]\n'))
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    session: ssl.SSLSession | None = None
+
+    def chain(n: int) -> list[bool]:
+        """n connections, each offering the session the one before it was given."""
+        nonlocal session
+        resumed = []
+        for _ in range(n):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                    ctx.wrap_socket(raw, server_hostname="a.test", session=session) as s:
+                s.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+                status, _, _ = read_response(s, bytearray())    # TLS 1.3 tickets come after
+                assert status == 200
+                resumed.append(s.session_reused)
+                session = s.session
+        return resumed
+
+    running = Running(path, port)
+    try:
+        assert chain(21) == [False] + [True] * 20
+        # Each worker served some: the kernel deals connections by their ports (one in 2**19
+        # to see all on one), so sessions one began resumed on the other.
+        wait_until(lambda: sum(_served(admin)) == 21, message="both workers' counts")
+        assert min(_served(admin)) > 0, _served(admin)
+        # A renewed certificate, reloaded: new handshakes get it, old sessions still resume.
+        _issue(ca, tmp_path)
+        r = subprocess.run([CROUPIER, "reload", "-c", str(path)], capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert chain(20) == [True] * 20
+        # A worker started in the place of one that died takes the same tickets.
+        pids = running.pids()
+        os.kill(pids[1], signal.SIGKILL)
+        wait_until(lambda: pids[1] not in running.pids(), message="the killed worker to go")
+        wait_until(lambda: len(running.pids()) == 3 and all(
+            w["ready"] for w in httpx.get(f"http://127.0.0.1:{admin}/api/v1/status",
+                                          timeout=5).json()["workers"]),
+                   timeout=15, message="a new worker")
+        before = _served(admin)
+        assert chain(20) == [True] * 20
+        wait_until(lambda: sum(_served(admin)) == sum(before) + 20, message="the counts")
+        after = _served(admin)
+        assert min(a - b for a, b in zip(after, before, strict=True)) > 0, (before, after)
     finally:
         code, out = running.stop()
     assert code == 0, out

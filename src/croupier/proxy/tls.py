@@ -6,6 +6,10 @@ Rules kept here (DESIGN.md, "Pitfalls"):
   was first wrapped with, not of the one the SNI callback switches to. The callback picks the
   certificate's context by the name the client asked for, from a table (`SniTable`) that a
   reload may replace.
+- Python cannot set ticket keys: a context makes its own, at random, when it is created. So
+  with workers, the session contexts are made once in the supervisor (`keep_sessions`) before
+  its fork server starts, and every worker forked from it wraps with the same ones: a ticket
+  one worker issued resumes on any other, and on a worker started later in its place.
 - Certificates of the same names with different key types (RSA and ECDSA) share one context:
   OpenSSL then serves the one the client's signature algorithms allow.
 - uvloop's TLS transport does the record layer; the data plane sees plain bytes, and knows a
@@ -22,13 +26,18 @@ from typing import Final
 
 from croupier.config.certificates import (
     Certificate,
+    CertificateError,
     load_certificate,
     name_matches,
     server_context,
 )
-from croupier.config.schema import ListenerTlsConfig
+from croupier.config.schema import ListenerConfig, ListenerTlsConfig
 
 SNI_ATTRIBUTE: Final = "croupier_sni"
+
+# Session contexts made before the workers were forked, by listener name, with the settings
+# they were made with and the certificate loaded into them (runtime/forkserver.py).
+_KEPT: Final[dict[str, tuple[tuple[str, str | None, str], Certificate, ssl.SSLContext]]] = {}
 
 
 class SniTable:
@@ -77,23 +86,35 @@ def load_table(config: ListenerTlsConfig, beside: Path) -> SniTable:
                     beside / config.client_ca if config.client_ca is not None else None)
 
 
+def _settings(config: ListenerTlsConfig) -> tuple[str, str | None, str]:
+    return (config.min_version, config.client_ca, config.client_verify)
+
+
 class ListenerTls:
     """A TLS listener's session context (kept) and its SNI table (replaced on reload)."""
 
-    def __init__(self, config: ListenerTlsConfig, table: SniTable) -> None:
+    def __init__(self, name: str, config: ListenerTlsConfig, table: SniTable) -> None:
         self.config = config
         self.table = table
-        # Client certificates are asked for and checked alike by every context: the one a
-        # connection starts with and the one the SNI callback may switch it to.
-        self.context = server_context(config.min_version, table.client_ca,
-                                      config.client_verify)
-        # Its own certificate is the default's: a client without SNI gets it even where the
-        # callback is not asked.
         first = table.certificates[0]
-        self.context.load_cert_chain(first.cert, first.key)
+        kept = _KEPT.get(name)
+        if kept is not None and kept[0] == _settings(config):
+            # Made before this worker was forked: its ticket keys are every worker's.
+            self.context, loaded = kept[2], kept[1]
+            self.inherited = True
+        else:
+            # Client certificates are asked for and checked alike by every context: the one
+            # a connection starts with and the one the SNI callback may switch it to.
+            self.context = server_context(config.min_version, table.client_ca,
+                                          config.client_verify)
+            # Its own certificate is the default's: a client without SNI gets it even where
+            # the callback is not asked.
+            self.context.load_cert_chain(first.cert, first.key)
+            loaded = first
+            self.inherited = False
         # Switching a connection's context copies its certificate in: skipped while the
         # session context's own certificate is the default's (until a reload replaces it).
-        self.default: ssl.SSLContext | None = table.default
+        self.default: ssl.SSLContext | None = table.default if loaded == first else None
         self.context.sni_callback = self._pick
 
     def replace(self, table: SniTable) -> None:
@@ -108,6 +129,25 @@ class ListenerTls:
             conn.context = chosen
         # The server side's SSLObject does not keep the name: kept for tls_summary.
         setattr(conn, SNI_ATTRIBUTE, server_name or "")
+
+
+def keep_sessions(listeners: list[ListenerConfig], beside: Path) -> list[str]:
+    """Make the session contexts of these TLS listeners now, to be inherited by every worker
+    forked after (a listener whose certificates do not load is left to its workers, which
+    report why). The names of the listeners kept."""
+    kept = []
+    for lc in listeners:
+        if lc.tls is None:
+            continue
+        try:
+            table = load_table(lc.tls, beside)
+            tls = ListenerTls(lc.name, lc.tls, table)
+        except (CertificateError, ssl.SSLError, OSError):
+            continue
+        tls.context.sni_callback = None     # each worker sets its own, on its own table
+        _KEPT[lc.name] = (_settings(lc.tls), table.certificates[0], tls.context)
+        kept.append(lc.name)
+    return kept
 
 
 def client_cert_field(transport: asyncio.BaseTransport) -> bytes:

@@ -74,7 +74,7 @@ def serve(loaded: LoadedConfig, log_args: tuple[str, ...] = ()) -> None:
             run(loaded)
         else:
             from croupier.runtime.workers import run_supervised
-            run_supervised(loaded, workers, build, log_args)
+            run_supervised(loaded, workers, build, log_args, [lock])
     finally:
         lock.close()
 

@@ -347,7 +347,7 @@ class Balancer:
         """A TLS listener's contexts (only where connections are served)."""
         if lc.tls is None or not self.serves:
             return None
-        return ListenerTls(lc.tls, load_table(lc.tls, loaded.beside(".")))
+        return ListenerTls(lc.name, lc.tls, load_table(lc.tls, loaded.beside(".")))
 
     def _renew_tls(self, listener: Listener, loaded: LoadedConfig, lc: ListenerConfig) -> None:
         """A reload with the listener's TLS still on: its certificates loaded anew, in place

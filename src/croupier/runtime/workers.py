@@ -1,7 +1,10 @@
 """Several processes: one supervisor, N workers (`workers = N` in the config).
 
-- Each worker is `croupier worker`, a subprocess that binds its own SO_REUSEPORT socket for
-  every listener and runs only the data plane. The kernel spreads new connections across them.
+- Each worker is a process forked from the fork server (runtime/forkserver.py: so that all
+  share their TLS listeners' session contexts, and so their ticket keys), or `croupier worker`
+  started as a new program should the fork server be gone. It serves its own SO_REUSEPORT
+  socket for every listener and runs only the data plane. The kernel spreads new connections
+  across them.
 - The supervisor binds no listener (it probe-binds each first, to find another process on
   it). It runs what must run once: health checks, maintenance windows, the admin API and the
   state file, on a model of its own that holds no connection. It owns the truth: workers
@@ -33,7 +36,8 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from croupier.config.load import ConfigError, LoadedConfig, load_text
-from croupier.runtime import messages, sockets
+from croupier.runtime import forkserver, messages, sockets
+from croupier.runtime.forkserver import Forked, ForkServer
 from croupier.runtime.messages import (
     Abort,
     Apply,
@@ -157,9 +161,12 @@ def _receive_sockets(channel: socket.socket, names: list[str]) -> dict[str, sock
 
 # ---- the worker ---------------------------------------------------------------------------
 
-def run_worker(channel_fd: int, index: int, build: Build) -> None:
-    """`croupier worker`: serve the listeners, follow the supervisor, report counters.
-    `build`: the composition root's (runtime/app.py)."""
+def run_worker(channel_fd: int, index: int, build: Build,
+               fds: dict[int, int] | None = None) -> None:
+    """A worker: serve the listeners, follow the supervisor, report counters. `build`: the
+    composition root's (runtime/app.py); `fds`: the descriptors the supervisor names, by its
+    numbers, where a forked worker holds them under others."""
+    mine = fds or {}
     from croupier.runtime import eventloop
 
     async def main() -> None:
@@ -169,8 +176,8 @@ def run_worker(channel_fd: int, index: int, build: Build) -> None:
         first = messages.to_worker.validate_json(await reader.readline())
         if not isinstance(first, Init):
             raise SystemExit(f"worker {index}: expected init, got {first.op}")
-        fd_channel = socket.socket(fileno=first.fd_channel)
-        inherited = {name: _listening(fd) for name, fd in first.sockets.items()}
+        fd_channel = socket.socket(fileno=mine.get(first.fd_channel, first.fd_channel))
+        inherited = {name: _listening(mine.get(fd, fd)) for name, fd in first.sockets.items()}
         try:
             loaded = load_text(first.config, first.path)
         except ConfigError as e:
@@ -266,7 +273,7 @@ def run_worker(channel_fd: int, index: int, build: Build) -> None:
 class Worker:
     def __init__(self, index: int) -> None:
         self.index = index
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: subprocess.Popen[bytes] | Forked | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.stats: Stats | None = None
         self.ready = False              # this incarnation said it serves
@@ -285,8 +292,9 @@ class Supervisor:
     Balancer's Coordinator: a reload is committed only when every worker has prepared it."""
 
     def __init__(self, loaded: LoadedConfig, workers: int, build: Build,
-                 log_args: tuple[str, ...] = ()) -> None:
+                 log_args: tuple[str, ...] = (), forks: ForkServer | None = None) -> None:
         self.loaded = loaded
+        self.forks = forks
         self.build = build
         self.count = workers
         self.log_args = log_args        # how workers log: as the supervisor does
@@ -355,16 +363,21 @@ class Supervisor:
         w.ready = False
         w.error = None
         w.answers = {}
-        # Plain Popen, watched by polling: uvloop's own process handles take over SIGCHLD
-        # through libuv, and after one respawn the supervisor stopped hearing SIGTERM.
-        w.proc = subprocess.Popen(
-            [sys.executable, "-m", "croupier", "worker", "--channel-fd", str(theirs.fileno()),
-             "--index", str(w.index), *self.log_args],
-            pass_fds=(theirs.fileno(), fd_theirs.fileno(),
-                      *(s.fileno() for s in w.sockets.values())),
-            # systemd hears from the supervisor only (NotifyAccess=main)
-            env={k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"})
-        fd_channel = fd_theirs.fileno()     # its number in the worker too (pass_fds)
+        fd_channel = fd_theirs.fileno()     # the worker knows it by this number
+        fds = [fd_channel, *(s.fileno() for s in w.sockets.values())]
+        w.proc = None
+        if self.forks is not None and self.forks.alive:
+            with contextlib.suppress(ConnectionError):
+                w.proc = await self.forks.spawn(w.index, theirs, fds)
+        if w.proc is None:
+            # Plain Popen, watched by polling: uvloop's own process handles take over SIGCHLD
+            # through libuv, and after one respawn the supervisor stopped hearing SIGTERM.
+            w.proc = subprocess.Popen(
+                [sys.executable, "-m", "croupier", "worker", "--channel-fd",
+                 str(theirs.fileno()), "--index", str(w.index), *self.log_args],
+                pass_fds=(theirs.fileno(), *fds),
+                # systemd hears from the supervisor only (NotifyAccess=main)
+                env={k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"})
         theirs.close()
         fd_theirs.close()
         reader, writer = await asyncio.open_connection(sock=ours)
@@ -665,20 +678,36 @@ class Supervisor:
                 await asyncio.sleep(WATCH_EVERY)
             if proc.poll() is None:
                 proc.kill()
-                proc.wait()
+                while proc.poll() is None and asyncio.get_running_loop().time() < deadline + 5:
+                    await asyncio.sleep(0.01)
         if self.balancer is not None:
             await self.balancer.stop(0)
         self._close_slots()
+        if self.forks is not None:
+            self.forks.close()
 
 
 def run_supervised(loaded: LoadedConfig, workers: int, build: Build,
-                   log_args: tuple[str, ...] = ()) -> None:
-    """The supervisor's process; `build`: the composition root's (runtime/app.py)."""
+                   log_args: tuple[str, ...] = (), close: list[Any] | None = None) -> None:
+    """The supervisor's process; `build`: the composition root's (runtime/app.py);
+    `close`: what the workers must not hold (the instance lock)."""
+    from croupier.proxy.tls import keep_sessions
     from croupier.runtime import eventloop
+
+    # Before any loop: the fork server is forked from this process as it is now.
+    kept = keep_sessions(loaded.config.listeners, loaded.beside("."))
+    if kept:
+        log.info("TLS sessions resume across workers on %s", ", ".join(kept))
+
+    def forked(index: int, channel: int, fds: dict[int, int]) -> int:
+        run_worker(channel, index, build, fds)
+        return 0
+
+    forks = forkserver.start(forked, close or [])
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        supervisor = Supervisor(loaded, workers, build, log_args)
+        supervisor = Supervisor(loaded, workers, build, log_args, forks)
 
         async def reload() -> None:
             assert supervisor.balancer is not None
