@@ -422,6 +422,26 @@ def test_hsts_on_every_response_of_the_tls_listener_the_members_own_replaced(
     assert b"\r\nstrict-transport-security: max-age=31536000; includesubdomains" in head
 
 
+def test_hsts_on_croupiers_own_answers_too(croupier, pki):
+    from helpers import dead_port
+
+    with dead_port() as port:
+        c = croupier(tls_config([f"127.0.0.1:{port}"], pki, hsts="max-age=600"))
+        for request, status in ((b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n", b"502"),
+                                (b"CONNECT a.test:443 HTTP/1.1\r\nHost: a.test\r\n\r\n", b"405")):
+            with socket.create_connection(("127.0.0.1", c.port), timeout=5) as sock, \
+                    client_context(pki).wrap_socket(sock, server_hostname="a.test") as s:
+                s.sendall(request)
+                got = b""
+                while b"\r\n\r\n" not in got:
+                    chunk = s.recv(4096)
+                    assert chunk, got
+                    got += chunk
+            head = got.split(b"\r\n\r\n")[0]
+            assert head.startswith(b"HTTP/1.1 " + status), head
+            assert b"\r\nStrict-Transport-Security: max-age=600\r\n" in head + b"\r\n", head
+
+
 def test_the_certificates_expiry_is_a_metric(backends, pki, tmp_path):
     import httpx
     from helpers import Croupier, write_config

@@ -895,7 +895,7 @@ class ClientConnection(Downstream):
         if req.request_id:
             extra = (*extra, (b"X-Request-ID", req.request_id))
         answer = simple_response(status, body, close=req.close_after, extra=extra,
-                                 content_type=content_type)
+                                 content_type=content_type, lines=self.listener.hsts)
         req.bytes_out += len(answer)
         req.finish(termination)
         self.transport.write(answer)
@@ -1205,7 +1205,8 @@ class ClientConnection(Downstream):
         status, why = self.error or (0, "")
         if status:
             log.info("client %s: %d %s", self.peer.decode(), status, why)
-            answer = simple_response(status, f"croupier: {why}\n", close=True)
+            answer = simple_response(status, f"croupier: {why}\n", close=True,
+                                     lines=self.listener.hsts)
             req = self.refused
             if req is None:     # refused before a request began (bytes no request starts with)
                 req = Exchange(self.listener, self.peer, self.peer_port, self.log_client)

@@ -189,12 +189,14 @@ def request_id_ok(value: bytes) -> bool:
 
 def simple_response(status: int, body: str, *, close: bool,
                     extra: tuple[tuple[bytes, bytes], ...] = (),
-                    content_type: bytes = b"text/plain; charset=utf-8") -> bytes:
-    """A complete response croupier answers itself (errors, redirects, lookups)."""
+                    content_type: bytes = b"text/plain; charset=utf-8",
+                    lines: bytes = b"") -> bytes:
+    """A complete response croupier answers itself (errors, redirects, lookups); `lines`:
+    whole field lines the listener adds to every response (Strict-Transport-Security)."""
     payload = body.encode()
     parts = [status_line(status),
              b"Content-Type: ", content_type, b"\r\n",
-             b"Content-Length: %d\r\n" % len(payload)]
+             b"Content-Length: %d\r\n" % len(payload), lines]
     for name, value in extra:
         parts += (name, b": ", value, b"\r\n")
     if close:
