@@ -431,6 +431,9 @@ class PoolConfig(_Strict):
     retry_budget_percent: int = Field(default=20, ge=0, le=100)
     retry_burst: int = Field(default=10, ge=0)     # ...or this many, whichever is more
     tls: PoolTlsConfig | None = None    # HTTPS to the members; plain HTTP when absent
+    # A PROXY header opens each member connection, naming the client: connections to members
+    # are then each client connection's own (reused for its next requests only).
+    send_proxy: Literal["v1", "v2"] | None = None
 
     @field_validator("hash_key")
     @classmethod

@@ -17,10 +17,13 @@ import contextlib
 import logging
 import random
 import re
+import socket
 import ssl
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
+import h11
 
 if TYPE_CHECKING:
     from croupier.config.schema import HealthConfig, HostCheckConfig
@@ -29,6 +32,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("croupier.health")
 
 _BODY_LIMIT = 65536      # bytes of a check's body matched against body_regex
+
+# What opens a check's connection to a member behind send_proxy (by version): a check speaks
+# for no client, so v2's LOCAL command and v1's UNKNOWN, which the member takes as "use the
+# connection's own addresses" (HAProxy's check-send-proxy does the same).
+PROXY_CHECK_HEADERS: Final = {1: b"PROXY UNKNOWN\r\n",
+                              2: b"\r\n\r\n\x00\r\nQUIT\n\x20\x00\x00\x00"}
 
 
 class Streak:
@@ -165,16 +174,18 @@ class Checker:
 
     async def probe_member(self, member: Member, cfg: HealthConfig) -> tuple[bool, str]:
         port = cfg.port or member.port
-        if cfg.type == "tcp":
-            return await self.probe_tcp(member.address, port, cfg.timeout)
-        host = f"[{member.address}]" if ":" in member.address else member.address
         upstream = member.upstream
+        header = PROXY_CHECK_HEADERS.get(upstream.send_proxy, b"") if upstream else b""
+        if cfg.type == "tcp":
+            return await self.probe_tcp(member.address, port, cfg.timeout, header)
+        host = f"[{member.address}]" if ":" in member.address else member.address
         tls = upstream.tls if upstream is not None else None
         scheme = "https" if tls is not None else "http"
         url = f"{scheme}://{host}:{port}{cfg.path}"
         return await self.probe_http(url, cfg.method, cfg.host or f"{host}:{port}",
                                      cfg.timeout, cfg.expect_status, cfg.body_regex, tls,
-                                     (upstream.server_name or None) if upstream else None)
+                                     (upstream.server_name or None) if upstream else None,
+                                     header)
 
     # ---- hosts -----------------------------------------------------------------------------
 
@@ -214,13 +225,16 @@ class Checker:
 
     # ---- probes ----------------------------------------------------------------------------
 
-    async def probe_tcp(self, address: str, port: int, timeout: float) -> tuple[bool, str]:
+    async def probe_tcp(self, address: str, port: int, timeout: float,
+                        proxy_header: bytes = b"") -> tuple[bool, str]:
         try:
             _, writer = await asyncio.wait_for(asyncio.open_connection(address, port), timeout)
         except TimeoutError:
             return False, f"connect timed out after {timeout:g}s"
         except OSError as e:
             return False, f"connect failed: {e.strerror or e}"
+        if proxy_header:
+            writer.write(proxy_header)
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
@@ -229,10 +243,14 @@ class Checker:
     async def probe_http(self, url: str, method: str, host_header: str | None, timeout: float,
                          expect: frozenset[int], body_regex: str | None,
                          tls: ssl.SSLContext | None = None,
-                         server_name: str | None = None) -> tuple[bool, str]:
+                         server_name: str | None = None,
+                         proxy_header: bytes = b"") -> tuple[bool, str]:
         headers = {"User-Agent": "croupier-health-check", "Connection": "close"}
         if host_header is not None:
             headers["Host"] = host_header
+        if proxy_header:
+            return await self._probe_after_header(url, method, headers, timeout, expect,
+                                                  body_regex, tls, server_name, proxy_header)
         try:
             async with self._http().request(
                     method, url, headers=headers, allow_redirects=False,
@@ -247,8 +265,67 @@ class Checker:
             return False, f"connect failed: {e.os_error.strerror or e.os_error}"
         except (aiohttp.ClientError, OSError) as e:
             return False, f"{type(e).__name__}: {e}"
-        if status not in expect:
-            return False, f"status {status}"
-        if body_regex is not None and not re.search(body_regex, body.decode("utf-8", "replace")):
-            return False, f"body did not match {body_regex!r}"
-        return True, f"status {status}"
+        return _judged(status, body, expect, body_regex)
+
+    async def _probe_after_header(self, url: str, method: str, headers: dict[str, str],
+                                  timeout: float, expect: frozenset[int],
+                                  body_regex: str | None, tls: ssl.SSLContext | None,
+                                  server_name: str | None, proxy_header: bytes,
+                                  ) -> tuple[bool, str]:
+        """probe_http for a member behind send_proxy: the PROXY header first, then (TLS and)
+        one HTTP/1.1 exchange, spoken by h11."""
+        parts = urlsplit(url)
+        address, port = parts.hostname or "", parts.port or 80
+        headers.setdefault("Host", parts.netloc)
+        loop = asyncio.get_running_loop()
+        writer: asyncio.StreamWriter | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                infos = await loop.getaddrinfo(address, port, type=socket.SOCK_STREAM)
+                family, kind, proto, _, where = infos[0]
+                sock = socket.socket(family, kind, proto)
+                sock.setblocking(False)
+                try:
+                    await loop.sock_connect(sock, where)
+                    await loop.sock_sendall(sock, proxy_header)
+                except BaseException:
+                    sock.close()
+                    raise
+                reader, writer = await asyncio.open_connection(
+                    sock=sock, ssl=tls,
+                    server_hostname=(server_name or address) if tls is not None else None)
+                conn = h11.Connection(h11.CLIENT)
+                writer.write(conn.send(h11.Request(method=method, target=parts.path or "/",
+                                                   headers=list(headers.items()))) or b"")
+                writer.write(conn.send(h11.EndOfMessage()) or b"")
+                status, body = 0, b""
+                while True:
+                    event = conn.next_event()
+                    if event is h11.NEED_DATA:
+                        conn.receive_data(await reader.read(65536))
+                    elif isinstance(event, h11.Response):
+                        status = event.status_code
+                    elif isinstance(event, h11.Data):
+                        body = (body + event.data)[:_BODY_LIMIT]
+                    elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                        break
+        except TimeoutError:
+            return False, f"no answer within {timeout:g}s"
+        except OSError as e:
+            return False, f"connect failed: {e.strerror or e}"
+        except h11.RemoteProtocolError as e:
+            return False, f"RemoteProtocolError: {e}"
+        finally:
+            if writer is not None:
+                writer.close()
+        return _judged(status, body, expect, body_regex)
+
+
+def _judged(status: int, body: bytes, expect: frozenset[int],
+            body_regex: str | None) -> tuple[bool, str]:
+    """A check's answer, passed or failed, and why."""
+    if status not in expect:
+        return False, f"status {status}"
+    if body_regex is not None and not re.search(body_regex, body.decode("utf-8", "replace")):
+        return False, f"body did not match {body_regex!r}"
+    return True, f"status {status}"

@@ -88,6 +88,7 @@ class Upstream(Protocol):
     # TLS to the member ([pools.tls]), which health checks use too; None: plain HTTP
     tls: ssl.SSLContext | None
     server_name: str
+    send_proxy: int         # 1, 2: a PROXY header of that version opens each connection
 
 
 def strongest(states: dict[str, str]) -> str:

@@ -63,6 +63,8 @@ from croupier.proxy.http import (
     without_h2c,
 )
 from croupier.proxy.tls import client_cert_field, tls_summary
+from croupier.proxy.upstream import IDLE as MEMBER_IDLE
+from croupier.proxy.upstream import proxy_header
 
 if TYPE_CHECKING:
     from croupier.model.state import Member, Pool
@@ -144,6 +146,8 @@ class ClientConnection(Downstream):
         "paused",
         "peer",
         "peer_port",
+        "private",
+        "proxy_header",
         "queue",
         "refused",
         "state",
@@ -198,6 +202,10 @@ class ClientConnection(Downstream):
         self._out: list[bytes] | None = None
         self._out_sink: UpstreamConnection | None = None
         self._feeding = False
+        # send_proxy: this client's own idle member connection, and the PROXY header (by
+        # version) that names it to members, made at its first use
+        self.private: UpstreamConnection | None = None
+        self.proxy_header: tuple[int, bytes] | None = None
 
     # ---- asyncio protocol interface ------------------------------------------------------
 
@@ -334,6 +342,9 @@ class ClientConnection(Downstream):
                     sink.detach()
         self.current = None
         self.queue = None
+        private, self.private = self.private, None
+        if private is not None and private.transport is not None:
+            private.transport.close()
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -690,11 +701,43 @@ class ClientConnection(Downstream):
         # The model knows a member's connections only as its Upstream protocol; every member
         # the data plane sees has an UpstreamPool (cast: a native call, not a generic one).
         upstream = cast("UpstreamPool", member.upstream)
+        if upstream.send_proxy:
+            self._send_private(req, upstream, fresh, now)
+            return
         conn = None if fresh else upstream.acquire()
         if conn is not None:
             self._attach(req, conn, now)
         else:
             upstream.connect(self, req)
+
+    def _send_private(self, req: Exchange, upstream: UpstreamPool, fresh: bool,
+                      now: float) -> None:
+        """send_proxy: on this client's own connection to the member, or a new one that a
+        PROXY header naming this client opens."""
+        conn = self.private
+        if (conn is not None and conn.pool is upstream and conn.state == MEMBER_IDLE
+                and not fresh):
+            self.private = None
+            upstream.private.discard(conn)
+            conn.reused = True
+            self._attach(req, conn, now)
+            return
+        header = self.proxy_header
+        if header is None or header[0] != upstream.send_proxy:
+            sockname = self.transport.get_extra_info("sockname") if self.transport else None
+            dst, dport = (sockname[0], sockname[1]) if sockname else ("0.0.0.0", 0)
+            header = self.proxy_header = (upstream.send_proxy, proxy_header(
+                upstream.send_proxy, self.peer, self.peer_port, dst, dport))
+        upstream.connect(self, req, header[1])
+
+    def keep(self, conn: UpstreamConnection) -> bool:
+        if self.transport is None:
+            return False
+        old = self.private
+        if old is not None and old is not conn and old.transport is not None:
+            old.transport.close()       # one kept a client: the one used last
+        self.private = conn
+        return True
 
     def _attach(self, req: Exchange, conn: UpstreamConnection, now: float) -> None:
         conn.attach(self, req, now)

@@ -53,6 +53,11 @@ class Downstream:
     def resume(self) -> None:
         raise NotImplementedError
 
+    def keep(self, conn: UpstreamConnection) -> bool:
+        """A member connection of this client's own (send_proxy) is free: keep it for the
+        client's next request (False: the client is gone, close it)."""
+        raise NotImplementedError
+
     def upstream_connected(self, ex: Exchange, conn: UpstreamConnection) -> None:
         """A new connection to the exchange's member is open: send the request on it."""
         raise NotImplementedError

@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import socket
 import ssl
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import httptools
 from mypy_extensions import i64
@@ -150,6 +152,7 @@ class UpstreamConnection:
         "client",
         "deadline",
         "out_mode",
+        "owner",
         "parser",
         "paused",
         "pool",
@@ -160,8 +163,11 @@ class UpstreamConnection:
         "transport",
     )
 
-    def __init__(self, pool: UpstreamPool) -> None:
+    def __init__(self, pool: UpstreamPool, owner: Downstream | None = None) -> None:
         self.pool = pool
+        # The client connection it is private to (send_proxy: its PROXY header named that
+        # client), kept by it between exchanges; None: any client's, kept by the pool.
+        self.owner = owner
         self.transport: asyncio.Transport | None = None
         # The transport's write, bound once (see _feed); set by connection_made.
         self._write: Callable[[bytes], None] = _unconnected
@@ -828,7 +834,8 @@ class UpstreamPool:
     """The kept-alive connections to one member, reused last-in first-out."""
 
     __slots__ = ("connect_timeout", "context", "idle", "idle_timeout", "max_idle", "member",
-                 "open", "response_timeout", "server_name", "time", "tls")
+                 "open", "private", "response_timeout", "send_proxy", "server_name", "time",
+                 "tls")
 
     def __init__(self, context: ProxyContext, member: Member, connect_timeout: float,
                  response_timeout: float, idle_timeout: float, max_idle: int) -> None:
@@ -843,6 +850,10 @@ class UpstreamPool:
         self.open = 0
         self.tls: ssl.SSLContext | None = None     # [pools.tls]: HTTPS to the member
         self.server_name = ""                   # verified and sent as SNI ("": its address)
+        self.send_proxy = 0                     # 1, 2: the PROXY protocol version sent first
+        # Idle connections that client connections keep for themselves (send_proxy): closed
+        # with the others when the member may take no more.
+        self.private: set[UpstreamConnection] = set()
 
     def acquire(self) -> UpstreamConnection | None:
         idle = self.idle
@@ -854,6 +865,14 @@ class UpstreamPool:
         return None
 
     def release(self, conn: UpstreamConnection, now: float = -1.0) -> None:
+        owner = conn.owner
+        if owner is not None:
+            if self.member.eligible and owner.keep(conn):
+                conn.to(IDLE)
+                self.private.add(conn)
+            elif conn.transport is not None:
+                conn.transport.close()
+            return
         if not self.member.eligible or len(self.idle) >= self.max_idle:
             conn.transport.close() if conn.transport is not None else None
             return
@@ -863,26 +882,34 @@ class UpstreamPool:
 
     def forget(self, conn: UpstreamConnection) -> None:
         self.open -= 1
+        if conn.owner is not None:
+            self.private.discard(conn)
+            return
         with contextlib.suppress(ValueError):
             self.idle.remove(conn)
 
     def close_idle(self) -> None:
-        for conn in self.idle[:]:
+        for conn in [*self.idle, *self.private]:
             if conn.transport is not None:
                 conn.transport.close()
 
-    def connect(self, client: Downstream, req: Exchange) -> None:
-        """Open a new connection for `req`; the client hears back either way."""
+    def connect(self, client: Downstream, req: Exchange, proxy_header: bytes = b"") -> None:
+        """Open a new connection for `req`; the client hears back either way. With a
+        `proxy_header`, it opens the connection, which is then that client's own."""
         self.open += 1
-        self.context.loop.create_task(self._connect(client, req))
+        self.context.loop.create_task(self._connect(client, req, proxy_header))
 
-    async def _connect(self, client: Downstream, req: Exchange) -> None:
+    async def _connect(self, client: Downstream, req: Exchange, proxy_header: bytes) -> None:
         loop = self.context.loop
         member = self.member
+        owner = client if proxy_header else None
         try:
             # No Python base class (see client_protocol): uvloop only calls its methods.
             tls = self.tls
-            if tls is None:
+            connecting: Any
+            if proxy_header:
+                connecting = self._connect_with_header(proxy_header, owner)
+            elif tls is None:
                 connecting = loop.create_connection(
                     lambda: cast(asyncio.Protocol, UpstreamConnection(self)), member.address,
                     member.port)
@@ -902,3 +929,44 @@ class UpstreamPool:
             client.upstream_failed(req, f"connect failed: {e.strerror or e}", connect=True)
             return
         client.upstream_connected(req, conn)
+
+    async def _connect_with_header(self, header: bytes, owner: Downstream | None,
+                                   ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
+        """Connect, send the PROXY header, then speak HTTP (over TLS, which begins after
+        the header: the member's PROXY reader sees it first)."""
+        loop = self.context.loop
+        member = self.member
+        infos = await loop.getaddrinfo(member.address, member.port, type=socket.SOCK_STREAM)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, address)
+            await loop.sock_sendall(sock, header)
+            tls = self.tls
+            return await loop.create_connection(
+                lambda: cast(asyncio.Protocol, UpstreamConnection(self, owner)), sock=sock,
+                ssl=tls, server_hostname=(self.server_name or member.address) if tls else None)
+        except BaseException:
+            sock.close()
+            raise
+
+
+def proxy_header(version: int, src: bytes, sport: int, dst: str, dport: int) -> bytes:
+    """A PROXY protocol header (v1 or v2, HAProxy's spec) for a TCP connection from
+    `src`:`sport` to `dst`:`dport` (addresses of different families: both as IPv6)."""
+    try:
+        client = ipaddress.ip_address(src.decode("ascii"))
+        local = ipaddress.ip_address(dst)
+    except ValueError:          # no address to name: say so, as the spec allows
+        return (b"PROXY UNKNOWN\r\n" if version == 1
+                else b"\r\n\r\n\x00\r\nQUIT\n\x20\x00\x00\x00")
+    if client.version != local.version:
+        client, local = (ipaddress.IPv6Address(f"::ffff:{a}") if a.version == 4 else a
+                         for a in (client, local))
+    if version == 1:
+        return b"PROXY TCP%d %s %s %d %d\r\n" % (client.version, str(client).encode(),
+                                                 str(local).encode(), sport, dport)
+    body = client.packed + local.packed + sport.to_bytes(2, "big") + dport.to_bytes(2, "big")
+    return (b"\r\n\r\n\x00\r\nQUIT\n\x21" + (b"\x11" if client.version == 4 else b"\x21")
+            + len(body).to_bytes(2, "big") + body)

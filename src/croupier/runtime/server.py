@@ -163,6 +163,10 @@ class Balancer:
         up.response_timeout = pc.response_timeout
         up.idle_timeout = pc.idle_timeout
         up.max_idle = pc.max_idle
+        send_proxy = {"v1": 1, "v2": 2}.get(pc.send_proxy or "", 0)
+        if send_proxy != up.send_proxy:
+            up.close_idle()                 # opened with another header, or none
+        up.send_proxy = send_proxy
         tls = self.member_tls(pc)
         if tls is not up.tls:
             up.close_idle()                 # kept connections were made the old way
