@@ -409,10 +409,13 @@ class Load:
     """`clients` threads sending keep-alive GETs to `url` until stopped (bounded by `limit` s).
     Counts answers by status, failures (anything but 200) with their reason, and per-body."""
 
-    def __init__(self, url: str, clients: int = 20, limit: float = 30.0) -> None:
+    def __init__(self, url: str, clients: int = 20, limit: float = 30.0,
+                 verify: Any = True, headers: dict[str, str] | None = None) -> None:
         import collections
         import threading
         self.url = url
+        self.verify = verify            # httpx's: an SSLContext trusting a test CA
+        self.headers = headers or {}    # {"Connection": "close"}: a connection a request
         self.ok = 0
         self.failed: list[str] = []
         self.bodies: collections.Counter[str] = collections.Counter()
@@ -425,7 +428,7 @@ class Load:
 
     def _run(self) -> None:
         import httpx
-        with httpx.Client(timeout=20) as client:
+        with httpx.Client(timeout=20, verify=self.verify, headers=self.headers) as client:
             while not self._stop.is_set() and time.monotonic() < self._deadline:
                 try:
                     r = client.get(self.url)

@@ -14,7 +14,16 @@ from pathlib import Path
 
 import httpx
 import trustme
-from helpers import CROUPIER, Backend, Running, free_port, read_response, wait_until, write_config
+from helpers import (
+    CROUPIER,
+    Backend,
+    Load,
+    Running,
+    free_port,
+    read_response,
+    wait_until,
+    write_config,
+)
 
 
 def _failures(admin: int) -> dict[str, float]:
@@ -60,7 +69,7 @@ def test_two_workers_serve_https_and_count_failed_handshakes(backend_loop, tmp_p
 
 
 def _issue(ca: trustme.CA, where: Path) -> None:
-    cert = ca.issue_cert("a.test", key_type=trustme.KeyType.ECDSA)
+    cert = ca.issue_cert("a.test", "127.0.0.1", key_type=trustme.KeyType.ECDSA)
     cert.cert_chain_pems[0].write_to_path(str(where / "a.pem"))
     cert.private_key_pem.write_to_path(str(where / "a.key"))
     (where / "a.key").chmod(0o600)
@@ -129,3 +138,55 @@ def test_sessions_resume_on_any_worker_across_a_reload_and_a_restarted_worker(
     finally:
         code, out = running.stop()
     assert code == 0, out
+
+
+def _served_serial(port: int, ctx: ssl.SSLContext) -> int:
+    from cryptography import x509
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+            ctx.wrap_socket(raw, server_hostname="a.test") as s:
+        der = s.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def test_certificates_renewed_and_reloaded_under_load_fail_no_request(backend_loop,
+                                                                       tmp_path: Path):
+    backend = Backend(backend_loop, "a")
+    ca = trustme.CA(key_type=trustme.KeyType.ECDSA)
+    _issue(ca, tmp_path)
+    port, admin = free_port(), free_port()
+    path = write_config(tmp_path, [backend.address], port=port, admin_port=admin,
+                        top="workers = 2\n", listener_extra=(
+                            '  [listeners.tls]\n'
+                            '  certificates = [{ cert = "a.pem", key = "a.key" }]\n'))
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    running = Running(path, port)
+    url = f"https://127.0.0.1:{port}/"         # the certificate names the address too
+    loads: list[Load] = []
+    try:
+        serials = [_served_serial(port, ctx)]
+        # Kept-alive clients, and clients with a new connection (a handshake) a request.
+        loads = [Load(url, clients=4, limit=60, verify=ctx),
+                 Load(url, clients=4, limit=60, verify=ctx, headers={"Connection": "close"})]
+        for _ in range(3):
+            before = sum(load.total() for load in loads)
+            wait_until(lambda b=before: sum(ld.total() for ld in loads) > b + 50,
+                       timeout=30, message="requests under way")
+            _issue(ca, tmp_path)
+            r = subprocess.run([CROUPIER, "reload", "-c", str(path)], capture_output=True,
+                               text=True, timeout=60)
+            assert r.returncode == 0, r.stdout + r.stderr
+            serials.append(_served_serial(port, ctx))
+        before = sum(load.total() for load in loads)
+        wait_until(lambda: sum(ld.total() for ld in loads) > before + 50, timeout=30,
+                   message="requests after the last reload")
+    finally:
+        for load in loads:
+            load.stop()
+        code, out = running.stop()
+    assert code == 0, out
+    assert len(set(serials)) == 4, serials      # each reload served the renewed one
+    failed = [f for load in loads for f in load.failed]
+    assert failed == [], failed[:5]
+    assert sum(load.ok for load in loads) > 200
