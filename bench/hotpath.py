@@ -5,7 +5,11 @@ both sockets replaced by in-memory transports, so only the Python (and parser) w
 Steadier than any socket benchmark on a shared machine, so it shows changes of a few hundred
 nanoseconds; `make bench` remains the measure that counts.
 
-    .venv/bin/python bench/hotpath.py [--requests 200000] [--profile] [--access-log text]
+    .venv/bin/python bench/hotpath.py [--requests 200000] [--profile] [--access-log text] [--tls]
+
+--tls relays over a TLS listener (croupier's TLS layer, a real ECDSA certificate) from an
+in-memory TLS client: the figure then holds the client's encryption of each request and
+decryption of each response too, the same for every build compared.
 
 It runs whichever build is installed (compiled by default, see setup.py); cProfile sees
 nothing inside compiled code, so profile an interpreted copy (PYTHONPATH=a copy of src
@@ -21,15 +25,20 @@ import argparse
 import asyncio
 import cProfile
 import pstats
+import ssl
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import uvloop
 
 from croupier.config.load import validate_config
 from croupier.proxy.client import ClientConnection
+from croupier.proxy.tls_layer import TlsLayer
 from croupier.proxy.upstream import UpstreamConnection
 from croupier.runtime import app
 from croupier.runtime.server import Balancer
@@ -51,10 +60,14 @@ class MemoryTransport(asyncio.Transport):
 
     def write(self, data: Any) -> None:
         self.written += len(data)
+        if self.keep is not None:
+            self.keep.append(bytes(data))
 
     def writelines(self, lines: Any) -> None:
         for line in lines:
-            self.written += len(line)
+            self.write(line)
+
+    keep: list[bytes] | None = None     # what was written, where a test reads it back
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return ("127.0.0.1", 40000) if name == "peername" else default
@@ -81,13 +94,15 @@ class MemoryTransport(asyncio.Transport):
         pass
 
 
-def build(loop: asyncio.AbstractEventLoop, access_log: str | None = None) -> ClientConnection:
+def build(loop: asyncio.AbstractEventLoop, access_log: str | None = None,
+          tls: dict[str, Any] | None = None) -> ClientConnection:
     log = {"access_log": {"path": "/dev/null", "format": access_log}} if access_log else {}
+    extra = {"tls": tls} if tls else {}
     loaded = validate_config({
         **log,
         "workers": 1,
         "admin": {"enabled": False},
-        "listeners": [{"name": "web", "listen": "127.0.0.1:18080", "pool": "app"}],
+        "listeners": [{"name": "web", "listen": "127.0.0.1:18080", "pool": "app", **extra}],
         "pools": [{"name": "app",
                    "members": ["127.0.0.1:19101", "127.0.0.1:19102", "127.0.0.1:19103"]}],
     })
@@ -106,6 +121,64 @@ def build(loop: asyncio.AbstractEventLoop, access_log: str | None = None) -> Cli
     return client    # it holds the listener, which holds the balancer
 
 
+class TlsRelay:
+    """A TLS listener's connection (TlsLayer over an in-memory transport) and an in-memory
+    TLS client that has done its handshake with it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, access_log: str | None) -> None:
+        tmp = Path(tempfile.mkdtemp())
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj",
+                        "/CN=localhost", "-keyout", str(tmp / "k.pem"), "-out",
+                        str(tmp / "c.pem")], check=True, capture_output=True)
+        client = build(loop, access_log, {"certificates": [
+            {"cert": str(tmp / "c.pem"), "key": str(tmp / "k.pem")}]})
+        self.layer = TlsLayer(client.listener)
+        self.raw = MemoryTransport()
+        self.raw.keep = []
+        self.layer.connection_made(self.raw)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        self.into, self.out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.obj = ctx.wrap_bio(self.into, self.out, server_hostname="localhost")
+        while True:
+            try:
+                self.obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self.layer.data_received(self.out.read())
+                self.into.write(self.taken())
+        self.layer.data_received(self.out.read())       # its Finished
+
+    def taken(self) -> bytes:
+        keep = self.raw.keep
+        assert keep is not None
+        data = b"".join(keep)
+        keep.clear()
+        return data
+
+    def relay(self, n: int) -> None:
+        layer, obj, out, into = self.layer, self.obj, self.out, self.into
+        request, response = REQUEST, RESPONSE
+        for _ in range(n):
+            obj.write(request)
+            layer.data_received(out.read())
+            req = layer.app.current
+            assert req is not None and req.sink is not None, "the request was not sent on"
+            req.sink.data_received(response)
+            into.write(self.taken())
+            got = b""
+            with_more = True
+            while with_more:
+                try:
+                    got += obj.read(65536)
+                except ssl.SSLWantReadError:
+                    with_more = False
+            assert got.endswith(b"hello from backend\n"), got
+        assert layer.app.current is None, "the response was not passed on"
+
+
 def relay(client: ClientConnection, n: int) -> None:
     request, response = REQUEST, RESPONSE
     for _ in range(n):
@@ -122,21 +195,31 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=200_000)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--profile", action="store_true", help="cProfile one round instead")
+    ap.add_argument("--tls", action="store_true", help="over a TLS listener (see above)")
     ap.add_argument("--access-log", choices=["text", "json"],
                     help="write an access log line a request (to /dev/null)")
     args = ap.parse_args()
     loop = uvloop.new_event_loop()     # as croupier runs: its clock is C
-    client = build(loop, args.access_log)
-    relay(client, 1000)         # warm up (and check the path works)
+    if args.tls:
+        tls = TlsRelay(loop, args.access_log)
+
+        def run(n: int) -> None:
+            tls.relay(n)
+    else:
+        client = build(loop, args.access_log)
+
+        def run(n: int) -> None:
+            relay(client, n)
+    run(1000)                   # warm up (and check the path works)
     if args.profile:
         prof = cProfile.Profile()
-        prof.runcall(relay, client, args.requests)
+        prof.runcall(run, args.requests)
         pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(30)
         return
     per = []
     for _ in range(args.rounds):
         t0 = time.process_time()
-        relay(client, args.requests)
+        run(args.requests)
         per.append((time.process_time() - t0) / args.requests * 1e6)
     print(f"hot path: {statistics.median(per):.2f} us per request "
           f"(median of {args.rounds} x {args.requests}; min {min(per):.2f}, max {max(per):.2f})")
