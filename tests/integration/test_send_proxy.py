@@ -142,6 +142,20 @@ def test_each_client_connection_has_its_own_member_connection_named_by_its_heade
     wait_until(lambda: member.closed == 2, message="the member connections closed")
 
 
+def test_a_client_dealt_round_robin_keeps_one_connection_a_member(make_member, croupier):
+    members = [make_member() for _ in range(3)]
+    c = croupier(proxy_config([m.address for m in members], pool_options={"send_proxy": "v2"}))
+    with socket.create_connection(("127.0.0.1", c.port), timeout=5) as s:
+        buf = bytearray()
+        port = s.getsockname()[1]
+        for _ in range(9):
+            assert _get(s, buf) == b"127.0.0.1:%d" % port
+    # Each member saw one connection, which carried its three requests.
+    assert [len(m.headers) for m in members] == [1, 1, 1]
+    wait_until(lambda: [m.closed for m in members] == [1, 1, 1],
+               message="the client's member connections closed with it")
+
+
 def test_the_client_a_trusted_balancer_named_is_the_one_sent_on(make_member, croupier):
     member = make_member()
     config = proxy_config([member.address], proxy_protocol=True,

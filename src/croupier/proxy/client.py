@@ -73,6 +73,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("croupier.proxy")
 
+# send_proxy: idle member connections a client connection keeps for itself, at most.
+PRIVATE_KEPT: Final = 5
+
 # Body bytes held while the member connection opens, before reading pauses.
 _CONNECT_BUFFER: Final = 65536
 
@@ -202,9 +205,10 @@ class ClientConnection(Downstream):
         self._out: list[bytes] | None = None
         self._out_sink: UpstreamConnection | None = None
         self._feeding = False
-        # send_proxy: this client's own idle member connection, and the PROXY header (by
-        # version) that names it to members, made at its first use
-        self.private: UpstreamConnection | None = None
+        # send_proxy: this client's own idle member connections (one a member, the last
+        # PRIVATE_KEPT used), and the PROXY header (by version) that names it to members,
+        # made at its first use
+        self.private: list[UpstreamConnection] | None = None
         self.proxy_header: tuple[int, bytes] | None = None
 
     # ---- asyncio protocol interface ------------------------------------------------------
@@ -343,8 +347,9 @@ class ClientConnection(Downstream):
         self.current = None
         self.queue = None
         private, self.private = self.private, None
-        if private is not None and private.transport is not None:
-            private.transport.close()
+        for conn in private or ():
+            if conn.transport is not None:
+                conn.transport.close()
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -714,14 +719,17 @@ class ClientConnection(Downstream):
                       now: float) -> None:
         """send_proxy: on this client's own connection to the member, or a new one that a
         PROXY header naming this client opens."""
-        conn = self.private
-        if (conn is not None and conn.pool is upstream and conn.state == MEMBER_IDLE
-                and not fresh):
-            self.private = None
-            upstream.private.discard(conn)
-            conn.reused = True
-            self._attach(req, conn, now)
-            return
+        private = self.private
+        if private is not None and not fresh:
+            for conn in private:
+                if conn.pool is upstream:
+                    private.remove(conn)
+                    if conn.state == MEMBER_IDLE:
+                        upstream.private.discard(conn)
+                        conn.reused = True
+                        self._attach(req, conn, now)
+                        return
+                    break
         header = self.proxy_header
         if header is None or header[0] != upstream.send_proxy:
             sockname = self.transport.get_extra_info("sockname") if self.transport else None
@@ -733,10 +741,21 @@ class ClientConnection(Downstream):
     def keep(self, conn: UpstreamConnection) -> bool:
         if self.transport is None:
             return False
-        old = self.private
-        if old is not None and old is not conn and old.transport is not None:
-            old.transport.close()       # one kept a client: the one used last
-        self.private = conn
+        private = self.private
+        if private is None:
+            private = self.private = []
+        # Round robin sends a client's requests to member after member: one kept for each
+        # of the last few (as HAProxy's max-session-srv-conns), the oldest let go.
+        for old in [c for c in private if c.pool is conn.pool and c is not conn]:
+            private.remove(old)
+            if old.transport is not None:
+                old.transport.close()
+        if conn not in private:
+            private.append(conn)
+        if len(private) > PRIVATE_KEPT:
+            old = private.pop(0)
+            if old.transport is not None:
+                old.transport.close()
         return True
 
     def _attach(self, req: Exchange, conn: UpstreamConnection, now: float) -> None:
