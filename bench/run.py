@@ -418,14 +418,32 @@ def cpu_per_request(contenders: Contenders, name: str, port: int,
                     duration: float) -> dict[str, float]:
     """The small load on `port`: its throughput and the CPU time (user + kernel) the
     balancer spent per request, in microseconds."""
+    return measured(contenders, name, lambda: wrk(port, 50, duration))
+
+
+def measured(contenders: Contenders, name: str, load: Any) -> dict[str, float]:
+    """`load()` (a wrk run), with the CPU time the balancer's processes spent on it per
+    request (per connection where each request has its own), user and kernel, in us."""
     user0, kernel0 = cpu_seconds(contenders, name)
-    r = wrk(port, 50, duration)
+    r: dict[str, float] = load()
     user1, kernel1 = cpu_seconds(contenders, name)
     n = max(r["requests"], 1)
     r["cpu_user_us"] = (user1 - user0) / n * 1e6
     r["cpu_kernel_us"] = (kernel1 - kernel0) / n * 1e6
     r["cpu_us"] = r["cpu_user_us"] + r["cpu_kernel_us"]
     return r
+
+
+def machine() -> dict[str, str]:
+    """What the figures were measured on: they hold for this machine only."""
+    model = "?"
+    try:
+        found = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+        model = found.group(1).strip() if found else model
+    except OSError:
+        pass
+    return {"cpu": model, "cores": str(os.cpu_count()), "kernel": platform.release(),
+            "python": platform.python_version()}
 
 
 def access_log(contenders: Contenders, name: str, duration: float) -> dict[str, float]:
@@ -518,22 +536,26 @@ def main() -> None:
                 for name in order:
                     port = PORTS[name]
                     if case == "small":
-                        r = wrk(port, 50, d)
+                        r = measured(contenders, name, lambda p=port: wrk(p, 50, d))
                     elif case == "close":
-                        r = wrk(port, 50, d, close=True)
+                        r = measured(contenders, name, lambda p=port: wrk(p, 50, d, close=True))
                     elif case == "tls-idle":
                         if i > 0:
                             continue
                         r = idle_rss(contenders, name, TLS_IDLE, tls=True)
                     elif case == "tls-small":
-                        r = wrk(TLS_PORTS[name], 50, d, scheme="https")
+                        r = measured(contenders, name, lambda n=name: wrk(
+                            TLS_PORTS[n], 50, d, scheme="https"))
                     elif case == "tls-close":
-                        r = wrk(TLS_PORTS[name], 50, d, close=True, scheme="https")
+                        r = measured(contenders, name, lambda n=name: wrk(
+                            TLS_PORTS[n], 50, d, close=True, scheme="https"))
                     elif case == "large":
-                        r = wrk(port, 10, d, path="/large")
+                        r = measured(contenders, name, lambda p=port: wrk(p, 10, d,
+                                                                          path="/large"))
                         r["mb_s"] = r["rps"] * MiB / 1e6
                     elif case == "upload":
-                        r = wrk(port, 10, d, path="/upload", script=upload_lua)
+                        r = measured(contenders, name, lambda p=port: wrk(
+                            p, 10, d, path="/upload", script=upload_lua))
                         r["mb_s"] = r["rps"] * MiB / 1e6
                     elif case == "idle":
                         if i > 0:
@@ -554,9 +576,12 @@ def main() -> None:
     results = {c: {n: median_of(raw[c][n]) for n in NAMES if raw[c][n]} for c in cases}
     ratios = ratios_of(results)
     by_round = round_ratios_of(raw)
+    spreads = round_spreads_of(raw)
+    host = machine()
     out: dict[str, Any] = {
         "date": date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+        "host": host,
         "python": platform.python_version(),
         "command": "make bench",
         "setup": (f"each balancer pinned to core {BALANCER_CORE}; 3 nginx backends and wrk on "
@@ -565,11 +590,15 @@ def main() -> None:
         "results": results,
         "ratios": ratios,
         "round_ratios": by_round,
+        "round_spreads": spreads,
         "runs": raw,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2))
-    print_table(results, ratios, by_round)
+    print(f"\nmachine: {host['cpu']}, {host['cores']} cores, Linux {host['kernel']}, "
+          f"Python {host['python']}; {args.repeat} rounds of {d:g} s")
+    print_table(results, ratios, by_round, spreads)
+    print_cpu(raw)
     png = args.out.with_suffix(".png")
     if draw(results, ratios, png, out["date"]):
         print(f"chart: {png}")
@@ -610,6 +639,59 @@ def ratios_of(results: dict[str, dict[str, dict[str, float]]]) -> dict[str, floa
     return ratios
 
 
+def _per_round(raw: dict[str, dict[str, list[dict[str, float]]]], case: str, metric: str,
+               higher: bool) -> list[float]:
+    """croupier against the better of the others, round by round."""
+    runs = raw.get(case, {})
+    mine = runs.get("croupier", [])
+    others = [runs.get(n, []) for n in ("haproxy", "nginx")]
+    if case in ("idle", "failover", "tls-idle") or not mine or not all(others):
+        return []
+    per_round = []
+    for i, cell in enumerate(mine):
+        theirs = [o[i][metric] for o in others if i < len(o)]
+        best = max(theirs) if higher else min(theirs)
+        if best:
+            per_round.append(cell[metric] / best)
+    return per_round
+
+
+def round_spreads_of(raw: dict[str, dict[str, list[dict[str, float]]]],
+                     ) -> dict[str, tuple[float, float]]:
+    """The lowest and highest of the per-round ratios: how far one run can be trusted."""
+    spreads: dict[str, tuple[float, float]] = {}
+    for case, metric, higher, label in METRICS:
+        per_round = _per_round(raw, case, metric, higher)
+        if per_round:
+            spreads[label] = (min(per_round), max(per_round))
+    return spreads
+
+
+def print_cpu(raw: dict[str, dict[str, list[dict[str, float]]]]) -> None:
+    """CPU a request (a connection, in the close cases) side by side: user and kernel, the
+    median over the rounds and their range."""
+    rows = [(case, unit) for case, unit in (
+        ("small", "request"), ("close", "connection"), ("large", "1 MiB response"),
+        ("upload", "1 MiB upload"), ("tls-small", "request"), ("tls-close", "connection"))
+        if case in raw and all("cpu_us" in r for n in NAMES for r in raw[case].get(n, []))]
+    if not rows:
+        return
+    print()
+    print("CPU of the balancer, us (user + kernel; median over the rounds, [range])")
+    for case, unit in rows:
+        print(f"  {case} (a {unit}):")
+        for n in NAMES:
+            cells = raw[case].get(n, [])
+            if not cells:
+                continue
+            parts = []
+            for key in ("cpu_user_us", "cpu_kernel_us", "cpu_us"):
+                values = [c[key] for c in cells]
+                parts.append(f"{statistics.median(values):7.2f} [{min(values):.2f}-"
+                             f"{max(values):.2f}]")
+            print(f"    {n:<9} user {parts[0]}  kernel {parts[1]}  total {parts[2]}")
+
+
 def round_ratios_of(raw: dict[str, dict[str, list[dict[str, float]]]]) -> dict[str, float]:
     """The median over rounds of croupier against the better of the others in that round.
     A round's three cells run within seconds of each other, so a slow spell of the shared
@@ -617,28 +699,20 @@ def round_ratios_of(raw: dict[str, dict[str, list[dict[str, float]]]]) -> dict[s
     with a fast one of another. Throughput and p99 only (idle runs once, failover counts)."""
     ratios: dict[str, float] = {}
     for case, metric, higher, label in METRICS:
-        runs = raw.get(case, {})
-        mine = runs.get("croupier", [])
-        others = [runs.get(n, []) for n in ("haproxy", "nginx")]
-        if case in ("idle", "failover") or not mine or not all(others):
-            continue
-        per_round = []
-        for i, cell in enumerate(mine):
-            theirs = [o[i][metric] for o in others if i < len(o)]
-            best = max(theirs) if higher else min(theirs)
-            if best:
-                per_round.append(cell[metric] / best)
+        per_round = _per_round(raw, case, metric, higher)
         if per_round:
             ratios[label] = statistics.median(per_round)
     return ratios
 
 
 def print_table(results: dict[str, dict[str, dict[str, float]]],
-                ratios: dict[str, float], by_round: dict[str, float] | None = None) -> None:
+                ratios: dict[str, float], by_round: dict[str, float] | None = None,
+                spreads: dict[str, tuple[float, float]] | None = None) -> None:
     by_round = by_round or {}
+    spreads = spreads or {}
     print()
     print(f"{'metric':<18}" + "".join(f"{n:>12}" for n in NAMES) + f"{'ratio':>10}"
-          + f"{'by round':>10}")
+          + f"{'by round':>10}  spread")
     for case, metric, _higher, label in METRICS:
         if case not in results:
             continue
@@ -650,11 +724,14 @@ def print_table(results: dict[str, dict[str, dict[str, float]]],
         row += f"{'' if ratio is None else f'{ratio:.2f}x':>10}"
         paired = by_round.get(label)
         row += f"{'' if paired is None else f'{paired:.2f}x':>10}"
+        spread = spreads.get(label)
+        if spread is not None:
+            row += f"  {spread[0]:.2f}-{spread[1]:.2f}"
         print(row)
     print("ratio: croupier / the better of HAProxy and nginx, idle against HAProxy "
           "(throughput: higher is better; p99, KiB/conn, failures: lower is better)")
     print("by round: the median of that ratio taken round by round (the contenders of a "
-          "round run back to back)")
+          "round run back to back); spread: the lowest and highest round")
     log = results.get("log", {})
     if log:
         print()
