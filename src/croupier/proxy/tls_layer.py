@@ -64,7 +64,7 @@ class TlsLayer:
         self._sealed: Callable[[], bytes] = self.outgoing.read
         self._send: Callable[[bytes], None] = _unconnected
         self.app = ClientConnection(listener)
-        self.transport = TlsTransport(self)
+        self.transport: TlsTransport | None = TlsTransport(self)
         self.raw: asyncio.Transport | None = None
         self.handshaking = True
         self.first = True
@@ -147,6 +147,7 @@ class TlsLayer:
             self.timer.cancel()
             self.timer = None
         self.flush()
+        assert self.transport is not None
         self.app.connection_made(self.transport)
         if self.client is not None:
             self.app.use_client_address(self.client[0], self.client[1])
@@ -175,6 +176,10 @@ class TlsLayer:
         self.raw = None
         if not self.handshaking:
             self.app.connection_lost(exc)
+        # The layer and its transport point at each other: let go, so both are freed when
+        # the last reference goes, not by a collection of the cyclic GC a few hundred
+        # connections later (which each closed connection would bring nearer).
+        self.transport = None
 
     def pause_writing(self) -> None:
         self.app.pause_writing()
