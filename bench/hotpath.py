@@ -7,6 +7,9 @@ nanoseconds; `make bench` remains the measure that counts.
 
     .venv/bin/python bench/hotpath.py [--requests 200000] [--profile] [--access-log text] [--tls]
 
+--close makes each request a connection of its own, as the `close` case of `make bench` does:
+made, a request with "Connection: close" relayed, closed (uvloop's own accept is not in it).
+
 --tls relays over a TLS listener (croupier's TLS layer, a real ECDSA certificate) from an
 in-memory TLS client: the figure then holds the client's encryption of each request and
 decryption of each response too, the same for every build compared.
@@ -179,6 +182,24 @@ class TlsRelay:
         assert layer.app.current is None, "the response was not passed on"
 
 
+CLOSE_REQUEST = REQUEST.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+
+
+def relay_connections(client: ClientConnection, n: int) -> None:
+    """n connections of one request each, made and closed as uvloop would."""
+    listener = client.listener
+    for _ in range(n):
+        conn = ClientConnection(listener)
+        transport = MemoryTransport()
+        conn.connection_made(transport)
+        conn.data_received(CLOSE_REQUEST)
+        req = conn.current
+        assert req is not None and req.sink is not None, "the request was not sent on"
+        req.sink.data_received(RESPONSE)
+        assert transport.closed, "the connection was not closed after its answer"
+        conn.connection_lost(None)
+
+
 def relay(client: ClientConnection, n: int) -> None:
     request, response = REQUEST, RESPONSE
     for _ in range(n):
@@ -196,6 +217,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--profile", action="store_true", help="cProfile one round instead")
     ap.add_argument("--tls", action="store_true", help="over a TLS listener (see above)")
+    ap.add_argument("--close", action="store_true", help="a connection a request (see above)")
     ap.add_argument("--access-log", choices=["text", "json"],
                     help="write an access log line a request (to /dev/null)")
     args = ap.parse_args()
@@ -205,6 +227,11 @@ def main() -> None:
 
         def run(n: int) -> None:
             tls.relay(n)
+    elif args.close:
+        client = build(loop, args.access_log)
+
+        def run(n: int) -> None:
+            relay_connections(client, n)
     else:
         client = build(loop, args.access_log)
 

@@ -201,7 +201,7 @@ class ClientConnection(Downstream):
         self.client_cert = b""          # the verified client certificate, as Client-Cert
         self.refused: Exchange | None = None    # the request the parser stopped on
         self.trusted = False            # the peer is one of the listener's trusted_proxies
-        self.last_host = b""            # the last Host value found valid on this connection
+        self.last_host = listener.known_host    # the last Host value found valid
         self._out: list[bytes] | None = None
         self._out_sink: UpstreamConnection | None = None
         self._feeding = False
@@ -451,7 +451,8 @@ class ClientConnection(Downstream):
             if not valid_host(host):
                 problem = (400, "bad Host header")
             else:
-                self.last_host = host       # a client sends the same Host again and again
+                # a client sends the same Host again and again, and clients do too
+                self.last_host = self.listener.known_host = host
         if method == b"CONNECT" and problem is None:
             problem = (405, "CONNECT is not supported by a reverse proxy")
         limit = self.listener.max_body_size

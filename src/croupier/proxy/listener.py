@@ -53,7 +53,7 @@ class Route:
 
 class Listener:
     __slots__ = ("access_log", "body_timeout", "config", "context", "default_pool",
-                 "header_timeout", "hsts", "keepalive_timeout", "max_body_size",
+                 "header_timeout", "hsts", "keepalive_timeout", "known_host", "max_body_size",
                  "max_header_size", "max_pipelined", "mode", "name", "name_bytes",
                  "open_connections", "redirect_port", "routes", "scheme", "send_timeout",
                  "server", "time", "tls", "trusted", "tunnel_timeout")
@@ -82,6 +82,10 @@ class Listener:
         # Strict-Transport-Security on every response of a TLS listener that sets it (the
         # member's own replaced): the field line, or b"".
         tls = config.tls
+        # The last Host value a connection found valid: a new connection starts knowing it
+        # (clients of one listener send one or a few), so a connection a request does not
+        # check it anew each time.
+        self.known_host = b""
         self.hsts = (b"Strict-Transport-Security: %s\r\n" % tls.hsts.encode()
                      if tls is not None and tls.hsts else b"")
         self.mode = config.mode
