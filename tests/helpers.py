@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -362,6 +363,23 @@ def read_response(sock: socket.socket, buf: bytearray,
                 break
         body = b"".join(parts)
     return status, headers, body
+
+
+def resumed_chain(port: int, ctx: ssl.SSLContext, server_name: str,
+                  session: ssl.SSLSession | None, n: int,
+                  ) -> tuple[list[bool], ssl.SSLSession | None]:
+    """n HTTPS connections, each offering the session the one before it was given (the
+    first: `session`): whether each resumed, and the last session."""
+    resumed = []
+    for _ in range(n):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                ctx.wrap_socket(raw, server_hostname=server_name, session=session) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: %s\r\n\r\n" % server_name.encode())
+            status, _, _ = read_response(s, bytearray())    # TLS 1.3 tickets come after
+            assert status == 200
+            resumed.append(s.session_reused)
+            session = s.session
+    return resumed, session
 
 
 def json_body(body: bytes) -> Any:

@@ -11,6 +11,7 @@ import socket
 import ssl
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import httpx
 import trustme
@@ -20,7 +21,7 @@ from helpers import (
     Load,
     Running,
     free_port,
-    read_response,
+    resumed_chain,
     wait_until,
     write_config,
 )
@@ -75,14 +76,10 @@ def _issue(ca: trustme.CA, where: Path) -> None:
     (where / "a.key").chmod(0o600)
 
 
-def _served(admin: int) -> list[int]:
-    """Requests each worker has served."""
-    workers = httpx.get(f"http://127.0.0.1:{admin}/api/v1/status", timeout=5).json()["workers"]
-    return [sum(w["requests"].values()) for w in workers]
-
-
-def test_sessions_resume_on_any_worker_across_a_reload_and_a_restarted_worker(
-        backend_loop, tmp_path: Path):
+def _two_tls_workers(backend_loop: Any, tmp_path: Path,
+                     ) -> tuple[trustme.CA, ssl.SSLContext, Path, int, int]:
+    """A config of two workers serving HTTPS with a certificate of a new CA, and a client
+    context that trusts it: (CA, context, config path, port, admin port)."""
     backend = Backend(backend_loop, "a")
     ca = trustme.CA(key_type=trustme.KeyType.ECDSA)
     _issue(ca, tmp_path)
@@ -93,20 +90,24 @@ def test_sessions_resume_on_any_worker_across_a_reload_and_a_restarted_worker(
                             '  certificates = [{ cert = "a.pem", key = "a.key" }]\n'))
     ctx = ssl.create_default_context()
     ca.configure_trust(ctx)
+    return ca, ctx, path, port, admin
+
+
+def _served(admin: int) -> list[int]:
+    """Requests each worker has served."""
+    workers = httpx.get(f"http://127.0.0.1:{admin}/api/v1/status", timeout=5).json()["workers"]
+    return [sum(w["requests"].values()) for w in workers]
+
+
+def test_sessions_resume_on_any_worker_across_a_reload_and_a_restarted_worker(
+        backend_loop, tmp_path: Path):
+    ca, ctx, path, port, admin = _two_tls_workers(backend_loop, tmp_path)
     session: ssl.SSLSession | None = None
 
     def chain(n: int) -> list[bool]:
         """n connections, each offering the session the one before it was given."""
         nonlocal session
-        resumed = []
-        for _ in range(n):
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
-                    ctx.wrap_socket(raw, server_hostname="a.test", session=session) as s:
-                s.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
-                status, _, _ = read_response(s, bytearray())    # TLS 1.3 tickets come after
-                assert status == 200
-                resumed.append(s.session_reused)
-                session = s.session
+        resumed, session = resumed_chain(port, ctx, "a.test", session, n)
         return resumed
 
     running = Running(path, port)
@@ -151,16 +152,7 @@ def _served_serial(port: int, ctx: ssl.SSLContext) -> int:
 
 def test_certificates_renewed_and_reloaded_under_load_fail_no_request(backend_loop,
                                                                        tmp_path: Path):
-    backend = Backend(backend_loop, "a")
-    ca = trustme.CA(key_type=trustme.KeyType.ECDSA)
-    _issue(ca, tmp_path)
-    port, admin = free_port(), free_port()
-    path = write_config(tmp_path, [backend.address], port=port, admin_port=admin,
-                        top="workers = 2\n", listener_extra=(
-                            '  [listeners.tls]\n'
-                            '  certificates = [{ cert = "a.pem", key = "a.key" }]\n'))
-    ctx = ssl.create_default_context()
-    ca.configure_trust(ctx)
+    ca, ctx, path, port, _ = _two_tls_workers(backend_loop, tmp_path)
     running = Running(path, port)
     url = f"https://127.0.0.1:{port}/"         # the certificate names the address too
     loads: list[Load] = []

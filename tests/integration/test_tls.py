@@ -268,17 +268,9 @@ def test_the_access_log_says_how_each_connection_was_encrypted(backends, croupie
 
 def test_a_client_resumes_its_session_on_a_new_connection(backends, croupier, pki):
     c = croupier(tls_config([backends[0].address], pki))
-    ctx = client_context(pki)
-    session = None
-    resumed = []
-    for _ in range(4):
-        with socket.create_connection(("127.0.0.1", c.port), timeout=5) as raw, \
-                ctx.wrap_socket(raw, server_hostname="a.test", session=session) as s:
-            s.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
-            status, _, _ = read_response(s, bytearray())    # TLS 1.3 tickets come after
-            assert status == 200
-            resumed.append(s.session_reused)
-            session = s.session
+    from helpers import resumed_chain
+
+    resumed, _ = resumed_chain(c.port, client_context(pki), "a.test", None, 4)
     assert resumed == [False, True, True, True]
 
 
