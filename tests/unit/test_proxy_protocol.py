@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from croupier.proxy.proxy_protocol import BadHeader, parse
+from croupier.proxy.proxy_header import BadHeader, parse
 
 V1 = b"PROXY TCP4 203.0.113.7 10.0.0.1 51234 443\r\n"
 V2_TCP4 = (b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c" + bytes([203, 0, 113, 7, 10, 0, 0, 1])

@@ -62,9 +62,9 @@ from croupier.proxy.http import (
     without_fields,
     without_h2c,
 )
+from croupier.proxy.proxy_header import proxy_header_for
 from croupier.proxy.tls import client_cert_field, tls_summary
 from croupier.proxy.upstream import IDLE as MEMBER_IDLE
-from croupier.proxy.upstream import proxy_header
 
 if TYPE_CHECKING:
     from croupier.model.state import Member, Pool
@@ -739,7 +739,7 @@ class ClientConnection(Downstream):
         if header is None or header[0] != upstream.send_proxy:
             sockname = self.transport.get_extra_info("sockname") if self.transport else None
             dst, dport = (sockname[0], sockname[1]) if sockname else ("0.0.0.0", 0)
-            header = self.proxy_header = (upstream.send_proxy, proxy_header(
+            header = self.proxy_header = (upstream.send_proxy, proxy_header_for(
                 upstream.send_proxy, self.peer, self.peer_port, dst, dport))
         upstream.connect(self, req, header[1])
 

@@ -70,6 +70,10 @@ class Listener:
         self.name_bytes = config.name.encode()
         self.open_connections = 0
         self.server: asyncio.Server | None = None
+        # The last Host value a connection found valid: a new connection starts knowing it
+        # (clients of one listener send one or a few), so a connection a request does not
+        # check it anew each time.
+        self.known_host = b""
         self.update(config, pools, redirect_port)
 
     def update(self, config: ListenerConfig, pools: dict[str, Pool],
@@ -82,10 +86,6 @@ class Listener:
         # Strict-Transport-Security on every response of a TLS listener that sets it (the
         # member's own replaced): the field line, or b"".
         tls = config.tls
-        # The last Host value a connection found valid: a new connection starts knowing it
-        # (clients of one listener send one or a few), so a connection a request does not
-        # check it anew each time.
-        self.known_host = b""
         self.hsts = (b"Strict-Transport-Security: %s\r\n" % tls.hsts.encode()
                      if tls is not None and tls.hsts else b"")
         self.mode = config.mode

@@ -9,72 +9,21 @@ Rules kept here:
   address: the one it logs, forwards and balances on.
 - LOCAL (v2) and UNKNOWN (v1) headers, as a balancer's health checks send, keep the peer's
   own address.
+
+The header's bytes, read and written, are proxy_header.py's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from croupier.proxy.client import ClientConnection
+from croupier.proxy.proxy_header import BadHeader, parse
 from croupier.proxy.tls_layer import TlsLayer
 
 if TYPE_CHECKING:
     from croupier.proxy.listener import Listener
-
-V2_SIGNATURE: Final = b"\r\n\r\n\x00\r\nQUIT\n"
-V1_MAX: Final = 107             # the spec's longest v1 line, CRLF included
-
-
-class BadHeader(Exception):
-    pass
-
-
-def parse(data: bytes) -> tuple[int, tuple[bytes, int] | None]:
-    """(bytes the header takes, the client's address and port or None to keep the peer's);
-    (0, None) while more bytes are needed. BadHeader when it is no PROXY header."""
-    if data.startswith(V2_SIGNATURE[:min(len(data), 12)]) and data[:1] == b"\r":
-        if len(data) < 16:
-            return 0, None
-        ver_cmd, family = data[12], data[13]
-        length = int.from_bytes(data[14:16], "big")
-        if ver_cmd >> 4 != 2 or ver_cmd & 0x0F > 1:
-            raise BadHeader("PROXY v2: unknown version or command")
-        if len(data) < 16 + length:
-            return 0, None
-        end = 16 + length
-        if ver_cmd & 0x0F == 0:                 # LOCAL
-            return end, None
-        body = data[16:end]
-        if family == 0x11 and length >= 12:     # TCP over IPv4
-            return end, (str(ipaddress.IPv4Address(body[0:4])).encode(),
-                         int.from_bytes(body[8:10], "big"))
-        if family == 0x21 and length >= 36:     # TCP over IPv6
-            return end, (str(ipaddress.IPv6Address(body[0:16])).encode(),
-                         int.from_bytes(body[32:34], "big"))
-        return end, None                        # UNSPEC, UDP, unix: the peer's own
-    if data.startswith(b"PROXY "[:min(len(data), 6)]):
-        end = data.find(b"\r\n")
-        if end < 0:
-            if len(data) >= V1_MAX:
-                raise BadHeader("PROXY v1: no end of line")
-            return 0, None
-        parts = data[:end].split(b" ")
-        if len(parts) >= 2 and parts[1] == b"UNKNOWN":
-            return end + 2, None
-        if len(parts) != 6 or parts[1] not in (b"TCP4", b"TCP6"):
-            raise BadHeader("PROXY v1: malformed")
-        try:
-            address = ipaddress.ip_address(parts[2].decode("ascii"))
-            port = int(parts[4])
-        except ValueError:
-            raise BadHeader("PROXY v1: malformed address") from None
-        if not 0 <= port <= 65535:
-            raise BadHeader("PROXY v1: port out of range")
-        return end + 2, (str(address).encode(), port)
-    raise BadHeader("no PROXY header")
-
 
 class ProxyHeaderReader:
     """The protocol of a proxy_protocol listener's connection until its header is read."""

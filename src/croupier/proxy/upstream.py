@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import socket
 import ssl
@@ -902,21 +901,17 @@ class UpstreamPool:
     async def _connect(self, client: Downstream, req: Exchange, proxy_header: bytes) -> None:
         loop = self.context.loop
         member = self.member
-        owner = client if proxy_header else None
         try:
             # No Python base class (see client_protocol): uvloop only calls its methods.
             tls = self.tls
             connecting: Any
             if proxy_header:
-                connecting = self._connect_with_header(proxy_header, owner)
-            elif tls is None:
-                connecting = loop.create_connection(
-                    lambda: cast(asyncio.Protocol, UpstreamConnection(self)), member.address,
-                    member.port)
+                connecting = self._connect_with_header(proxy_header, client)
             else:
                 connecting = loop.create_connection(
                     lambda: cast(asyncio.Protocol, UpstreamConnection(self)), member.address,
-                    member.port, ssl=tls, server_hostname=self.server_name or member.address)
+                    member.port, ssl=tls,
+                    server_hostname=(self.server_name or member.address) if tls else None)
             _, proto = await asyncio.wait_for(connecting, self.connect_timeout)
             conn = cast(UpstreamConnection, proto)
         except TimeoutError:
@@ -930,7 +925,7 @@ class UpstreamPool:
             return
         client.upstream_connected(req, conn)
 
-    async def _connect_with_header(self, header: bytes, owner: Downstream | None,
+    async def _connect_with_header(self, header: bytes, owner: Downstream,
                                    ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
         """Connect, send the PROXY header, then speak HTTP (over TLS, which begins after
         the header: the member's PROXY reader sees it first)."""
@@ -951,22 +946,3 @@ class UpstreamPool:
             sock.close()
             raise
 
-
-def proxy_header(version: int, src: bytes, sport: int, dst: str, dport: int) -> bytes:
-    """A PROXY protocol header (v1 or v2, HAProxy's spec) for a TCP connection from
-    `src`:`sport` to `dst`:`dport` (addresses of different families: both as IPv6)."""
-    try:
-        client = ipaddress.ip_address(src.decode("ascii"))
-        local = ipaddress.ip_address(dst)
-    except ValueError:          # no address to name: say so, as the spec allows
-        return (b"PROXY UNKNOWN\r\n" if version == 1
-                else b"\r\n\r\n\x00\r\nQUIT\n\x20\x00\x00\x00")
-    if client.version != local.version:
-        client, local = (ipaddress.IPv6Address(f"::ffff:{a}") if a.version == 4 else a
-                         for a in (client, local))
-    if version == 1:
-        return b"PROXY TCP%d %s %s %d %d\r\n" % (client.version, str(client).encode(),
-                                                 str(local).encode(), sport, dport)
-    body = client.packed + local.packed + sport.to_bytes(2, "big") + dport.to_bytes(2, "big")
-    return (b"\r\n\r\n\x00\r\nQUIT\n\x21" + (b"\x11" if client.version == 4 else b"\x21")
-            + len(body).to_bytes(2, "big") + body)
