@@ -382,6 +382,16 @@ def resumed_chain(port: int, ctx: ssl.SSLContext, server_name: str,
     return resumed, session
 
 
+async def ws_echoes(ws: Any, words: tuple[str, ...] = ("one", "two", "three")) -> list[str]:
+    """Send each word on an open aiohttp WebSocket and collect the replies (the demo
+    backends answer "<name>: <word>")."""
+    replies = []
+    for word in words:
+        await ws.send_str(word)
+        replies.append((await ws.receive()).data)
+    return replies
+
+
 def json_body(body: bytes) -> Any:
     return json.loads(body)
 

@@ -17,6 +17,7 @@ from helpers import (
     raw_request,
     read_response,
     wait_until,
+    ws_echoes,
 )
 
 
@@ -572,11 +573,7 @@ def test_websocket_upgrade_tunnels_both_ways(backends, croupier, backend_loop):
 
     async def talk():
         async with aiohttp.ClientSession() as session, session.ws_connect(c.url("/ws")) as ws:
-            replies = []
-            for word in ("one", "two", "three"):
-                await ws.send_str(word)
-                replies.append((await ws.receive()).data)
-            return replies
+            return await ws_echoes(ws)
     assert backend_loop.run(talk()) == ["a: one", "a: two", "a: three"]
     wait_until(lambda: c.state(lambda: c.member("app", 0).in_flight) == 0)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import trustme
-from helpers import proxy_config, read_response
+from helpers import proxy_config, read_response, ws_echoes
 
 from croupier.config.load import ConfigError, validate_config
 
@@ -465,11 +465,7 @@ def test_a_websocket_tunnel_over_tls(backends, croupier, backend_loop, pki):
         connector = aiohttp.TCPConnector(ssl=ctx, resolver=_Local())
         async with aiohttp.ClientSession(connector=connector) as session, \
                 session.ws_connect(f"wss://a.test:{c.port}/ws") as ws:
-            replies = []
-            for word in ("one", "two", "three"):
-                await ws.send_str(word)
-                replies.append((await ws.receive()).data)
-            return replies
+            return await ws_echoes(ws)
     assert backend_loop.run(talk()) == ["a: one", "a: two", "a: three"]
 
 

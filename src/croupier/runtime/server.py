@@ -171,7 +171,7 @@ class Balancer:
         if tls is not up.tls:
             up.close_idle()                 # kept connections were made the old way
         up.tls = tls
-        up.server_name = pc.tls.server_name or "" if pc.tls is not None else ""
+        up.server_name = (pc.tls.server_name or "") if pc.tls is not None else ""
 
     def member_tls(self, pc: PoolConfig) -> ssl.SSLContext | None:
         """A pool's client context for TLS to its members, made once a config."""
