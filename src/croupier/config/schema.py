@@ -102,8 +102,9 @@ Weight = Annotated[int, Field(ge=0, le=1000)]
 Address = Annotated[str, BeforeValidator(_address)]
 # Free text people write (a reason in a history, a target): one line, printable, short, so
 # that it can go into logs, the state file and a terminal as it is.
-Hsts = Annotated[str, Field(max_length=200, pattern=r"^max-age=\d+(; ?[A-Za-z]+)*$")]
 Text = Annotated[str, Field(max_length=500, pattern=r"^[^\x00-\x1f\x7f]*$")]
+# A Strict-Transport-Security value: max-age, then directives (includeSubDomains, preload).
+Hsts = Annotated[str, Field(max_length=200, pattern=r"^max-age=\d+(; ?[A-Za-z]+)*$")]
 
 def parse_when(value: object) -> float:
     """A point in time -> epoch seconds: an ISO 8601 time with its offset
