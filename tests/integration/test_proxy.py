@@ -618,8 +618,7 @@ def test_member_answering_before_the_body_ends_still_gets_it_and_is_reused(backe
     server.close()
 
 
-def test_idle_connection_sheds_its_parser_and_still_serves_the_next_request(backends,
-                                                                          croupier):
+def test_a_connection_holds_a_parser_only_while_a_request_is_cut(backends, croupier):
     c = croupier(proxy_config([backends[0].address]))
 
     def parsers() -> list[object]:
@@ -629,7 +628,30 @@ def test_idle_connection_sheds_its_parser_and_still_serves_the_next_request(back
         buf = bytearray()
         s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert read_response(s, buf)[2] == b"a"
-        wait_until(lambda: c.state(parsers) == [None], message="the parser to be shed")
-        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert c.state(parsers) == [None]          # given back with the read that ended it
+        s.sendall(b"GET / HTTP/1.1\r\nHo")
+        wait_until(lambda: c.state(lambda: [p is not None for p in parsers()]) == [True],
+                   message="a parser lent for the cut head")
+        s.sendall(b"st: x\r\n\r\n")
         assert read_response(s, buf)[2] == b"a"
-        assert c.state(lambda: all(p is not None for p in parsers()))
+        assert c.state(parsers) == [None]
+
+
+def test_nothing_after_a_request_marked_as_the_last_is_answered(backends, croupier):
+    """RFC 9112 9.6: a request behind one with Connection: close is not processed, and the
+    parser the connection used serves the next connections as if new."""
+    c = croupier(proxy_config([backends[0].address]))
+    with socket.create_connection(("127.0.0.1", c.port), timeout=10) as s:
+        s.sendall(b"GET /first HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                  b"GET /second HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    assert data.count(b"HTTP/1.1 ") == 1 and data.startswith(b"HTTP/1.1 200")
+    assert b"Connection: close" in data
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", c.port), timeout=10) as s:
+            buf = bytearray()
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.0\r\n\r\n")
+            assert read_response(s, buf)[2] == b"a"
+            assert read_response(s, buf)[2] == b"a"

@@ -79,8 +79,8 @@ PRIVATE_KEPT: Final = 5
 # Body bytes held while the member connection opens, before reading pauses.
 _CONNECT_BUFFER: Final = 65536
 
-# Seconds of idleness after which a kept-alive connection gives its parser's memory back.
-IDLE_SHED: Final = 0.5
+# Parsers kept for the next requests (see RequestParser), at most: past it one is freed.
+PARSERS_KEPT: Final = 1024
 
 # Seconds a closing connection keeps reading (and dropping) what the client still sends.
 LINGER = 2.0
@@ -119,11 +119,64 @@ def client_protocol(listener: Listener) -> Callable[[], asyncio.Protocol]:
     return lambda: cast(asyncio.Protocol, ClientConnection(listener))
 
 
+class RequestParser:
+    """httptools' request parser, lent to a client connection from a request's first byte to
+    the end of the read that completes it, and between requests kept in `_PARSERS` for the
+    next one, of any connection. An idle kept-alive connection holds none: a parser is 784
+    bytes (llhttp's state and settings, httptools' object, a bound method per callback), a
+    third of an idle connection; and memory freed after some idle time would stay with the
+    process, which does not give back what the allocator once took. A connection of one
+    request makes none either (llhttp's state is reset by the request's end).
+
+    Its callbacks go to the connection it is lent to. llhttp's keep-alive leniency is on: a
+    request marked as the last (`Connection: close`, HTTP/1.0) would otherwise leave the
+    parser refusing every later byte, unfit for another connection; what a client sends
+    behind such a request is refused by the connection instead (on_message_begin)."""
+
+    __slots__ = ("conn", "llhttp")
+
+    def __init__(self) -> None:
+        self.conn: ClientConnection | None = None
+        self.llhttp: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
+        self.llhttp.set_dangerous_leniencies(lenient_keep_alive=True)
+
+    def on_message_begin(self) -> None:
+        conn = self.conn
+        assert conn is not None
+        conn.on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        conn = self.conn
+        assert conn is not None
+        conn.on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        conn = self.conn
+        assert conn is not None
+        conn.on_body(body)
+
+    def on_message_complete(self) -> None:
+        conn = self.conn
+        assert conn is not None
+        conn.on_message_complete()
+
+    def free(self) -> None:
+        """Not to be used again (mid-request, failed, or after an upgrade): the cycle through
+        its bound callbacks broken, so that it is freed at once, not by the cyclic GC."""
+        self.conn = None
+        self.llhttp = None
+
+
+_PARSERS: Final[list[RequestParser]] = []
+
+
 class ClientConnection(Downstream):
-    PAUSE_QUEUE = 1
-    PAUSE_UPSTREAM = 2
-    PAUSE_CONNECT = 4
-    PAUSE_UPGRADE = 8
+    # Why reading is paused (a bit each). Final: compiled, a plain class attribute would be
+    # a field of every connection.
+    PAUSE_QUEUE: Final = 1
+    PAUSE_UPSTREAM: Final = 2
+    PAUSE_CONNECT: Final = 4
+    PAUSE_UPGRADE: Final = 8
 
     __slots__ = (
         "_begin",
@@ -139,8 +192,8 @@ class ClientConnection(Downstream):
         "current",
         "deadline",
         "error",
+        "final_seen",
         "held",
-        "idle_since",
         "last_host",
         "listener",
         "log_client",
@@ -166,15 +219,14 @@ class ClientConnection(Downstream):
     def __init__(self, listener: Listener) -> None:
         self.listener = listener
         self.transport: asyncio.Transport | None = None
-        # None while idle long enough to give its memory back (see on_timeout)
-        self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
+        # Lent while a request is being parsed (see RequestParser)
+        self.parser: RequestParser | None = None
         self.parsing: Exchange | None = None     # the request whose bytes are being parsed
         self.current: Exchange | None = None     # the request being answered
         # Parsed, waiting for `current` to finish; made only when pipelining needs it (an
         # empty deque is 600 bytes, a third of an idle connection).
         self.queue: deque[Exchange] | None = None
         self.paused = 0
-        self.write_paused = False
         self.state = OPEN
         # Where heads are in the stream (offsets from the connection's first byte), to read
         # each from the bytes as they came: see _take_head.
@@ -192,19 +244,22 @@ class ClientConnection(Downstream):
         self.upgrading: Exchange | None = None
         self.held: bytes | None = None
         self.deadline = 0.0
-        self.idle_since = 0.0
+        # A request marked as the client's last was read: nothing after it is (RFC 9112 9.6)
+        self.final_seen = False
         self.client_eof = False         # the client half-closed: no lingering needed
+        # (the flags side by side: compiled, each would take 8 bytes between two pointers)
+        self.write_paused = False
+        self.trusted = False            # the peer is one of the listener's trusted_proxies
+        self._feeding = False
         self.peer = b""
         self.peer_port = 0
         self.log_client = b""           # see Exchange.log_client
         self.tls_info: tuple[bytes, bytes, bytes] | None = None   # version, cipher, SNI
         self.client_cert = b""          # the verified client certificate, as Client-Cert
         self.refused: Exchange | None = None    # the request the parser stopped on
-        self.trusted = False            # the peer is one of the listener's trusted_proxies
         self.last_host = listener.known_host    # the last Host value found valid
         self._out: list[bytes] | None = None
         self._out_sink: UpstreamConnection | None = None
-        self._feeding = False
         # send_proxy: this client's own idle member connections (one a member, the last
         # PRIVATE_KEPT used), and the PROXY header (by version) that names it to members,
         # made at its first use
@@ -262,8 +317,11 @@ class ClientConnection(Downstream):
                 self._data = data
                 parser = self.parser
                 if parser is None:
-                    parser = self.parser = httptools.HttpRequestParser(self)
-                parser.feed_data(data)
+                    parser = self.parser = _PARSERS.pop() if _PARSERS else RequestParser()
+                    parser.conn = self
+                llhttp = parser.llhttp
+                assert llhttp is not None
+                llhttp.feed_data(data)
             except httptools.HttpParserUpgrade as e:
                 rest = self._upgrade_requested(data, e.args[0])
                 if rest is None:
@@ -291,6 +349,14 @@ class ClientConnection(Downstream):
         parsing = self.parsing
         if parsing is None:
             self._next_start = self._fed    # every request in this read is whole
+            parser = self.parser
+            if parser is not None:          # between requests: back to the stock
+                self.parser = None
+                if len(_PARSERS) < PARSERS_KEPT:
+                    parser.conn = None
+                    _PARSERS.append(parser)
+                else:
+                    parser.free()
         elif self.state == HEAD:
             # A head cut by the end of the read: keep its bytes (from where it began) for
             # _take_head, within the limit.
@@ -322,10 +388,7 @@ class ClientConnection(Downstream):
         listener.context.connections.discard(self)
         listener.open_connections -= 1
         self.transport = None
-        # The parser holds our callbacks: a cycle that refcounting cannot free. Broken here,
-        # a closed connection is freed at once instead of adding up to the next collection
-        # of the cyclic GC (which every connection left behind used to bring nearer).
-        self.parser = None
+        self._free_parser()
         self.to(CLOSED)
         tunnel, self.tunnel = self.tunnel, None
         if tunnel is not None:
@@ -378,6 +441,9 @@ class ClientConnection(Downstream):
     # ---- parser callbacks ------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self.final_seen:
+            self.error = (0, "a request after one marked as the last")
+            raise _Reject()
         queue = self.queue
         if queue is not None and len(queue) >= self.listener.max_pipelined:
             self.error = (0, "too many pipelined requests")
@@ -400,7 +466,9 @@ class ClientConnection(Downstream):
         self.to(OPEN)
         req = self.parsing
         assert req is not None
-        parser = self.parser
+        lent = self.parser
+        assert lent is not None
+        parser = lent.llhttp
         assert parser is not None
         method = req.method = parser.get_method()
         raw = self._raw
@@ -437,6 +505,7 @@ class ClientConnection(Downstream):
         keep_alive = parser.should_keep_alive() if req.connection_field else http11
         if not keep_alive:
             req.close_after = True
+            self.final_seen = True
         # llhttp upgrades only with an Upgrade field (or CONNECT, refused below); croupier
         # serves HTTP/1.1, so an h2c upgrade is left out and the request answered as is.
         if req.upgrade_value:
@@ -1075,7 +1144,7 @@ class ClientConnection(Downstream):
         rest = data[end:]
         self._data = rest
         req, self.upgrading = self.upgrading, None
-        self.parser = httptools.HttpRequestParser(self)
+        self._free_parser()                 # what follows is parsed by another
         if self.state >= CLOSING:       # answered with a close: nothing more is read
             rest = b""
         elif req is None or req.response_done:
@@ -1115,7 +1184,7 @@ class ClientConnection(Downstream):
             req.to(TUNNEL)
             req.sink = None
         self.current = None
-        self.parser = None
+        self._free_parser()
         held = self.held
         self.held = None
         self.upgrading = None
@@ -1212,11 +1281,6 @@ class ClientConnection(Downstream):
             self.error = (408, "request body not received in time")
             self._parse_failed()
         elif self.current is None:
-            if self.parser is not None and self.state < CLOSING and self.idle_since:
-                # Idle a while: give the parser's memory back; the next byte makes a new one.
-                self.parser = None
-                self.deadline = self.idle_since + self.listener.keepalive_timeout
-                return
             transport.close()           # idle keep-alive connection
         else:
             self.deadline = 0.0         # waiting on a member: its own deadline applies
@@ -1324,10 +1388,11 @@ class ClientConnection(Downstream):
     def _idle_deadline(self, now: float = -1.0) -> float:
         if now < 0.0:
             now = self.listener.time()
-        keepalive = self.listener.keepalive_timeout
-        if keepalive > IDLE_SHED:
-            self.idle_since = now           # wake first at IDLE_SHED to shed the parser
-            return now + IDLE_SHED
-        self.idle_since = 0.0
-        return now + keepalive
+        return now + self.listener.keepalive_timeout
+
+    def _free_parser(self) -> None:
+        parser = self.parser
+        if parser is not None:
+            self.parser = None
+            parser.free()
 
