@@ -121,7 +121,7 @@ def client_protocol(listener: Listener) -> Callable[[], asyncio.Protocol]:
 
 class RequestParser:
     """httptools' request parser, lent to a client connection from a request's first byte to
-    the end of the read that completes it, and between requests kept in `_PARSERS` for the
+    the end of the read that completes it, and between requests kept in `_STOCK` for the
     next one, of any connection. An idle kept-alive connection holds none: a parser is 784
     bytes (llhttp's state and settings, httptools' object, a bound method per callback), a
     third of an idle connection; and memory freed after some idle time would stay with the
@@ -167,7 +167,38 @@ class RequestParser:
         self.llhttp = None
 
 
-_PARSERS: Final[list[RequestParser]] = []
+class ParserStock:
+    """The parsers between requests, at most PARSERS_KEPT. One is kept aside from the list:
+    a list emptied and filled again by every request would reallocate its array both times."""
+
+    __slots__ = ("more", "spare")
+
+    def __init__(self) -> None:
+        self.spare: RequestParser | None = None
+        self.more: list[RequestParser] = []
+
+    def take(self, conn: ClientConnection) -> RequestParser:
+        parser = self.spare
+        if parser is not None:
+            self.spare = None
+        elif self.more:
+            parser = self.more.pop()
+        else:
+            parser = RequestParser()
+        parser.conn = conn
+        return parser
+
+    def give(self, parser: RequestParser) -> None:
+        parser.conn = None
+        if self.spare is None:
+            self.spare = parser
+        elif len(self.more) < PARSERS_KEPT:
+            self.more.append(parser)
+        else:
+            parser.free()
+
+
+_STOCK: Final = ParserStock()
 
 
 class ClientConnection(Downstream):
@@ -317,8 +348,7 @@ class ClientConnection(Downstream):
                 self._data = data
                 parser = self.parser
                 if parser is None:
-                    parser = self.parser = _PARSERS.pop() if _PARSERS else RequestParser()
-                    parser.conn = self
+                    parser = self.parser = _STOCK.take(self)
                 llhttp = parser.llhttp
                 assert llhttp is not None
                 llhttp.feed_data(data)
@@ -352,11 +382,7 @@ class ClientConnection(Downstream):
             parser = self.parser
             if parser is not None:          # between requests: back to the stock
                 self.parser = None
-                if len(_PARSERS) < PARSERS_KEPT:
-                    parser.conn = None
-                    _PARSERS.append(parser)
-                else:
-                    parser.free()
+                _STOCK.give(parser)
         elif self.state == HEAD:
             # A head cut by the end of the read: keep its bytes (from where it began) for
             # _take_head, within the limit.
