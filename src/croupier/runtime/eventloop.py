@@ -6,14 +6,30 @@ first resolution starts four threads. A process with threads shares its file tab
 kernel takes and drops a reference on it for every read, write and epoll call: about 0.5 us
 of kernel time per relayed request on the `small` bench (`bench/cpu_per_request.sh`). A
 literal address needs no resolver, so it is answered here, on the loop, at once.
+
+uvloop is imported with its record of transports by file descriptor made in compiled code
+(proxy/transports.py): its own, a `weakref.WeakValueDictionary`, runs four Python functions
+for every connection.
 """
 
 from __future__ import annotations
 
+import asyncio  # noqa: F401  (imported before the swap below, so that only uvloop sees it)
 import socket
+import weakref
 from typing import Any
 
-import uvloop
+from croupier.proxy.transports import TransportTable
+
+# uvloop reads `weakref.WeakValueDictionary` once, when `uvloop.loop` is first imported: its
+# loops then record transports in a TransportTable. Imported earlier by someone else, it
+# keeps its own (slower, the same answers).
+_original = weakref.WeakValueDictionary
+weakref.WeakValueDictionary = TransportTable  # type: ignore[misc, assignment]
+try:
+    import uvloop
+finally:
+    weakref.WeakValueDictionary = _original  # type: ignore[misc]
 
 
 class Loop(uvloop.Loop):
