@@ -39,6 +39,7 @@ lint: $(COMPILED)
 	$(VENV)/bin/lint-imports          # DESIGN.md's layers: pyproject.toml [tool.importlinter]
 
 test: lint
+	bash tests/install.sh            # Debian's packages the tests start (etcd)
 	$(PY) -m pytest -q
 
 bench: $(COMPILED)

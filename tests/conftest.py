@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("CROUPIER_STRICT_STATES", str(
     Path(tempfile.gettempdir()) / f"croupier-illegal-transitions-{os.getpid()}.txt"))
 
-from helpers import Backend, Croupier, LoopThread
+from helpers import Backend, Croupier, Etcd, LoopThread
 
 _ILLEGAL = Path(os.environ["CROUPIER_STRICT_STATES"])
 
@@ -64,3 +64,11 @@ def croupier() -> Iterator[Callable[[dict[str, Any]], Croupier]]:
     yield start
     for c in started:
         c.close()
+
+
+@pytest.fixture(scope="session")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Etcd]:
+    """One real etcd for the whole session (tests keep to prefixes of their own)."""
+    store = Etcd(tmp_path_factory.mktemp("etcd"))
+    yield store
+    store.stop()

@@ -576,3 +576,55 @@ class Running:
             raise AssertionError(
                 "croupier did not stop on SIGTERM:\n" + out.decode()[-3000:]) from None
         return self.proc.returncode, out.decode()
+
+
+class Etcd:
+    """A real etcd (Debian's etcd-server, tests/install.sh) on two free ports with its own
+    temporary data directory. Stopped and started again, it keeps its data: an outage, not a
+    new store. Free ports rather than port 0: etcd's gateway breaks on port 0."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.peer_port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        self.proc = subprocess.Popen(
+            ["etcd", "--name", "test", "--data-dir", str(self.data_dir),
+             "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+             "--initial-cluster", f"test={peer}", "--log-level", "error"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def healthy() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"etcd exited with {self.proc.returncode}")
+            try:
+                return bool(httpx.get(self.url + "/health", timeout=0.5).json()
+                            .get("health") == "true")
+            except (httpx.HTTPError, ValueError):
+                return False
+        wait_until(healthy, 30, 0.05, "etcd to answer")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def compact(self) -> int:
+        """Compact the history up to the current revision; that revision."""
+        rev = int(httpx.post(self.url + "/v3/kv/range", json={"key": "AA=="}, timeout=5)
+                  .json()["header"]["revision"])
+        httpx.post(self.url + "/v3/kv/compaction", json={"revision": str(rev),
+                                                          "physical": True}, timeout=5)
+        return rev

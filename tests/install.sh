@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# What the test suite needs from Debian: etcd (the fleet's store; tests start their own on
+# ephemeral ports with a temporary data directory, never the packaged service).
+set -euo pipefail
+need=()
+command -v etcd >/dev/null || need+=(etcd-server)
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
