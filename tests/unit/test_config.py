@@ -124,3 +124,33 @@ def test_sizes():
     assert parse_size("1MiB") == 1048576
     with pytest.raises(ValueError):
         parse_size("-1")
+
+
+def _cluster(**keys):
+    return lambda d: d.update(cluster={"etcd": ["http://127.0.0.1:2379"], **keys})
+
+
+@pytest.mark.parametrize("mutate, key, reason", [
+    (_cluster(etcd=["ftp://10.0.0.1:2379"]), "cluster.etcd", "is not http(s)://HOST:PORT"),
+    (_cluster(etcd=[]), "cluster.etcd", "at least 1"),
+    (_cluster(prefix="croupier"), "cluster.prefix", "must start with \"/\""),
+    (_cluster(prefix="/a b"), "cluster.prefix", "must start with \"/\""),
+    (_cluster(instance="lb 1"), "cluster.instance", "letters, digits"),
+    (_cluster(cert="c.pem"), "cluster", "needs both cert and key"),
+    (_cluster(username="croupier"), "cluster", "needs both username and password_file"),
+    (_cluster(ca="nowhere-ca.pem"), "cluster.ca", "no such file"),
+    (_cluster(colour="red"), "cluster.colour", "unknown key"),
+])
+def test_a_bad_cluster_section_names_key_and_reason(mutate, key, reason):
+    found = problems(mutate)
+    assert any(k == key and reason in r for k, r in found), found
+
+
+def test_a_cluster_section_is_read_but_refused_until_the_fleet_runs():
+    data = copy.deepcopy(GOOD)
+    data["cluster"] = {"etcd": ["http://127.0.0.1:2379", "https://etcd-2.internal:2379"],
+                       "prefix": "/croupier/prod/"}
+    with pytest.raises(ConfigError) as e:
+        validate_config(data, "test.toml")
+    assert [(k, r.split(":")[0]) for k, r in e.value.problems] == [
+        ("cluster", "a fleet is not available in this version yet")]

@@ -267,6 +267,28 @@ def validate_config(data: dict[str, Any], path: Path | str = "<config>") -> Load
                              f"{mc.target!r} names no member or host of this config (give "
                              f"pool/member, a member's address:port, or host:NAME)"))
 
+    cluster = config.cluster
+    if cluster is not None:
+        # Read and checked already, so that the keys are settled, but not run yet: an instance
+        # that took [cluster] and went on alone would be the split fleet this section exists
+        # to prevent.
+        problems.append(("cluster", "a fleet is not available in this version yet: remove "
+                                    "[cluster] to run this instance alone"))
+        here = Path(path).parent
+        for field in ("ca", "cert", "key", "password_file"):
+            name = getattr(cluster, field)
+            if name is not None and not (here / name).is_file():
+                problems.append((f"cluster.{field}", f"{here / name}: no such file"))
+        files_ok = not any(k.startswith("cluster.") for k, _ in problems)
+        if files_ok and (cluster.ca is not None or cluster.cert is not None):
+            try:        # as run will load them
+                context = ssl.create_default_context(
+                    cafile=str(here / cluster.ca) if cluster.ca else None)
+                if cluster.cert is not None and cluster.key is not None:
+                    context.load_cert_chain(here / cluster.cert, here / cluster.key)
+            except (OSError, ssl.SSLError) as e:
+                problems.append(("cluster", f"the etcd TLS files cannot be used: {e}"))
+
     if problems:
         raise ConfigError(path, problems)
     digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()

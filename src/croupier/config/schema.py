@@ -487,6 +487,56 @@ class RuntimeConfig(_Strict):
     stop_grace: Duration = 10.0
 
 
+_INSTANCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_ETCD_URL = re.compile(r"^(http|https)://[^/\s]+:\d{1,5}/?$")
+
+
+class ClusterConfig(_Strict):
+    """A fleet (DESIGN.md): the instances sharing one etcd prefix share their admin state."""
+
+    etcd: list[str] = Field(min_length=1, max_length=16)    # the cluster's client URLs
+    prefix: str = "/croupier"
+    instance: str | None = None         # this instance's name in the fleet; default: host name
+    username: str | None = None         # etcd's authentication, with password_file
+    password_file: str | None = None    # beside the config, its whole text is the password
+    ca: str | None = None               # for https:// endpoints: the CA that signed etcd's
+    cert: str | None = None             # a client certificate for etcd, with key
+    key: str | None = None
+    timeout: Timeout = 2.0              # one call to etcd
+    lease_ttl: Timeout = 5.0            # an instance gone this long leaves the fleet's list
+
+    @field_validator("etcd")
+    @classmethod
+    def _urls(cls, v: list[str]) -> list[str]:
+        for url in v:
+            if not _ETCD_URL.match(url):
+                raise ValueError(f"etcd endpoint {url[:100]!r} is not http(s)://HOST:PORT")
+        return v
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not re.match(r"^/[A-Za-z0-9._/-]{1,200}$", v) or "//" in v:
+            raise ValueError(f"prefix {v[:100]!r} must start with \"/\" and hold only letters, "
+                             f"digits and ._-/")
+        return v.rstrip("/")
+
+    @field_validator("instance")
+    @classmethod
+    def _instance(cls, v: str | None) -> str | None:
+        if v is not None and not _INSTANCE.match(v):
+            raise ValueError(f"instance {v[:100]!r}: 1 to 63 letters, digits and ._-")
+        return v
+
+    @model_validator(mode="after")
+    def _pairs(self) -> ClusterConfig:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("a client certificate for etcd needs both cert and key")
+        if (self.username is None) != (self.password_file is None):
+            raise ValueError("etcd authentication needs both username and password_file")
+        return self
+
+
 class Config(_Strict):
     # Processes that serve the listeners (SO_REUSEPORT); checks, schedules and the admin API
     # run once, in a supervisor, when there is more than one. "auto": one per core.
@@ -498,3 +548,4 @@ class Config(_Strict):
     hosts: list[HostConfig] = []
     pools: list[PoolConfig] = Field(min_length=1)
     maintenance: list[MaintenanceConfig] = []
+    cluster: ClusterConfig | None = None     # a fleet sharing its admin state through etcd
