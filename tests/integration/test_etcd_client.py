@@ -127,3 +127,48 @@ def test_a_dead_endpoint_is_passed_over_and_none_answering_is_unavailable(etcd: 
             with pytest.raises(Unavailable):
                 await c.get_prefix("/x/")
         run([dead], nobody)
+
+
+def test_credentials_are_exchanged_for_a_token_and_refused_without_them(tmp_path):
+    import httpx
+
+    from croupier.cluster.etcd import EtcdError
+    store = Etcd(tmp_path / "etcd")
+    try:
+        for path, body in (("/v3/auth/user/add", {"name": "root", "password": "s3cret"}),
+                           ("/v3/auth/user/grant", {"user": "root", "role": "root"}),
+                           ("/v3/auth/enable", {})):
+            r = httpx.post(store.url + path, json=body, timeout=5)
+            assert r.status_code == 200, r.text
+
+        async def anonymous() -> None:
+            c = EtcdClient([store.url])
+            try:
+                with pytest.raises(EtcdError):
+                    await c.put("/k", b"v")
+            finally:
+                await c.close()
+        asyncio.run(anonymous())
+
+        async def with_password() -> None:
+            c = EtcdClient([store.url], username="root", password="s3cret")
+            try:
+                start = await c.put("/k", b"v")
+                assert (await c.get("/k")).value == b"v"    # type: ignore[union-attr]
+                async for batch in c.watch("/k", start):     # a watch carries the token too
+                    assert batch[0].value == b"v"
+                    break
+            finally:
+                await c.close()
+        asyncio.run(with_password())
+
+        async def wrong_password() -> None:
+            c = EtcdClient([store.url], username="root", password="nope")
+            try:
+                with pytest.raises(EtcdError, match="refused the credentials"):
+                    await c.put("/k", b"v")
+            finally:
+                await c.close()
+        asyncio.run(wrong_password())
+    finally:
+        store.stop()

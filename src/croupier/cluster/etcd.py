@@ -176,6 +176,8 @@ class EtcdClient:
                                   "start_revision": str(start_revision)}}
         url = self.endpoints[self._current] + "/v3/watch"
         try:
+            if self._username and self._token is None:
+                await self._authenticate(self.endpoints[self._current])
             async with self._http.stream("POST", url, json=req, headers=self._headers(),
                                          timeout=httpx.Timeout(self.timeout, read=None)) as r:
                 if r.status_code != 200:
@@ -183,7 +185,10 @@ class EtcdClient:
                 async for line in r.aiter_lines():
                     if not line.strip():
                         continue
-                    msg = json.loads(line)
+                    try:
+                        msg = json.loads(line)
+                    except ValueError:
+                        raise EtcdError(f"watch: not JSON: {line[:200]!r}") from None
                     if "error" in msg:
                         raise EtcdError(str(msg["error"].get("message", msg["error"])))
                     result = msg.get("result", {})
@@ -210,7 +215,10 @@ class EtcdClient:
     async def _authenticate(self, base: str) -> None:
         r = await self._http.post(base + "/v3/auth/authenticate",
                                   json={"name": self._username, "password": self._password})
-        body = r.json()
+        try:
+            body = r.json()
+        except ValueError:
+            body = {}
         if r.status_code != 200 or "token" not in body:
             raise EtcdError(f"etcd refused the credentials: {body.get('message', r.status_code)}")
         self._token = body["token"]
@@ -233,7 +241,11 @@ class EtcdClient:
                 errors.append(f"{base}: {e.__class__.__name__}")
                 continue
             self._current = index
-            body: dict[str, Any] = r.json()
+            try:
+                body: dict[str, Any] = r.json()
+            except ValueError:
+                raise EtcdError(f"{path}: HTTP {r.status_code}, not JSON: {r.text[:200]!r}") \
+                    from None
             if r.status_code != 200:
                 raise EtcdError(f"{path}: {body.get('message', body)}")
             return body
