@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
 
-from croupier.admin.ops import OpError
+from croupier.admin.ops import OpError, Target, set_state
 from croupier.admin.schedule import Scheduler
 from croupier.config.certificates import CertificateError, certificate_end, member_context
 from croupier.config.load import ConfigError, LoadedConfig, MemberSpec, load_config
@@ -35,7 +35,7 @@ from croupier.config.schema import ListenerConfig, PoolConfig, split_address
 from croupier.health.checks import Checker
 from croupier.model.policy import PolicyFactory
 from croupier.model.reconcile import Changes, reconcile
-from croupier.model.state import Member, Model
+from croupier.model.state import Host, Member, Model
 from croupier.proxy.access_log import AccessLog
 from croupier.proxy.client import ClientConnection, client_protocol
 from croupier.proxy.context import ProxyContext
@@ -198,32 +198,69 @@ class Balancer:
             member.upstream.close_idle()
 
     def _restore(self, saved: dict[str, Any]) -> None:
-        """At start: the admin states and windows the state file kept. Those that name a
-        member, host or target that is gone are dropped with a warning: the file is advisory
-        and must never keep croupier from starting."""
+        """At start: what the state file kept (no history: nothing changed)."""
+        self.apply_overlay(saved, quiet=True, source="state file")
+
+    def apply_overlay(self, saved: dict[str, Any], cause: str = "", quiet: bool = False,
+                      source: str = "state file") -> None:
+        """Make the model hold `saved`: what operators set at run time, as the state file
+        keeps it (and as the fleet shares it). Membership goes through the one reconcile;
+        admin states of origin `api` are set or cleared where they differ, so that one already
+        held records nothing; windows of origin `api` are added, replaced or cancelled by id.
+        Whatever names a member, host or target that is gone is dropped with a warning: the
+        overlay is advisory and must never keep croupier from starting or going on. `quiet`:
+        set without history or closing idle connections (at start, nothing changed);
+        `source` names where the overlay came from in the warnings."""
+        changes = state_file.api_members(saved)
+        if changes != self.api_members.changes:
+            self.api_members.changes = changes
+            self.reconcile_members()
         members = {m.key: m for m in self.members()}
-        for key, state in saved.get("member_admin", {}).items():
-            if key in members:
-                members[key].admin["api"] = state
+        targets: list[tuple[Member | Host, Target, str]] = []
+        wanted = saved.get("member_admin", {})
+        for key in wanted.keys() - members.keys():
+            log.warning("%s: admin state of %s dropped: no such member now", source, key)
+        for key, m in members.items():
+            targets.append((m, Target(key, members=(m,)), wanted.get(key, "ready")))
+        wanted = saved.get("host_admin", {})
+        for name in wanted.keys() - self.hosts.keys():
+            log.warning("%s: admin state of host %s dropped: no such host now", source,
+                        name)
+        for name, h in self.hosts.items():
+            targets.append((h, Target(f"host:{name}", host=h), wanted.get(name, "ready")))
+        for obj, target, state in targets:
+            if obj.admin.get("api", "ready") == state:
+                continue
+            if not quiet:
+                set_state(target, state, "api", cause)
+            elif state == "ready":
+                obj.admin.pop("api", None)
             else:
-                log.warning("state file: admin state of %s dropped: no such member now", key)
-        for name, state in saved.get("host_admin", {}).items():
-            if name in self.hosts:
-                self.hosts[name].admin["api"] = state
-            else:
-                log.warning("state file: admin state of host %s dropped: no such host now",
-                            name)
-        for pool in self.pools.values():
-            pool.refresh()
+                obj.admin["api"] = state
+        if quiet:
+            for pool in self.pools.values():
+                pool.refresh()
+        self._apply_windows(saved.get("windows", []), source)
+
+    def _apply_windows(self, saved: list[dict[str, Any]], source: str) -> None:
         now = time.time()
-        for w in saved.get("windows", []):
-            if w["end"] > now:
-                try:
-                    self.scheduler.add(w["target"], w["start"], w["end"], w["lead"], "api",
-                                       w.get("reason", ""), w["id"])
-                except OpError as e:
-                    log.warning("maintenance window %s from the state file dropped: %s",
-                                w.get("id"), e.message)
+        wanted = {w["id"]: w for w in saved if w["end"] > now}
+        for w in [w for w in self.scheduler.windows if w.origin == "api"]:
+            kept = wanted.get(w.id)
+            if kept is None or (kept["target"], kept["start"], kept["end"], kept["lead"],
+                                kept.get("reason", "")) != (w.target, w.start, w.end,
+                                                            w.lead, w.reason):
+                self.scheduler.remove(w.id)
+            else:
+                del wanted[w.id]            # held already, as it is
+        for saved_window in wanted.values():
+            try:
+                self.scheduler.add(saved_window["target"], saved_window["start"],
+                                   saved_window["end"], saved_window["lead"], "api",
+                                   saved_window.get("reason", ""), saved_window["id"])
+            except OpError as e:
+                log.warning("maintenance window %s from the %s dropped: %s",
+                            saved_window["id"], source, e.message)
 
     def _load_windows(self, loaded: LoadedConfig) -> None:
         """The config's maintenance windows, replaced on each load (the API's are kept). One
