@@ -16,52 +16,20 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Final, Literal
+from typing import IO, TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
-from croupier.config.schema import Name, Text, Weight, When
-from croupier.sources.admin_api import AddedMember, ApiMembers
+from croupier.config.overlay import StateFile, api_members, empty
 
 if TYPE_CHECKING:
     from croupier.config.load import LoadedConfig
 
 log = logging.getLogger("croupier.state")
 
-VERSION: Final = 1
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-
-class SavedWindow(_Strict):
-    id: Name
-    target: Text
-    start: When
-    end: When
-    lead: float = Field(ge=0)           # seconds of drain before start
-    reason: Text = ""
-
-
-class StateFile(_Strict):
-    version: Literal[1] = VERSION
-    member_admin: dict[str, Literal["drain", "maint"]] = {}
-    host_admin: dict[str, Literal["drain", "maint"]] = {}
-    added: list[AddedMember] = []
-    removed: list[str] = []
-    weights: dict[str, Weight] = {}
-    windows: list[SavedWindow] = []
-
-
-def empty() -> dict[str, Any]:
-    return StateFile().model_dump()
-
-
-def api_members(saved: dict[str, Any]) -> ApiMembers:
-    """The membership part of what the file keeps (a worker is sent only that part)."""
-    return ApiMembers.model_validate({k: saved.get(k, v) for k, v in
-                                      ApiMembers().model_dump().items()})
+# The overlay's model and helpers live with the config (config/overlay.py); these are the
+# file's own.
+__all__ = ["StateFile", "api_members", "empty", "hold_lock", "lock_path", "read", "write"]
 
 
 def read(path: Path) -> dict[str, Any]:

@@ -6,34 +6,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from pydantic import BaseModel, ConfigDict
-
 from croupier.config.load import MemberSpec
-from croupier.config.schema import Address, Name, Port, Text, Weight
+from croupier.config.overlay import AddedMember, ApiMembers
 from croupier.model.reconcile import Wanted
 
 log = logging.getLogger("croupier.sources")
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-
-class AddedMember(_Strict):
-    pool: Name
-    name: Text
-    host: Text
-    address: Address
-    port: Port
-    weight: Weight
-
-
-class ApiMembers(_Strict):
-    """What the admin API changed of the membership (members are named `pool/name`)."""
-
-    added: list[AddedMember] = []
-    removed: list[str] = []
-    weights: dict[str, Weight] = {}
+__all__ = ["AddedMember", "AdminApi", "ApiMembers"]
 
 
 class AdminApi:
