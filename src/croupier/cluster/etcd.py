@@ -136,17 +136,21 @@ class EtcdClient:
                                mod_revision: int) -> tuple[bool, int]:
         """Write `value` to `key` (None: delete it) only if the key was last written at
         `mod_revision` (0: only if it does not exist). (succeeded, the store's revision)."""
-        if mod_revision:
-            compare = {"key": _b64(key), "target": "MOD", "result": "EQUAL",
-                       "mod_revision": str(mod_revision)}
-        else:
-            compare = {"key": _b64(key), "target": "CREATE", "result": "EQUAL",
-                       "create_revision": "0"}
-        if value is None:
-            op = {"request_delete_range": {"key": _b64(key)}}
-        else:
-            op = {"request_put": {"key": _b64(key), "value": _b64(value)}}
-        body = await self._call("/v3/kv/txn", {"compare": [compare], "success": [op]})
+        return await self.transaction({key: mod_revision}, {key: value})
+
+    async def transaction(self, expected: dict[str, int],
+                          writes: dict[str, bytes | None]) -> tuple[bool, int]:
+        """Apply `writes` (None: delete the key) together, only if every key of `expected`
+        was last written at its revision (0: does not exist). (succeeded, the revision)."""
+        compares = [{"key": _b64(key), "target": "MOD", "result": "EQUAL",
+                     "mod_revision": str(rev)} if rev else
+                    {"key": _b64(key), "target": "CREATE", "result": "EQUAL",
+                     "create_revision": "0"}
+                    for key, rev in expected.items()]
+        ops = [{"request_delete_range": {"key": _b64(key)}} if value is None else
+               {"request_put": {"key": _b64(key), "value": _b64(value)}}
+               for key, value in writes.items()]
+        body = await self._call("/v3/kv/txn", {"compare": compares, "success": ops})
         return bool(body.get("succeeded", False)), int(body["header"]["revision"])
 
     async def delete(self, key: str) -> int:
@@ -170,8 +174,9 @@ class EtcdClient:
 
     async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[list[Event]]:
         """The changes under `prefix` from `start_revision` on, a batch at a time (one
-        revision's events arrive together). Ends with Compacted, Unavailable or when the
-        connection drops (the caller watches again from the last revision it saw + 1)."""
+        revision's events arrive together); first an empty batch, once etcd has taken the
+        watch. Ends with Compacted, Unavailable or when the connection drops (the caller
+        watches again from the last revision it saw + 1)."""
         req = {"create_request": {"key": _b64(prefix), "range_end": prefix_end(prefix),
                                   "start_revision": str(start_revision)}}
         url = self.endpoints[self._current] + "/v3/watch"
@@ -196,6 +201,9 @@ class EtcdClient:
                         raise Compacted(int(result["compact_revision"]))
                     if result.get("canceled"):
                         raise EtcdError(result.get("cancel_reason", "watch cancelled"))
+                    if result.get("created"):
+                        yield []
+                        continue
                     events = [Event(key=_unb64(e["kv"]["key"]).decode("utf-8", "replace"),
                                     value=(None if e.get("type") == "DELETE"
                                            else _unb64(e["kv"].get("value", ""))),

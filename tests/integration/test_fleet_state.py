@@ -1,0 +1,136 @@
+"""Two instances' sides of the fleet's shared state (cluster/fleet.py) on a real etcd: a change
+made on one reaches both through the watch, conflicting changes end identical on both, a
+compaction or an outage loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import Etcd
+
+from croupier.cluster.etcd import EtcdClient, Unavailable
+from croupier.cluster.fleet import Conflict, Fleet
+from croupier.config.overlay import empty
+
+M = "classes/127.0.0.1:9001"
+
+
+def drained(state: str = "drain", member: str = M) -> dict[str, Any]:
+    return empty() | {"member_admin": {member: state}}
+
+
+class Side:
+    """One instance's Fleet, and the overlays it was handed."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self.client = EtcdClient([url], timeout=1.0)
+        self.seen: list[tuple[dict[str, Any], int]] = []
+        self.fleet = Fleet(self.client, prefix, lambda o, r: self.seen.append((o, r)))
+
+    async def started(self) -> Side:
+        self.fleet.start()
+        await until(lambda: self.fleet.connected)
+        return self
+
+    async def close(self) -> None:
+        await self.fleet.stop()
+        await self.client.close()
+
+
+async def until(predicate: Any, timeout: float = 15.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError("timed out")
+        await asyncio.sleep(0.02)
+
+
+def test_a_change_committed_on_one_instance_is_applied_on_both(etcd: Etcd):
+    prefix = f"/test/{uuid.uuid4().hex}"
+
+    async def main() -> None:
+        a, b = [await Side(etcd.url, prefix).started() for _ in range(2)]
+        revision = await a.fleet.commit(drained())
+        assert await a.fleet.wait_applied(revision, 5) and await b.fleet.wait_applied(revision, 5)
+        assert a.fleet.overlay == b.fleet.overlay == drained()
+        assert b.seen[-1] == (drained(), revision)
+        assert await b.fleet.commit(drained()) == b.fleet.applied      # nothing differs
+        cleared = await b.fleet.commit(empty())                       # ready: the key goes
+        assert await a.fleet.wait_applied(cleared, 5)
+        assert a.fleet.overlay == empty()
+        await a.close()
+        await b.close()
+    asyncio.run(main())
+
+
+def test_two_conflicting_changes_at_once_end_identical_on_both(etcd: Etcd):
+    prefix = f"/test/{uuid.uuid4().hex}"
+
+    async def main() -> None:
+        a, b = [await Side(etcd.url, prefix).started() for _ in range(2)]
+        for round_ in range(5):
+            results = await asyncio.gather(a.fleet.commit(drained("drain")),
+                                           b.fleet.commit(drained("maint")),
+                                           return_exceptions=True)
+            won = [r for r in results if isinstance(r, int)]
+            assert len(won) == 1 and any(isinstance(r, Conflict) for r in results), results
+            assert await a.fleet.wait_applied(won[0], 5)
+            assert await b.fleet.wait_applied(won[0], 5)
+            assert a.fleet.overlay == b.fleet.overlay != empty(), round_
+            cleared = await a.fleet.commit(empty())
+            await b.fleet.wait_applied(cleared, 5)
+        await a.close()
+        await b.close()
+    asyncio.run(main())
+
+
+def test_a_compaction_while_an_instance_was_away_forces_a_full_read_that_loses_nothing(
+        etcd: Etcd):
+    prefix = f"/test/{uuid.uuid4().hex}"
+
+    async def main() -> None:
+        a, b = [await Side(etcd.url, prefix).started() for _ in range(2)]
+        await b.fleet.stop()                        # b away; its copy stays at its revision
+        for i in range(5):
+            await a.fleet.wait_applied(await a.fleet.commit(
+                drained(member=f"classes/127.0.0.1:{9001 + i}")), 5)
+        etcd.compact()
+        b.fleet.start()                             # its watch from the old revision fails
+        await until(lambda: b.fleet.overlay == a.fleet.overlay)
+        assert b.fleet.resyncs == 1
+        assert b.fleet.overlay == drained(member="classes/127.0.0.1:9005")
+        await a.close()
+        await b.close()
+    asyncio.run(main())
+
+
+def test_etcd_down_refuses_changes_keeps_the_state_and_resumes_after(tmp_path: Path):
+    store = Etcd(tmp_path / "etcd")
+    prefix = "/test/outage"
+
+    async def main() -> None:
+        a, b = [await Side(store.url, prefix).started() for _ in range(2)]
+        await b.fleet.wait_applied(await a.fleet.commit(drained()), 5)
+        store.stop()
+        await until(lambda: not a.fleet.connected and not b.fleet.connected)
+        with pytest.raises(Unavailable):
+            await a.fleet.commit(empty())           # refused, not queued
+        assert a.fleet.overlay == b.fleet.overlay == drained()     # the last state stands
+        await b.fleet.stop()                        # b cut off longer than a
+        store.start()
+        await until(lambda: a.fleet.connected)
+        revision = await a.fleet.commit(drained("maint"))          # set while b is away
+        b.fleet.start()
+        assert await b.fleet.wait_applied(revision, 15)
+        assert b.fleet.overlay == drained("maint") and b.fleet.resyncs == 0   # resumed
+        await a.close()
+        await b.close()
+    try:
+        asyncio.run(main())
+    finally:
+        store.stop()
