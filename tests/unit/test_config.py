@@ -146,11 +146,11 @@ def test_a_bad_cluster_section_names_key_and_reason(mutate, key, reason):
     assert any(k == key and reason in r for k, r in found), found
 
 
-def test_a_cluster_section_is_read_but_refused_until_the_fleet_runs():
+def test_a_cluster_section_is_read_with_its_defaults():
     data = copy.deepcopy(GOOD)
     data["cluster"] = {"etcd": ["http://127.0.0.1:2379", "https://etcd-2.internal:2379"],
                        "prefix": "/croupier/prod/"}
-    with pytest.raises(ConfigError) as e:
-        validate_config(data, "test.toml")
-    assert [(k, r.split(":")[0]) for k, r in e.value.problems] == [
-        ("cluster", "a fleet is not available in this version yet")]
+    cluster = validate_config(data).config.cluster
+    assert cluster is not None
+    assert cluster.prefix == "/croupier/prod"          # one spelling, whatever the trailing /
+    assert (cluster.instance, cluster.timeout, cluster.lease_ttl) == (None, 2.0, 5.0)

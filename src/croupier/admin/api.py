@@ -55,6 +55,10 @@ class Instance(Protocol):
 
     def save_state(self) -> None: ...
 
+    def fleet_ready(self) -> None: ...
+
+    async def commit_change(self) -> None: ...
+
     async def reload(self) -> dict[str, Any]: ...
 
     def reopen_logs(self) -> int: ...
@@ -151,8 +155,8 @@ def build_app(instance: Instance, token: str) -> FastAPI:
                                          "type": e.get("type", "")} for e in exc.errors()]},
                             status_code=422)
 
-    def changed() -> None:
-        instance.save_state()
+    async def changed() -> None:
+        await instance.commit_change()
 
     def target_view(t: ops.Target) -> dict[str, Any]:
         members = list(t.host.members) if t.host else list(t.members)
@@ -187,23 +191,26 @@ def build_app(instance: Instance, token: str) -> FastAPI:
              dependencies=change, response_model=views.TargetView)
     async def set_state(target: str, change: StateChange) -> dict[str, Any]:
         t = ops.resolve(instance, target)
+        instance.fleet_ready()
         ops.set_state(t, change.state, "api", change.reason)
-        changed()
+        await changed()
         return target_view(t)
 
     @app.post("/api/v1/pools/{pool}/members", status_code=201, summary="Add a member",
               dependencies=change, response_model=views.MemberView)
     async def add_member(pool: str, new: NewMember) -> dict[str, Any]:
+        instance.fleet_ready()
         member = instance.add_member(pool, new.host, new.address, new.port, new.weight)
-        changed()
+        await changed()
         return ops.member_view(member)
 
     @app.delete("/api/v1/pools/{pool}/members/{member}", summary="Remove a member",
                 dependencies=change, response_model=views.RemovedView)
     async def remove_member(pool: str, member: str) -> dict[str, Any]:
         t = ops.resolve(instance, f"{pool}/{member}")
+        instance.fleet_ready()
         instance.remove_member(t.members[0])
-        changed()
+        await changed()
         return {"removed": f"{pool}/{t.members[0].name}",
                 "in_flight": t.members[0].in_flight}
 
@@ -211,8 +218,9 @@ def build_app(instance: Instance, token: str) -> FastAPI:
              dependencies=change, response_model=views.MemberView)
     async def set_weight(pool: str, member: str, change: WeightChange) -> dict[str, Any]:
         t = ops.resolve(instance, f"{pool}/{member}")
+        instance.fleet_ready()
         instance.set_weight(t.members[0], change.weight)
-        changed()
+        await changed()
         return ops.member_view(t.members[0])
 
     @app.get("/api/v1/schedules", summary="Maintenance windows, soonest first",
@@ -229,16 +237,18 @@ def build_app(instance: Instance, token: str) -> FastAPI:
         end = new.end if new.end is not None else start + (new.duration or 0.0)
         if end > MAX_EPOCH:
             raise HTTPException(422, "the window would end after the year 9999")
+        instance.fleet_ready()
         window = instance.scheduler.add(new.target, start, end, new.lead, "api", new.reason,
                                         new.id)
-        changed()
+        await changed()
         return window.view(time.time())
 
     @app.delete("/api/v1/schedules/{window_id}", summary="Cancel a maintenance window",
                 dependencies=change, response_model=views.WindowView)
     async def remove_schedule(window_id: str) -> dict[str, Any]:
+        instance.fleet_ready()
         window = instance.scheduler.remove(window_id)
-        changed()
+        await changed()
         return window.view(time.time())
 
     @app.post("/api/v1/reload", summary="Re-read the config file: applied everywhere, or "

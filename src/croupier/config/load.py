@@ -269,11 +269,6 @@ def validate_config(data: dict[str, Any], path: Path | str = "<config>") -> Load
 
     cluster = config.cluster
     if cluster is not None:
-        # Read and checked already, so that the keys are settled, but not run yet: an instance
-        # that took [cluster] and went on alone would be the split fleet this section exists
-        # to prevent.
-        problems.append(("cluster", "a fleet is not available in this version yet: remove "
-                                    "[cluster] to run this instance alone"))
         here = Path(path).parent
         for field in ("ca", "cert", "key", "password_file"):
             name = getattr(cluster, field)

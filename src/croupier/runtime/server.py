@@ -27,8 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
 
+from croupier import __version__
 from croupier.admin.ops import OpError, Target, set_state
 from croupier.admin.schedule import Scheduler
+from croupier.cluster.etcd import EtcdClient, EtcdError
+from croupier.cluster.fleet import Conflict, Fleet
+from croupier.cluster.registry import Registration
 from croupier.config.certificates import CertificateError, certificate_end, member_context
 from croupier.config.load import ConfigError, LoadedConfig, MemberSpec, load_config
 from croupier.config.schema import ListenerConfig, PoolConfig, split_address
@@ -133,6 +137,10 @@ class Balancer:
         self.on_reopen: Callable[[], int] | None = None     # the supervisor's: tell workers
         self.log_counts: tuple[int, int] | None = None      # the supervisor's: workers' sum
         self.state_file = parts.state_file
+        # A fleet ([cluster]): the shared admin state and this instance's entry in its list
+        self.fleet: Fleet | None = None
+        self.registration: Registration | None = None
+        self._registration_task: asyncio.Task[None] | None = None
         self.reconcile_members(at_start=True)
         self._restore(saved)
         self._load_windows(loaded)
@@ -344,6 +352,92 @@ class Balancer:
         if self.state_file is not None:
             state_file.write(self.state_file, self.saved_state())
 
+    # ---- the fleet (cluster/) ----------------------------------------------------------------
+
+    def _start_fleet(self) -> None:
+        cluster = self.loaded.config.cluster
+        if cluster is None:
+            return
+        beside = self.loaded.beside
+        password = (beside(cluster.password_file).read_text().strip()
+                    if cluster.password_file else None)
+        client = EtcdClient(
+            cluster.etcd, username=cluster.username, password=password,
+            ca_file=str(beside(cluster.ca)) if cluster.ca else None,
+            cert_file=str(beside(cluster.cert)) if cluster.cert else None,
+            key_file=str(beside(cluster.key)) if cluster.key else None,
+            timeout=cluster.timeout)
+        self.instance_name = cluster.instance or socket.gethostname()
+        self.fleet = Fleet(client, cluster.prefix, self._fleet_changed)
+        self.fleet.start()
+        self.registration = Registration(client, cluster.prefix, self.instance_name,
+                                         cluster.lease_ttl, self._fleet_entry)
+        self._registration_task = self.loop.create_task(self.registration.run())
+
+    async def _stop_fleet(self) -> None:
+        if self.fleet is None:
+            return
+        if self._registration_task is not None:
+            self._registration_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._registration_task
+        if self.registration is not None:
+            await self.registration.leave()
+        await self.fleet.stop()
+        await self.fleet.client.close()
+
+    def _fleet_changed(self, overlay: dict[str, Any], revision: int) -> None:
+        """The fleet's state changed (here or on another instance): applied as any overlay,
+        and kept in the state file, from which an instance starts while etcd is down."""
+        self.apply_overlay(overlay, cause=f"by the fleet (revision {revision})", source="fleet")
+        self.save_state()
+
+    def _fleet_entry(self) -> dict[str, Any]:
+        """What this instance publishes in the fleet's list."""
+        fleet = self.fleet
+        return {
+            "version": __version__,
+            "config_digest": self.loaded.digest,
+            "admin": (f"{self.loaded.config.admin.listen.rsplit(':', 1)[0]}:{self.admin_port}"
+                      if self.admin_port else None),
+            "applied": fleet.applied if fleet is not None else 0,
+            "connected": fleet.connected if fleet is not None else False,
+            "members": {m.key: {"health": m.health, "admin": m.admin_state,
+                                "in_flight": m.in_flight} for m in self.members()},
+        }
+
+    def fleet_ready(self) -> None:
+        """Before a change an operator asks for: with a fleet whose store does not answer, it
+        is refused (503), not made here alone nor queued to be lost."""
+        if self.fleet is not None and not self.fleet.connected:
+            raise OpError(503, "the fleet's store (etcd) does not answer from this instance: "
+                               "nothing was changed")
+
+    async def commit_change(self) -> None:
+        """An operator's change was made to the model: kept in the state file alone, or with a
+        fleet, written to etcd and applied once the watch brings it back (every instance
+        applies it the same way). Refused by etcd (a conflicting change came first, or it
+        stopped answering), the change is undone here and the reason raised."""
+        fleet = self.fleet
+        if fleet is None:
+            self.save_state()
+            return
+        try:
+            revision = await fleet.commit(self.saved_state())
+        except (Conflict, EtcdError) as e:
+            # Undone to the fleet's state as it is now, not as it was before: the watch may
+            # have brought the change that won meanwhile, and will bring nothing more.
+            self.apply_overlay(fleet.overlay if fleet.overlay is not None
+                               else state_file.empty(),
+                               cause="undone: the fleet refused the change", source="fleet")
+            self.save_state()
+            if isinstance(e, Conflict):
+                raise OpError(409, str(e)) from None
+            raise OpError(503, f"the fleet's store (etcd) did not take the change, which is "
+                               f"undone here: {e}") from None
+        cluster = self.loaded.config.cluster
+        await fleet.wait_applied(revision, cluster.timeout if cluster else 2.0)
+
     # ---- serving ----------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -361,6 +455,7 @@ class Balancer:
         if self.controls:
             self.checker.start()
             self.scheduler.start()
+            self._start_fleet()
 
     def listeners_for(self, loaded: LoadedConfig) -> Iterator[Listener]:
         for lc in loaded.config.listeners:
@@ -661,6 +756,7 @@ class Balancer:
             self._sweeper.cancel()
         await self.checker.stop()
         await self.scheduler.stop()
+        await self._stop_fleet()
         if self._admin_server is not None:
             self._admin_server.should_exit = True
             if self._admin_task is not None:

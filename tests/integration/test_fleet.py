@@ -1,0 +1,119 @@
+"""A fleet: two croupier instances sharing one etcd prefix share their admin state. A drain
+through either reaches both, a window scheduled on one opens on the other, and with etcd
+down both keep serving with the last state while changes are refused (503)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from helpers import Croupier, Etcd, wait_until, write_config
+
+
+def cluster(url: str, prefix: str, name: str) -> str:
+    return (f'\n[cluster]\netcd = ["{url}"]\nprefix = "{prefix}"\ninstance = "{name}"\n'
+            f'timeout = "1s"\nlease_ttl = "2s"\n')
+
+
+@pytest.fixture
+def fleet(tmp_path: Path):
+    started: list[Croupier] = []
+
+    def start(url: str, members: list[str], names: tuple[str, ...] = ("lb-a", "lb-b"),
+              prefix: str | None = None) -> list[tuple[Croupier, httpx.Client]]:
+        prefix = prefix or f"/test/{uuid.uuid4().hex}"
+        out = []
+        for name in names:
+            home = tmp_path / name
+            home.mkdir()
+            path = write_config(home, members)
+            path.write_text(path.read_text() + cluster(url, prefix, name))
+            c = Croupier.from_file(path)
+            started.append(c)
+            token = (home / "admin.token").read_text().strip()
+            out.append((c, httpx.Client(base_url=f"http://127.0.0.1:{c.balancer.admin_port}",
+                                        headers={"Authorization": f"Bearer {token}"},
+                                        timeout=10)))
+        for c, _ in out:
+            wait_until(lambda c=c: c.state(lambda: c.balancer.fleet.connected),
+                       message="the instance to reach etcd")
+        return out
+    yield start
+    for c in started:
+        c.close()
+
+
+def admin(c: Croupier, index: int = 0) -> str:
+    return c.state(lambda: c.member("app", index).admin_state)
+
+
+def test_a_drain_on_one_instance_reaches_the_other_and_ready_on_that_one_restores_both(
+        etcd: Etcd, backends, fleet):
+    (a, api_a), (b, api_b) = fleet(etcd.url, [x.address for x in backends[:2]])
+    target = f"/api/v1/targets/app/{backends[0].address}/state"
+    r = api_a.put(target, json={"state": "drain", "reason": "kernel"})
+    assert r.status_code == 200, r.text
+    assert admin(a) == "drain"                  # applied here before the answer
+    wait_until(lambda: admin(b) == "drain", timeout=2, message="the drain to reach b")
+    assert {httpx.get(b.url("/")).text for _ in range(6)} == {"b"}
+    history = b.state(lambda: [e.as_dict()["cause"] for e in b.member("app", 0).history])
+    assert any("by the fleet" in cause for cause in history)
+
+    assert api_b.put(target, json={"state": "ready"}).status_code == 200
+    wait_until(lambda: admin(a) == admin(b) == "ready", timeout=2, message="ready on both")
+
+
+def test_a_window_scheduled_on_one_instance_opens_and_closes_on_the_other(
+        etcd: Etcd, backends, fleet):
+    (a, _), (_, api_b) = fleet(etcd.url, [x.address for x in backends[:2]])
+    now = time.time()
+    r = api_b.post("/api/v1/schedules", json={"target": f"app/{backends[1].address}",
+                                               "start": now + 0.5, "duration": "1s"})
+    assert r.status_code == 201, r.text
+    wait_until(lambda: admin(a, 1) == "maint", timeout=5, message="the window to open on a")
+    wait_until(lambda: admin(a, 1) == "ready", timeout=5, message="the window to close on a")
+
+
+def test_with_etcd_down_both_serve_the_last_state_and_changes_are_refused(
+        tmp_path: Path, backends, fleet):
+    store = Etcd(tmp_path / "etcd")
+    try:
+        (a, api_a), (b, api_b) = fleet(store.url, [x.address for x in backends[:2]])
+        target = f"/api/v1/targets/app/{backends[0].address}/state"
+        assert api_a.put(target, json={"state": "drain"}).status_code == 200
+        wait_until(lambda: admin(b) == "drain", message="the drain on b")
+        store.stop()
+        for c in (a, b):
+            wait_until(lambda c=c: not c.state(lambda: c.balancer.fleet.connected),
+                       message="the instances to notice")
+        r = api_b.put(target, json={"state": "ready"})
+        assert r.status_code == 503 and "etcd" in r.json()["detail"]
+        assert admin(a) == admin(b) == "drain"                   # nothing changed
+        assert {httpx.get(a.url("/")).text for _ in range(4)} == {"b"}   # still serving
+        store.start()
+        for c in (a, b):
+            wait_until(lambda c=c: c.state(lambda: c.balancer.fleet.connected), timeout=15,
+                       message="the instances to reconnect")
+        assert api_b.put(target, json={"state": "ready"}).status_code == 200
+        wait_until(lambda: admin(a) == "ready", message="ready reaches a")
+    finally:
+        store.stop()
+
+
+def test_conflicting_changes_at_once_end_identical_everywhere(etcd: Etcd, backends, fleet):
+    import concurrent.futures
+    (a, api_a), (b, api_b) = fleet(etcd.url, [x.address for x in backends[:2]])
+    target = f"/api/v1/targets/app/{backends[0].address}/state"
+    for _ in range(3):
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            codes: list[Any] = list(pool.map(lambda x: x[0].put(target, json={"state": x[1]}),
+                                             [(api_a, "drain"), (api_b, "maint")]))
+        assert {c.status_code for c in codes} <= {200, 409}
+        wait_until(lambda: admin(a) == admin(b), timeout=3, message="one state on both")
+        assert admin(a) in ("drain", "maint")
+        api_a.put(target, json={"state": "ready"})
+        wait_until(lambda: admin(a) == admin(b) == "ready", message="ready on both")
