@@ -217,7 +217,8 @@ def _when(epoch: float) -> str:
 
 
 def _set_state(state: str, target: str, reason: str, config_path: Path | None,
-               admin_url: str | None, token: str | None) -> dict[str, Any]:
+               admin_url: str | None, token: str | None,
+               fleet_timeout: float = 10.0) -> dict[str, Any]:
     client = _client(config_path, admin_url, token)
     data = client.call("PUT", client.target_path(target, "/state"),
                        {"state": state, "reason": reason})
@@ -227,30 +228,69 @@ def _set_state(state: str, target: str, reason: str, config_path: Path | None,
                 f"{o} {s}" for o, s in m["admin_origins"].items()) + ")"
         click.echo(f"{m['pool']}/{m['name']}: {m['admin_state']}{still}, "
                    f"{m['in_flight']} in flight")
+    if data.get("revision") is not None:
+        _fleet_applied(client, data["revision"], fleet_timeout)
     return data
+
+
+def _fleet_applied(client: AdminClient, revision: int, timeout: float) -> None:
+    """Return once every live instance of the fleet has applied `revision`; name the ones
+    that have not when `timeout` runs out."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        view = client.call("GET", "/api/v1/fleet")
+        lagging = [i["name"] for i in view["instances"] if i["applied"] < revision]
+        if not lagging:
+            click.echo(f"applied on every instance of the fleet ({len(view['instances'])}), "
+                       f"revision {revision}")
+            return
+        if time.monotonic() > deadline:
+            raise click.ClickException(
+                f"revision {revision} not applied after {timeout:g}s on: " + ", ".join(lagging))
+        time.sleep(0.05)
+
+
+def _fleet_in_flight(client: AdminClient, members: list[str]) -> int | None:
+    """Requests in flight on `members` over every instance of the fleet (None: no fleet)."""
+    try:
+        view = client.call("GET", "/api/v1/fleet")
+    except click.ClickException:
+        return None
+    return sum(int(i["members"].get(m, {}).get("in_flight", 0))
+               for i in view["instances"] for m in members)
 
 
 @main.command()
 @click.argument("target")
-@click.option("--wait", is_flag=True, help="Return once nothing is in flight on the target.")
+@click.option("--wait", is_flag=True, help="Return once nothing is in flight on the target "
+              "(on any instance of the fleet).")
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds --wait may take.")
+@click.option("--fleet-timeout", default=10.0, show_default=True,
+              help="Seconds every instance of a fleet may take to apply the drain.")
 @click.option("--reason", default="", help="Kept in the target's history.")
 @_admin_options
-def drain(target: str, wait: bool, timeout: float, reason: str, config_path: Path | None,
-          admin_url: str | None, token: str | None) -> None:
-    """Send no new requests to TARGET; what is in flight finishes.
+def drain(target: str, wait: bool, timeout: float, fleet_timeout: float, reason: str,
+          config_path: Path | None, admin_url: str | None, token: str | None) -> None:
+    """Send no new requests to TARGET; what is in flight finishes. In a fleet, returns once
+    every instance has applied the drain.
 
     TARGET is pool/member, a member's address:port, or host:NAME."""
     import time
 
-    data = _set_state("drain", target, reason, config_path, admin_url, token)
+    data = _set_state("drain", target, reason, config_path, admin_url, token, fleet_timeout)
     if not wait:
         return
     client = _client(config_path, admin_url, token)
+    fleet = data.get("revision") is not None
+    keys = [f"{m['pool']}/{m['name']}" for m in data["members"]]
     deadline = time.monotonic() + timeout
     last = None
-    while not data["drained"]:
+    while not data["drained"] or (fleet and _fleet_in_flight(client, keys)):
         in_flight = sum(m["in_flight"] for m in data["members"])
+        if fleet:
+            in_flight = max(in_flight, _fleet_in_flight(client, keys) or 0)
         if in_flight != last:
             click.echo(f"draining {target}: {in_flight} in flight")
             last = in_flight
@@ -270,6 +310,42 @@ def maint(target: str, reason: str, config_path: Path | None, admin_url: str | N
           token: str | None) -> None:
     """Put TARGET in maintenance: no traffic and no health checks."""
     _set_state("maint", target, reason, config_path, admin_url, token)
+
+
+@main.command()
+@_admin_options
+@click.option("--json", "as_json", is_flag=True, help="Print the raw view as JSON.")
+def fleet(config_path: Path | None, admin_url: str | None, token: str | None,
+          as_json: bool) -> None:
+    """List the instances sharing this one's admin state (its [cluster]), and where their
+    views of the members disagree."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    view = _client(config_path, admin_url, token).call("GET", "/api/v1/fleet")
+    if as_json:
+        click.echo(json.dumps(view, indent=2))
+        return
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    console.print(f"fleet {view['prefix']}: this is {view['instance']}, "
+                  f"{'connected' if view['connected'] else 'NOT connected'} to etcd, "
+                  f"revision {view['applied']} applied")
+    table = Table(title="instances")
+    for col in ("instance", "admin API", "version", "config", "applied", "etcd"):
+        table.add_column(col)
+    for i in view["instances"]:
+        table.add_row(i["name"], i.get("admin") or "", i.get("version") or "",
+                      (i.get("config_digest") or "")[:12], str(i["applied"]),
+                      "connected" if i["connected"] else "cut off")
+    console.print(table)
+    if view["config_digests_differ"]:
+        console.print("the instances run different configs (digests above)")
+    for member, seen in view["disagreements"].items():
+        console.print(f"{member}: " + ", ".join(f"{n} sees {v}" for n, v in seen.items()))
+    for key in view["skipped_keys"]:
+        console.print(f"skipped: {key}")
 
 
 @main.command()

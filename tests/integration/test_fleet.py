@@ -4,6 +4,8 @@ down both keep serving with the last state while changes are refused (503)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -11,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import Croupier, Etcd, wait_until, write_config
+from helpers import Croupier, Etcd, Load, wait_until, write_config
 
 
 def cluster(url: str, prefix: str, name: str) -> str:
@@ -117,3 +119,51 @@ def test_conflicting_changes_at_once_end_identical_everywhere(etcd: Etcd, backen
         assert admin(a) in ("drain", "maint")
         api_a.put(target, json={"state": "ready"})
         wait_until(lambda: admin(a) == admin(b) == "ready", message="ready on both")
+
+
+CROUPIER = str(Path(sys.executable).parent / "croupier")
+
+
+def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CROUPIER, *args, "-c", str(home / "croupier.toml")],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_drain_under_load_returns_once_both_applied_it_and_no_request_fails(
+        etcd: Etcd, backends, fleet, tmp_path: Path):
+    (a, _), (b, _) = fleet(etcd.url, [x.address for x in backends[:2]])
+    loads = [Load(c.url("/"), clients=4, limit=30) for c in (a, b)]
+    try:
+        wait_until(lambda: all(load.total() > 20 for load in loads), message="load on both")
+        r = cli(tmp_path / "lb-a", "drain", f"app/{backends[0].address}", "--wait")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "applied on every instance of the fleet (2)" in r.stdout
+        assert "is drained: safe to stop" in r.stdout
+        # From the moment it returns, neither instance sends the member a new request.
+        assert admin(a) == admin(b) == "drain"
+        served = backends[0].requests
+        wait_until(lambda: all(load.total() > 40 for load in loads), message="more load")
+        before = [load.total() for load in loads]
+        wait_until(lambda: all(load.total() > n + 40
+                               for load, n in zip(loads, before, strict=True)),
+                   message="more load after the drain")
+        assert backends[0].requests == served
+    finally:
+        for load in loads:
+            load.stop()
+    assert all(not load.failed for load in loads), [load.failed[:3] for load in loads]
+    ready = cli(tmp_path / "lb-b", "ready", f"app/{backends[0].address}")
+    assert ready.returncode == 0 and "applied on every instance" in ready.stdout
+    assert admin(a) == "ready"
+
+
+def test_fleet_lists_the_instances_and_names_one_that_lags(etcd: Etcd, backends, fleet,
+                                                           tmp_path: Path):
+    _, (b, _) = fleet(etcd.url, [x.address for x in backends[:2]])
+    r = cli(tmp_path / "lb-a", "fleet")
+    assert r.returncode == 0, r.stderr
+    assert "lb-a" in r.stdout and "lb-b" in r.stdout and "this is lb-a" in r.stdout
+    b.lt.run(b.balancer.fleet.stop())           # b stays listed but applies nothing more
+    lagging = cli(tmp_path / "lb-a", "drain", f"app/{backends[1].address}",
+                  "--fleet-timeout", "1")
+    assert lagging.returncode == 1 and "not applied after 1s on: lb-b" in lagging.stderr

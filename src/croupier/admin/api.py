@@ -57,7 +57,9 @@ class Instance(Protocol):
 
     def fleet_ready(self) -> None: ...
 
-    async def commit_change(self) -> None: ...
+    async def commit_change(self) -> int | None: ...
+
+    async def fleet_view(self) -> dict[str, Any]: ...
 
     async def reload(self) -> dict[str, Any]: ...
 
@@ -155,8 +157,8 @@ def build_app(instance: Instance, token: str) -> FastAPI:
                                          "type": e.get("type", "")} for e in exc.errors()]},
                             status_code=422)
 
-    async def changed() -> None:
-        await instance.commit_change()
+    async def changed() -> int | None:
+        return await instance.commit_change()
 
     def target_view(t: ops.Target) -> dict[str, Any]:
         members = list(t.host.members) if t.host else list(t.members)
@@ -193,8 +195,8 @@ def build_app(instance: Instance, token: str) -> FastAPI:
         t = ops.resolve(instance, target)
         instance.fleet_ready()
         ops.set_state(t, change.state, "api", change.reason)
-        await changed()
-        return target_view(t)
+        revision = await changed()
+        return target_view(t) | {"revision": revision}
 
     @app.post("/api/v1/pools/{pool}/members", status_code=201, summary="Add a member",
               dependencies=change, response_model=views.MemberView)
@@ -222,6 +224,11 @@ def build_app(instance: Instance, token: str) -> FastAPI:
         instance.set_weight(t.members[0], change.weight)
         await changed()
         return ops.member_view(t.members[0])
+
+    @app.get("/api/v1/fleet", summary="The instances sharing this one's admin state (etcd), "
+             "and where their views disagree", response_model=views.FleetView)
+    async def fleet() -> dict[str, Any]:
+        return await instance.fleet_view()
 
     @app.get("/api/v1/schedules", summary="Maintenance windows, soonest first",
              response_model=list[views.WindowView])

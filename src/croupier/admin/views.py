@@ -101,6 +101,32 @@ class TargetView(BaseModel):
     host: HostView | None
     members: list[MemberView]
     drained: bool
+    # With a fleet: the revision of the shared state that holds the change (every instance
+    # that has applied it or a later one has the change; GET /api/v1/fleet says which)
+    revision: int | None = None
+
+
+class FleetInstanceView(BaseModel):
+    name: str
+    version: str | None = None
+    config_digest: str | None = None
+    admin: str | None = None
+    applied: int = 0
+    connected: bool = False
+    members: dict[str, dict[str, str | int]] = {}
+
+
+class FleetView(BaseModel):
+    instance: str                       # the one that answers
+    prefix: str
+    connected: bool                     # it reaches etcd now
+    applied: int                        # the revision of the shared state it has applied
+    resyncs: int                        # whole reads after a compaction
+    instances: list[FleetInstanceView]  # every live one (their leases run)
+    config_digests_differ: bool
+    # member -> instance -> "health/admin", for the members the instances do not agree on
+    disagreements: dict[str, dict[str, str]]
+    skipped_keys: list[str]             # keys under the prefix that do not parse, with why
 
 
 class RemovedView(BaseModel):

@@ -12,6 +12,7 @@ and registers again, with a new lease, once etcd answers; a lease that expired m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -44,6 +45,7 @@ class Registration:
         self.lease = 0
         self.registered = asyncio.Event()       # set while the entry is known to be in etcd
         self._written = b""
+        self._poke = asyncio.Event()
 
     async def run(self) -> None:
         failures = 0
@@ -51,7 +53,9 @@ class Registration:
             try:
                 await self._keep()
                 failures = 0
-                await asyncio.sleep(self.ttl / 3)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._poke.wait(), self.ttl / 3)
+                self._poke.clear()
             except EtcdError as e:
                 self.registered.clear()
                 wait = BACKOFF[min(failures, len(BACKOFF) - 1)]
@@ -73,6 +77,10 @@ class Registration:
             await self.client.put(self.key, entry, lease=self.lease)
             self._written = entry
         self.registered.set()
+
+    def poke(self) -> None:
+        """Write the entry now if it changed (a new revision applied), not at the next turn."""
+        self._poke.set()
 
     async def leave(self) -> None:
         """A clean stop: the entry goes now, not when the lease runs out."""

@@ -32,7 +32,7 @@ from croupier.admin.ops import OpError, Target, set_state
 from croupier.admin.schedule import Scheduler
 from croupier.cluster.etcd import EtcdClient, EtcdError
 from croupier.cluster.fleet import Conflict, Fleet
-from croupier.cluster.registry import Registration
+from croupier.cluster.registry import Registration, instances
 from croupier.config.certificates import CertificateError, certificate_end, member_context
 from croupier.config.load import ConfigError, LoadedConfig, MemberSpec, load_config
 from croupier.config.schema import ListenerConfig, PoolConfig, split_address
@@ -139,6 +139,7 @@ class Balancer:
         self.state_file = parts.state_file
         # A fleet ([cluster]): the shared admin state and this instance's entry in its list
         self.fleet: Fleet | None = None
+        self.instance_name = ""
         self.registration: Registration | None = None
         self._registration_task: asyncio.Task[None] | None = None
         self.reconcile_members(at_start=True)
@@ -391,6 +392,8 @@ class Balancer:
         and kept in the state file, from which an instance starts while etcd is down."""
         self.apply_overlay(overlay, cause=f"by the fleet (revision {revision})", source="fleet")
         self.save_state()
+        if self.registration is not None:
+            self.registration.poke()        # the others learn of the revision applied at once
 
     def _fleet_entry(self) -> dict[str, Any]:
         """What this instance publishes in the fleet's list."""
@@ -413,7 +416,29 @@ class Balancer:
             raise OpError(503, "the fleet's store (etcd) does not answer from this instance: "
                                "nothing was changed")
 
-    async def commit_change(self) -> None:
+    async def fleet_view(self) -> dict[str, Any]:
+        """This instance's side of the fleet and the list of instances, with where their views
+        of the members disagree."""
+        fleet, cluster = self.fleet, self.loaded.config.cluster
+        if fleet is None or cluster is None:
+            raise OpError(404, "this instance is in no fleet (its config has no [cluster])")
+        try:
+            found, bad = await instances(fleet.client, cluster.prefix)
+        except EtcdError as e:
+            raise OpError(503, f"the fleet's store (etcd) does not answer: {e}") from None
+        views: dict[str, dict[str, str]] = {}
+        for entry in found:
+            for key, m in entry.get("members", {}).items():
+                views.setdefault(key, {})[entry["name"]] = f"{m.get('health')}/{m.get('admin')}"
+        return {
+            "instance": self.instance_name, "prefix": cluster.prefix,
+            "connected": fleet.connected, "applied": fleet.applied, "resyncs": fleet.resyncs,
+            "instances": found,
+            "config_digests_differ": len({e.get("config_digest") for e in found}) > 1,
+            "disagreements": {k: v for k, v in views.items() if len(set(v.values())) > 1},
+            "skipped_keys": fleet.skipped + [f"{k}: not an instance entry" for k in bad]}
+
+    async def commit_change(self) -> int | None:
         """An operator's change was made to the model: kept in the state file alone, or with a
         fleet, written to etcd and applied once the watch brings it back (every instance
         applies it the same way). Refused by etcd (a conflicting change came first, or it
@@ -421,7 +446,7 @@ class Balancer:
         fleet = self.fleet
         if fleet is None:
             self.save_state()
-            return
+            return None
         try:
             revision = await fleet.commit(self.saved_state())
         except (Conflict, EtcdError) as e:
@@ -437,6 +462,7 @@ class Balancer:
                                f"undone here: {e}") from None
         cluster = self.loaded.config.cluster
         await fleet.wait_applied(revision, cluster.timeout if cluster else 2.0)
+        return revision
 
     # ---- serving ----------------------------------------------------------------------------
 
