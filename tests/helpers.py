@@ -139,6 +139,9 @@ class Croupier:
         return self.lt.call(fn)
 
     def close(self) -> None:
+        if getattr(self, "closed", False):      # a test may stop it before its fixture does
+            return
+        self.closed = True
         self.lt.run(self.balancer.stop(0))
         self.lt.stop()
 

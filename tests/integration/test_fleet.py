@@ -167,3 +167,27 @@ def test_fleet_lists_the_instances_and_names_one_that_lags(etcd: Etcd, backends,
     lagging = cli(tmp_path / "lb-a", "drain", f"app/{backends[1].address}",
                   "--fleet-timeout", "1")
     assert lagging.returncode == 1 and "not applied after 1s on: lb-b" in lagging.stderr
+
+
+def test_an_instance_started_while_etcd_is_down_serves_from_its_state_file(
+        tmp_path: Path, backends, fleet):
+    store = Etcd(tmp_path / "etcd")
+    try:
+        [(a, api_a)] = fleet(store.url, [x.address for x in backends[:2]], names=("lb-a",))
+        target = f"/api/v1/targets/app/{backends[0].address}/state"
+        assert api_a.put(target, json={"state": "drain"}).status_code == 200
+        a.close()
+        store.stop()
+        again = Croupier.from_file(tmp_path / "lb-a" / "croupier.toml")
+        try:
+            assert admin(again) == "drain"                          # from the state file
+            assert {httpx.get(again.url("/")).text for _ in range(4)} == {"b"}
+            assert not again.state(lambda: again.balancer.fleet.connected)
+            store.start()
+            wait_until(lambda: again.state(lambda: again.balancer.fleet.connected),
+                       timeout=15, message="the instance to reach etcd")
+            assert admin(again) == "drain"                          # the fleet's, the same
+        finally:
+            again.close()
+    finally:
+        store.stop()
