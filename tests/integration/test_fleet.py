@@ -4,6 +4,7 @@ down both keep serving with the last state while changes are refused (503)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -191,3 +192,15 @@ def test_an_instance_started_while_etcd_is_down_serves_from_its_state_file(
             again.close()
     finally:
         store.stop()
+
+
+def test_metrics_say_whether_the_instance_reaches_etcd_and_what_it_applied(
+        etcd: Etcd, backends, fleet):
+    [(_, api_a)] = fleet(etcd.url, [backends[0].address], names=("lb-a",))
+    target = f"/api/v1/targets/app/{backends[0].address}/state"
+    revision = api_a.put(target, json={"state": "drain"}).json()["revision"]
+    text = api_a.get("/metrics").text
+    assert "croupier_fleet_connected 1.0" in text
+    applied = float(re.search(r"^croupier_fleet_applied_revision (\S+)", text, re.M).group(1))
+    assert applied >= revision
+    assert "croupier_fleet_skipped_keys 0.0" in text

@@ -38,6 +38,8 @@ class Scraped(Protocol):
 
     def tls_failures(self) -> dict[str, int]: ...
 
+    def fleet_metrics(self) -> dict[str, float] | None: ...
+
 
 class InstanceCollector(Collector):
     def __init__(self, instance: Scraped) -> None:
@@ -163,6 +165,27 @@ class InstanceCollector(Collector):
                     buckets.append((bound, cumulative))
                 durations.add_metric(lv, buckets, t.duration_total)
         yield from (responses, ends, bytes_in, bytes_out, durations)
+        yield from self._fleet()
+
+    def _fleet(self) -> Iterator[Metric]:
+        fleet = self.instance.fleet_metrics()
+        if fleet is None:
+            return
+        yield GaugeMetricFamily("croupier_fleet_connected",
+                                "1 while this instance reaches the fleet's etcd.",
+                                value=fleet["connected"])
+        yield GaugeMetricFamily("croupier_fleet_applied_revision",
+                                "The revision of the fleet's shared state applied here.",
+                                value=fleet["applied"])
+        yield GaugeMetricFamily("croupier_fleet_watch_lag_seconds",
+                                "Seconds since the watch last brought a change or etcd last "
+                                "answered it (grows while cut off).", value=fleet["lag"])
+        yield GaugeMetricFamily("croupier_fleet_skipped_keys",
+                                "Keys of the shared state that do not parse (skipped).",
+                                value=fleet["skipped"])
+        yield CounterMetricFamily("croupier_fleet_resyncs",
+                                  "Whole reads of the shared state after a compaction.",
+                                  value=fleet["resyncs"])
 
 
 def render_metrics(instance: Scraped) -> tuple[bytes, str]:

@@ -47,7 +47,7 @@ class Fleet:
         self.connected = False
         self.skipped: list[str] = []             # keys that did not parse, with why
         self.resyncs = 0
-        self.last_change = 0.0                   # when the watch last brought a change
+        self.heard = time.time()                 # when etcd last answered (or the watch spoke)
         self._applied_changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -88,6 +88,7 @@ class Fleet:
 
     async def _load(self) -> None:
         revision, kvs = await self.client.get_prefix(self.prefix + STATE)
+        self.heard = time.time()
         self.keys = {kv.key: kv for kv in kvs}
         if self.overlay is not None:
             self.resyncs += 1
@@ -97,6 +98,7 @@ class Fleet:
         """From the last revision applied on: after an outage, what changed meanwhile comes
         first (or Compacted, when etcd no longer has it)."""
         async for events in self.client.watch(self.prefix + STATE, self.applied + 1):
+            self.heard = time.time()
             if not events:                      # etcd took the watch
                 self.connected = True
                 continue
@@ -109,7 +111,6 @@ class Fleet:
                     old = self.keys.get(e.key)
                     self.keys[e.key] = KeyValue(e.key, e.value, e.mod_revision,
                                                 old.create_revision if old else e.mod_revision)
-            self.last_change = time.time()
             self._publish(revision)
         raise Unavailable("the watch ended")
 

@@ -409,6 +409,14 @@ class Balancer:
                                 "in_flight": m.in_flight} for m in self.members()},
         }
 
+    def fleet_metrics(self) -> dict[str, float] | None:
+        fleet = self.fleet
+        if fleet is None:
+            return None
+        return {"connected": float(fleet.connected), "applied": float(fleet.applied),
+                "lag": max(0.0, time.time() - fleet.heard), "skipped": float(len(fleet.skipped)),
+                "resyncs": float(fleet.resyncs)}
+
     def fleet_ready(self) -> None:
         """Before a change an operator asks for: with a fleet whose store does not answer, it
         is refused (503), not made here alone nor queued to be lost."""
