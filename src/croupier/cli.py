@@ -216,12 +216,17 @@ def _when(epoch: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(epoch))
 
 
+_LOCAL = click.option("--local", is_flag=True,
+                      help="This instance alone (origin local): in a fleet, not shared, and "
+                           "possible while etcd does not answer.")
+
+
 def _set_state(state: str, target: str, reason: str, config_path: Path | None,
                admin_url: str | None, token: str | None,
-               fleet_timeout: float = 10.0) -> dict[str, Any]:
+               fleet_timeout: float = 10.0, local: bool = False) -> dict[str, Any]:
     client = _client(config_path, admin_url, token)
     data = client.call("PUT", client.target_path(target, "/state"),
-                       {"state": state, "reason": reason})
+                       {"state": state, "reason": reason, "local": local})
     for m in data["members"]:
         still = "" if m["admin_state"] == state or (state == "ready" and m["admin_state"] == \
             "ready") else f" (still {m['admin_state']}: " + ", ".join(
@@ -270,16 +275,19 @@ def _fleet_in_flight(client: AdminClient, members: list[str]) -> int | None:
 @click.option("--fleet-timeout", default=10.0, show_default=True,
               help="Seconds every instance of a fleet may take to apply the drain.")
 @click.option("--reason", default="", help="Kept in the target's history.")
+@_LOCAL
 @_admin_options
 def drain(target: str, wait: bool, timeout: float, fleet_timeout: float, reason: str,
-          config_path: Path | None, admin_url: str | None, token: str | None) -> None:
+          local: bool, config_path: Path | None, admin_url: str | None,
+          token: str | None) -> None:
     """Send no new requests to TARGET; what is in flight finishes. In a fleet, returns once
     every instance has applied the drain.
 
     TARGET is pool/member, a member's address:port, or host:NAME."""
     import time
 
-    data = _set_state("drain", target, reason, config_path, admin_url, token, fleet_timeout)
+    data = _set_state("drain", target, reason, config_path, admin_url, token, fleet_timeout,
+                      local)
     if not wait:
         return
     client = _client(config_path, admin_url, token)
@@ -305,11 +313,12 @@ def drain(target: str, wait: bool, timeout: float, fleet_timeout: float, reason:
 @main.command()
 @click.argument("target")
 @click.option("--reason", default="", help="Kept in the target's history.")
+@_LOCAL
 @_admin_options
-def maint(target: str, reason: str, config_path: Path | None, admin_url: str | None,
-          token: str | None) -> None:
+def maint(target: str, reason: str, local: bool, config_path: Path | None,
+          admin_url: str | None, token: str | None) -> None:
     """Put TARGET in maintenance: no traffic and no health checks."""
-    _set_state("maint", target, reason, config_path, admin_url, token)
+    _set_state("maint", target, reason, config_path, admin_url, token, local=local)
 
 
 @main.command()
@@ -351,11 +360,13 @@ def fleet(config_path: Path | None, admin_url: str | None, token: str | None,
 @main.command()
 @click.argument("target")
 @click.option("--reason", default="", help="Kept in the target's history.")
+@_LOCAL
 @_admin_options
-def ready(target: str, reason: str, config_path: Path | None, admin_url: str | None,
-          token: str | None) -> None:
-    """Take TARGET back: clear the drain or maint an operator set."""
-    _set_state("ready", target, reason, config_path, admin_url, token)
+def ready(target: str, reason: str, local: bool, config_path: Path | None,
+          admin_url: str | None, token: str | None) -> None:
+    """Take TARGET back: clear the drain or maint an operator set (--local: the one set with
+    --local)."""
+    _set_state("ready", target, reason, config_path, admin_url, token, local=local)
 
 
 def _time_arg(text: str) -> float:

@@ -4,6 +4,7 @@ down both keep serving with the last state while changes are refused (503)."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -204,3 +205,35 @@ def test_metrics_say_whether_the_instance_reaches_etcd_and_what_it_applied(
     applied = float(re.search(r"^croupier_fleet_applied_revision (\S+)", text, re.M).group(1))
     assert applied >= revision
     assert "croupier_fleet_skipped_keys 0.0" in text
+
+
+def test_a_local_drain_during_an_outage_stays_on_that_instance(tmp_path: Path, backends,
+                                                               fleet):
+    store = Etcd(tmp_path / "etcd")
+    try:
+        (a, _), (b, _) = fleet(store.url, [x.address for x in backends[:2]])
+        store.stop()
+        for c in (a, b):
+            wait_until(lambda c=c: not c.state(lambda: c.balancer.fleet.connected),
+                       message="the instances to notice")
+        target = f"app/{backends[0].address}"
+        refused = cli(tmp_path / "lb-a", "drain", target)
+        assert refused.returncode == 1 and "503" in refused.stderr
+        r = cli(tmp_path / "lb-a", "drain", target, "--local", "--reason", "disk")
+        assert r.returncode == 0, r.stderr
+        assert admin(a) == "drain" and admin(b) == "ready"
+        origins = a.state(lambda: dict(a.member("app", 0).admin))
+        assert origins == {"local": "drain"}                 # shown as such
+        store.start()
+        for c in (a, b):
+            wait_until(lambda c=c: c.state(lambda: c.balancer.fleet.connected), timeout=15,
+                       message="the instances to reconnect")
+        assert cli(tmp_path / "lb-b", "maint", f"app/{backends[1].address}").returncode == 0
+        wait_until(lambda: admin(a, 1) == "maint", message="the fleet's change on a")
+        assert admin(a) == "drain" and admin(b) == "ready"    # the local one kept apart
+        saved = json.loads((tmp_path / "lb-a" / "croupier.state.json").read_text())
+        assert saved["local_member_admin"] == {target: "drain"}
+        assert cli(tmp_path / "lb-a", "ready", target, "--local").returncode == 0
+        assert admin(a) == "ready"
+    finally:
+        store.stop()

@@ -6,12 +6,18 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from typing import Any
 
 from helpers import Etcd
 
 from croupier.cluster.etcd import EtcdClient
-from croupier.cluster.shared import overlay_keys, read_overlay
-from croupier.config.overlay import empty
+from croupier.cluster.shared import overlay_keys, read_overlay, shared_part
+from croupier.config.overlay import empty as full_empty
+
+
+def empty() -> dict[str, Any]:
+    return shared_part(full_empty())
+
 
 START = time.time() + 3600
 OVERLAY = empty() | {

@@ -14,7 +14,13 @@ from helpers import Etcd
 
 from croupier.cluster.etcd import EtcdClient, Unavailable
 from croupier.cluster.fleet import Conflict, Fleet
-from croupier.config.overlay import empty
+from croupier.cluster.shared import shared_part
+from croupier.config.overlay import empty as full_empty
+
+
+def empty() -> dict[str, Any]:
+    return shared_part(full_empty())
+
 
 M = "classes/127.0.0.1:9001"
 

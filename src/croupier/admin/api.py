@@ -57,7 +57,7 @@ class Instance(Protocol):
 
     def fleet_ready(self) -> None: ...
 
-    async def commit_change(self) -> int | None: ...
+    async def commit_change(self, local: bool = False) -> int | None: ...
 
     async def fleet_view(self) -> dict[str, Any]: ...
 
@@ -85,6 +85,9 @@ class _Body(BaseModel):
 class StateChange(_Body):
     state: Literal["ready", "drain", "maint"]
     reason: Text = ""
+    # This instance alone, origin "local" (with a fleet: not shared, and possible while etcd
+    # does not answer)
+    local: bool = False
 
 
 class NewMember(_Body):
@@ -195,9 +198,10 @@ def build_app(instance: Instance, token: str) -> FastAPI:
              dependencies=change, response_model=views.TargetView)
     async def set_state(target: str, change: StateChange) -> dict[str, Any]:
         t = ops.resolve(instance, target)
-        instance.fleet_ready()
-        ops.set_state(t, change.state, "api", change.reason)
-        revision = await changed()
+        if not change.local:
+            instance.fleet_ready()
+        ops.set_state(t, change.state, "local" if change.local else "api", change.reason)
+        revision = await instance.commit_change(local=change.local)
         return target_view(t) | {"revision": revision}
 
     @app.post("/api/v1/pools/{pool}/members", status_code=201, summary="Add a member",

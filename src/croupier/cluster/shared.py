@@ -106,4 +106,9 @@ def read_overlay(prefix: str, kvs: list[KeyValue]) -> tuple[dict[str, Any], list
         except (ValueError, ValidationError) as e:     # JSONDecodeError is a ValueError
             why = (e.errors()[0]["msg"] if isinstance(e, ValidationError) else str(e))
             skipped.append(f"{kv.key}: {why}")
-    return StateFile.model_validate(overlay).model_dump(), skipped
+    return shared_part(StateFile.model_validate(overlay).model_dump()), skipped
+
+
+def shared_part(overlay: dict[str, Any]) -> dict[str, Any]:
+    """`overlay` without what is this instance's alone (the states set with --local)."""
+    return {k: v for k, v in overlay.items() if not k.startswith("local_")}

@@ -52,6 +52,10 @@ class StateFile(_Strict):
     removed: list[str] = []
     weights: dict[str, Weight] = {}
     windows: list[SavedWindow] = []
+    # Admin states set with --local (during an etcd outage): this instance's own, kept in its
+    # state file, never shared with the fleet
+    local_member_admin: dict[str, Literal["drain", "maint"]] = {}
+    local_host_admin: dict[str, Literal["drain", "maint"]] = {}
 
 
 def empty() -> dict[str, Any]:

@@ -33,6 +33,7 @@ from croupier.admin.schedule import Scheduler
 from croupier.cluster.etcd import EtcdClient, EtcdError
 from croupier.cluster.fleet import Conflict, Fleet
 from croupier.cluster.registry import Registration, instances
+from croupier.cluster.shared import shared_part
 from croupier.config.certificates import CertificateError, certificate_end, member_context
 from croupier.config.load import ConfigError, LoadedConfig, MemberSpec, load_config
 from croupier.config.schema import ListenerConfig, PoolConfig, split_address
@@ -224,32 +225,39 @@ class Balancer:
         if changes != self.api_members.changes:
             self.api_members.changes = changes
             self.reconcile_members()
-        members = {m.key: m for m in self.members()}
-        targets: list[tuple[Member | Host, Target, str]] = []
-        wanted = saved.get("member_admin", {})
-        for key in wanted.keys() - members.keys():
-            log.warning("%s: admin state of %s dropped: no such member now", source, key)
-        for key, m in members.items():
-            targets.append((m, Target(key, members=(m,)), wanted.get(key, "ready")))
-        wanted = saved.get("host_admin", {})
-        for name in wanted.keys() - self.hosts.keys():
-            log.warning("%s: admin state of host %s dropped: no such host now", source,
-                        name)
-        for name, h in self.hosts.items():
-            targets.append((h, Target(f"host:{name}", host=h), wanted.get(name, "ready")))
-        for obj, target, state in targets:
-            if obj.admin.get("api", "ready") == state:
-                continue
-            if not quiet:
-                set_state(target, state, "api", cause)
-            elif state == "ready":
-                obj.admin.pop("api", None)
-            else:
-                obj.admin["api"] = state
+        self._apply_admin("api", saved.get("member_admin", {}), saved.get("host_admin", {}),
+                          cause, quiet, source)
+        if "local_member_admin" in saved:   # this instance's own (the state file's, not the
+            self._apply_admin("local", saved["local_member_admin"],    # fleet's)
+                              saved.get("local_host_admin", {}), cause, quiet, source)
         if quiet:
             for pool in self.pools.values():
                 pool.refresh()
         self._apply_windows(saved.get("windows", []), source)
+
+    def _apply_admin(self, origin: str, member_admin: dict[str, str],
+                     host_admin: dict[str, str], cause: str, quiet: bool, source: str) -> None:
+        """The admin states of `origin`: set where they differ, cleared where none is given."""
+        members = {m.key: m for m in self.members()}
+        targets: list[tuple[Member | Host, Target, str]] = []
+        for key in member_admin.keys() - members.keys():
+            log.warning("%s: admin state of %s dropped: no such member now", source, key)
+        for key, m in members.items():
+            targets.append((m, Target(key, members=(m,)), member_admin.get(key, "ready")))
+        for name in host_admin.keys() - self.hosts.keys():
+            log.warning("%s: admin state of host %s dropped: no such host now", source,
+                        name)
+        for name, h in self.hosts.items():
+            targets.append((h, Target(f"host:{name}", host=h), host_admin.get(name, "ready")))
+        for obj, target, state in targets:
+            if obj.admin.get(origin, "ready") == state:
+                continue
+            if not quiet:
+                set_state(target, state, origin, cause)
+            elif state == "ready":
+                obj.admin.pop(origin, None)
+            else:
+                obj.admin[origin] = state
 
     def _apply_windows(self, saved: list[dict[str, Any]], source: str) -> None:
         now = time.time()
@@ -337,6 +345,11 @@ class Balancer:
             "member_admin": {m.key: m.admin["api"] for m in self.members() if "api" in m.admin},
             "host_admin": {h.name: h.admin["api"] for h in self.hosts.values()
                            if "api" in h.admin},
+            # set with --local: this instance's alone, never the fleet's
+            "local_member_admin": {m.key: m.admin["local"] for m in self.members()
+                                   if "local" in m.admin},
+            "local_host_admin": {h.name: h.admin["local"] for h in self.hosts.values()
+                                 if "local" in h.admin},
             "windows": [{"id": w.id, "target": w.target, "start": w.start, "end": w.end,
                          "lead": w.lead, "reason": w.reason}
                         for w in self.scheduler.windows if w.origin == "api"]}
@@ -446,13 +459,13 @@ class Balancer:
             "disagreements": {k: v for k, v in views.items() if len(set(v.values())) > 1},
             "skipped_keys": fleet.skipped + [f"{k}: not an instance entry" for k in bad]}
 
-    async def commit_change(self) -> int | None:
+    async def commit_change(self, local: bool = False) -> int | None:
         """An operator's change was made to the model: kept in the state file alone, or with a
         fleet, written to etcd and applied once the watch brings it back (every instance
         applies it the same way). Refused by etcd (a conflicting change came first, or it
         stopped answering), the change is undone here and the reason raised."""
         fleet = self.fleet
-        if fleet is None:
+        if fleet is None or local:
             self.save_state()
             return None
         try:
@@ -461,7 +474,7 @@ class Balancer:
             # Undone to the fleet's state as it is now, not as it was before: the watch may
             # have brought the change that won meanwhile, and will bring nothing more.
             self.apply_overlay(fleet.overlay if fleet.overlay is not None
-                               else state_file.empty(),
+                               else shared_part(state_file.empty()),
                                cause="undone: the fleet refused the change", source="fleet")
             self.save_state()
             if isinstance(e, Conflict):
