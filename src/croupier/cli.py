@@ -322,6 +322,70 @@ def maint(target: str, reason: str, local: bool, config_path: Path | None,
 
 
 @main.command()
+@click.option("--pool", required=True, help="The pool (its [pools.discovery]) to join.")
+@click.option("--address", required=True, help="The member's ADDRESS:PORT.")
+@click.option("--weight", default=1, show_default=True, type=click.IntRange(0, 1000))
+@click.option("--host", default=None, help="The host it runs on (default: its address).")
+@click.option("--ttl", default="10s", show_default=True,
+              help="Gone this long after this command dies (its lease).")
+@click.option("--drain-timeout", default="60s", show_default=True,
+              help="On a clean stop, how long to wait for requests in flight to finish.")
+@click.option("-c", "--config", "config_path", type=click.Path(path_type=Path), required=True,
+              help="A croupier config of the fleet: its [cluster] and the pool's discovery.")
+def register(pool: str, address: str, weight: int, host: str | None, ttl: str,
+             drain_timeout: str, config_path: Path) -> None:
+    """Keep a member registered in a pool while this runs, beside the application instance.
+    SIGTERM or Ctrl-C leaves cleanly: drained first on every instance, then removed; killed,
+    the member leaves when its lease runs out (--ttl)."""
+    import asyncio
+    import signal
+
+    from croupier.cluster.discovery import Registered, discovery_prefix, keep_registered
+    from croupier.cluster.etcd import EtcdClient, EtcdError
+    from croupier.config import parse_duration
+    from croupier.config.schema import split_address
+
+    loaded = _load(config_path)
+    cluster = loaded.config.cluster
+    pc = next((p for p in loaded.config.pools if p.name == pool), None)
+    if cluster is None or pc is None or pc.discovery is None:
+        raise click.ClickException(f"{config_path}: no [cluster], or no pool {pool!r} with "
+                                   f"[pools.discovery]")
+    try:
+        addr, port = split_address(address)
+        entry = Registered(address=addr, port=port, weight=weight, host=host)
+        ttl_s, drain_s = parse_duration(ttl), parse_duration(drain_timeout)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    beside = loaded.beside
+    key = discovery_prefix(cluster.prefix, pc.discovery.etcd) + f"{entry.address}:{port}"
+
+    async def run() -> None:
+        client = EtcdClient(
+            cluster.etcd, username=cluster.username,
+            password=(beside(cluster.password_file).read_text().strip()
+                      if cluster.password_file else None),
+            ca_file=str(beside(cluster.ca)) if cluster.ca else None,
+            cert_file=str(beside(cluster.cert)) if cluster.cert else None,
+            key_file=str(beside(cluster.key)) if cluster.key else None,
+            timeout=cluster.timeout)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await keep_registered(client, key, entry, ttl_s, stop,
+                                  f"{pool}/{entry.address}:{port}",
+                                  cluster.prefix, drain_s,
+                                  lambda text: click.echo(text, err=True))
+        except EtcdError as e:
+            raise click.ClickException(f"etcd: {e}") from None
+        finally:
+            await client.close()
+    asyncio.run(run())
+
+
+@main.command()
 @_admin_options
 @click.option("--json", "as_json", is_flag=True, help="Print the raw view as JSON.")
 def fleet(config_path: Path | None, admin_url: str | None, token: str | None,

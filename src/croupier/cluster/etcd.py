@@ -119,6 +119,11 @@ class EtcdClient:
                                                  "range_end": prefix_end(prefix)})
         return int(body["header"]["revision"]), [_kv(i) for i in body.get("kvs", [])]
 
+    async def revision(self) -> int:
+        """The store's current revision (a read of one key's existence: the cheapest)."""
+        body = await self._call("/v3/kv/range", {"key": _b64("\0"), "count_only": True})
+        return int(body["header"]["revision"])
+
     async def get(self, key: str) -> KeyValue | None:
         body = await self._call("/v3/kv/range", {"key": _b64(key)})
         kvs = body.get("kvs", [])

@@ -267,6 +267,10 @@ def validate_config(data: dict[str, Any], path: Path | str = "<config>") -> Load
                              f"{mc.target!r} names no member or host of this config (give "
                              f"pool/member, a member's address:port, or host:NAME)"))
 
+    for i, p in enumerate(config.pools):
+        if p.discovery is not None and config.cluster is None:
+            problems.append((f"pools[{i}] ({p.name}).discovery",
+                             "needs [cluster]: the etcd the members register in"))
     cluster = config.cluster
     if cluster is not None:
         here = Path(path).parent

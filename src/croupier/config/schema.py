@@ -411,13 +411,31 @@ class PoolTlsConfig(_Strict):
     key: Text | None = None
 
 
+class DiscoveryConfig(_Strict):
+    """Members that register themselves in etcd (cluster/discovery.py), beside the listed."""
+
+    etcd: str                           # under the [cluster] prefix, e.g. "apps/classes"
+
+    @field_validator("etcd")
+    @classmethod
+    def _key(cls, v: str) -> str:
+        if not re.match(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$", v) or len(v) > 200:
+            raise ValueError(f"discovery key {v[:100]!r}: segments of letters, digits and "
+                             f"._- joined by \"/\"")
+        return v
+
+
 class PoolConfig(_Strict):
     name: Name
     algorithm: Algorithm = "round_robin"
     hash_key: str = "client_ip"         # for hash: client_ip, path, header:NAME, cookie:NAME
     sticky: StickyConfig | None = None
     slow_start: Duration = 0.0          # a member that comes back ramps up over this long
-    members: list[str | MemberConfig] = Field(min_length=1)
+    members: list[str | MemberConfig] = []     # at least one, unless discovery brings them
+    discovery: DiscoveryConfig | None = None
+    # The networks members may be in when they register themselves (discovery): required
+    # with it, so that a key written into etcd cannot send traffic anywhere.
+    allowed_networks: list[str] = []
     health: HealthConfig | None = None
     outlier: OutlierConfig = OutlierConfig()
     connect_timeout: Timeout = 3.0
@@ -440,6 +458,26 @@ class PoolConfig(_Strict):
     @classmethod
     def _hash_key(cls, v: str) -> str:
         return _check_hash_key(v)
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for net in v:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"{net[:100]!r} is not a network (10.0.0.0/8, fd00::/8)") \
+                    from None
+        return v
+
+    @model_validator(mode="after")
+    def _membership(self) -> PoolConfig:
+        if not self.members and self.discovery is None:
+            raise ValueError("a pool needs members, or [pools.discovery] to bring them")
+        if self.discovery is not None and not self.allowed_networks:
+            raise ValueError("[pools.discovery] needs allowed_networks: the networks a "
+                             "registered member may be in")
+        return self
 
 
 class MaintenanceConfig(_Strict):

@@ -30,6 +30,7 @@ from typing import Any, Protocol, cast
 from croupier import __version__
 from croupier.admin.ops import OpError, Target, set_state
 from croupier.admin.schedule import Scheduler
+from croupier.cluster.discovery import Discovery, PoolDiscovery
 from croupier.cluster.etcd import EtcdClient, EtcdError
 from croupier.cluster.fleet import Conflict, Fleet
 from croupier.cluster.registry import Registration, instances
@@ -51,8 +52,8 @@ from croupier.proxy.tls_layer import tls_protocol
 from croupier.proxy.upstream import UpstreamPool
 from croupier.runtime import sockets, state_file
 from croupier.runtime.notify import notify
-from croupier.sources import stack
-from croupier.sources.admin_api import AdminApi
+from croupier.sources import Source, stack
+from croupier.sources.admin_api import AddedMember, AdminApi, ApiMembers
 from croupier.sources.config_file import ConfigFile
 
 log = logging.getLogger("croupier")
@@ -140,6 +141,7 @@ class Balancer:
         self.state_file = parts.state_file
         # A fleet ([cluster]): the shared admin state and this instance's entry in its list
         self.fleet: Fleet | None = None
+        self.discovery: Discovery | None = None     # pools' self-registered members
         self.instance_name = ""
         self.registration: Registration | None = None
         self._registration_task: asyncio.Task[None] | None = None
@@ -151,8 +153,11 @@ class Balancer:
 
     def reconcile_members(self, at_start: bool = False) -> Changes:
         """The model, made to hold what the sources want now."""
-        changes = reconcile(self.hosts, self.pools, self.loaded.config,
-                            stack([self.config_members, self.api_members]),
+        sources: list[Source] = [self.config_members]
+        if self.discovery is not None:
+            sources.append(self.discovery)
+        sources.append(self.api_members)
+        changes = reconcile(self.hosts, self.pools, self.loaded.config, stack(sources),
                             self.parts.make_policy, self, at_start, self._state_changed)
         self.model.host_checks = {h.name: h.check for h in self.loaded.config.hosts
                                   if h.check is not None}
@@ -386,6 +391,12 @@ class Balancer:
         self.fleet.start()
         self.registration = Registration(client, cluster.prefix, self.instance_name,
                                          cluster.lease_ttl, self._fleet_entry)
+        pools = [PoolDiscovery(client, cluster.prefix, pc, self._discovery_changed)
+                 for pc in self.loaded.config.pools if pc.discovery is not None]
+        if pools:
+            self.discovery = Discovery(pools)
+            for d in pools:
+                d.start()
         self._registration_task = self.loop.create_task(self.registration.run())
 
     async def _stop_fleet(self) -> None:
@@ -397,6 +408,8 @@ class Balancer:
                 await self._registration_task
         if self.registration is not None:
             await self.registration.leave()
+        for d in self.discovery.pools if self.discovery is not None else []:
+            await d.stop()
         await self.fleet.stop()
         await self.fleet.client.close()
 
@@ -407,6 +420,37 @@ class Balancer:
         self.save_state()
         if self.registration is not None:
             self.registration.poke()        # the others learn of the revision applied at once
+
+    def _discovery_changed(self) -> None:
+        """Members registered or left (or began a clean stop): the one reconcile, then the
+        stopping ones drained (origin "discovery"), and the workers told."""
+        self.reconcile_members()
+        assert self.discovery is not None
+        for d in self.discovery.pools:
+            pool = self.pools.get(d.pool)
+            for m in pool.members if pool is not None else []:
+                state = "drain" if m.name in d.draining else "ready"
+                if m.admin.get("discovery", "ready") != state:
+                    set_state(Target(m.key, members=(m,)), state, "discovery",
+                              "its registrant is stopping" if state == "drain" else "")
+        if self.on_change is not None:
+            self.on_change()
+
+    def worker_members(self) -> ApiMembers:
+        """The membership workers are sent: what the API changed, and the members registered
+        through discovery as if added (workers reconcile the same way from it)."""
+        changes = self.api_members.changes
+        if self.discovery is None:
+            return changes
+        listed = {(pool, name) for pool, members in self.config_members.want({}).items()
+                  for name in members}
+        extra = [AddedMember(pool=s.pool, name=s.name, host=s.host, address=s.address,
+                             port=s.port, weight=s.weight)
+                 for d in self.discovery.pools for s in d.members.values()
+                 if (s.pool, s.name) not in listed
+                 and not any((a.pool, a.name) == (s.pool, s.name) for a in changes.added)]
+        return changes.model_copy(update={"added": [*changes.added, *extra]}) if extra \
+            else changes
 
     def _fleet_entry(self) -> dict[str, Any]:
         """What this instance publishes in the fleet's list."""

@@ -384,7 +384,7 @@ class Supervisor:
         w.writer = writer
         loaded = balancer.loaded
         await _send(writer, Init(config=loaded.text, path=str(loaded.path), digest=loaded.digest,
-                                 members=balancer.api_members.changes,
+                                 members=balancer.worker_members(),
                                  states=member_states(balancer),
                                  sockets={n: s.fileno() for n, s in w.sockets.items()},
                                  fd_channel=fd_channel))
@@ -483,7 +483,7 @@ class Supervisor:
     def _changed(self) -> None:
         """Membership or weights changed in the supervisor: tell every worker."""
         assert self.balancer is not None
-        self._broadcast(Apply(members=self.balancer.api_members.changes,
+        self._broadcast(Apply(members=self.balancer.worker_members(),
                               states=member_states(self.balancer)))
 
     def _state_changed(self) -> None:
@@ -592,7 +592,7 @@ class Supervisor:
                 w.sockets.pop(name).close()
             w.sockets.update(new)
         answers = await self._ask(self._live(), Commit(seq=self._seq,
-                                                       members=balancer.api_members.changes,
+                                                       members=balancer.worker_members(),
                                                        states=member_states(balancer)))
         served = []
         for w, answer in answers:
