@@ -100,6 +100,34 @@ def test_two_conflicting_changes_at_once_end_identical_on_both(etcd: Etcd):
     asyncio.run(main())
 
 
+def test_a_change_on_an_instance_whose_watch_lags_is_made_on_the_store_s_present(etcd: Etcd):
+    prefix = f"/test/{uuid.uuid4().hex}"
+
+    async def main() -> None:
+        a, b = [await Side(etcd.url, prefix).started() for _ in range(2)]
+        await a.fleet.wait_applied(await b.fleet.commit(drained()), 5)
+        await a.fleet.stop()                    # a's watch lags: its copy still says drained
+        a.fleet.connected = True                # (as it would while its watch is slow)
+        readied = await b.fleet.commit(empty())
+        assert a.fleet.overlay == drained()
+        # Drained again on a: on its stale copy, nothing would differ and nothing be written,
+        # while the store says ready. Refreshed first, the drain is written.
+        await a.fleet.refresh()
+        assert a.fleet.overlay == empty() and a.fleet.applied >= readied
+        drained_again = await a.fleet.commit(drained())
+        assert drained_again > readied
+        assert await b.fleet.wait_applied(drained_again, 5)
+        assert b.fleet.overlay == drained()
+        # Its watch, started again, resumes after the read: nothing older is applied twice.
+        seen = len(a.seen)
+        a.fleet.start()
+        await until(lambda: a.fleet.applied >= drained_again)
+        assert a.fleet.overlay == drained() and len(a.seen) == seen + 1
+        await a.close()
+        await b.close()
+    asyncio.run(main())
+
+
 def test_a_compaction_while_an_instance_was_away_forces_a_full_read_that_loses_nothing(
         etcd: Etcd):
     prefix = f"/test/{uuid.uuid4().hex}"

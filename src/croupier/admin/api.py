@@ -197,9 +197,9 @@ def build_app(instance: Instance, token: str) -> FastAPI:
     @app.put("/api/v1/targets/{target:path}/state", summary="Set a member's or host's admin state",
              dependencies=change, response_model=views.TargetView)
     async def set_state(target: str, change: StateChange) -> dict[str, Any]:
+        if not change.local:            # first: the target is resolved on the present state
+            await instance.fleet_ready()
         t = ops.resolve(instance, target)
-        if not change.local:
-            instance.fleet_ready()
         ops.set_state(t, change.state, "local" if change.local else "api", change.reason)
         revision = await instance.commit_change(local=change.local)
         return target_view(t) | {"revision": revision}
@@ -207,7 +207,7 @@ def build_app(instance: Instance, token: str) -> FastAPI:
     @app.post("/api/v1/pools/{pool}/members", status_code=201, summary="Add a member",
               dependencies=change, response_model=views.MemberView)
     async def add_member(pool: str, new: NewMember) -> dict[str, Any]:
-        instance.fleet_ready()
+        await instance.fleet_ready()
         member = instance.add_member(pool, new.host, new.address, new.port, new.weight)
         await changed()
         return ops.member_view(member)
@@ -215,8 +215,8 @@ def build_app(instance: Instance, token: str) -> FastAPI:
     @app.delete("/api/v1/pools/{pool}/members/{member}", summary="Remove a member",
                 dependencies=change, response_model=views.RemovedView)
     async def remove_member(pool: str, member: str) -> dict[str, Any]:
+        await instance.fleet_ready()
         t = ops.resolve(instance, f"{pool}/{member}")
-        instance.fleet_ready()
         instance.remove_member(t.members[0])
         await changed()
         return {"removed": f"{pool}/{t.members[0].name}",
@@ -225,8 +225,8 @@ def build_app(instance: Instance, token: str) -> FastAPI:
     @app.put("/api/v1/pools/{pool}/members/{member}/weight", summary="Change a weight",
              dependencies=change, response_model=views.MemberView)
     async def set_weight(pool: str, member: str, change: WeightChange) -> dict[str, Any]:
+        await instance.fleet_ready()
         t = ops.resolve(instance, f"{pool}/{member}")
-        instance.fleet_ready()
         instance.set_weight(t.members[0], change.weight)
         await changed()
         return ops.member_view(t.members[0])
@@ -250,7 +250,7 @@ def build_app(instance: Instance, token: str) -> FastAPI:
         end = new.end if new.end is not None else start + (new.duration or 0.0)
         if end > MAX_EPOCH:
             raise HTTPException(422, "the window would end after the year 9999")
-        instance.fleet_ready()
+        await instance.fleet_ready()
         window = instance.scheduler.add(new.target, start, end, new.lead, "api", new.reason,
                                         new.id)
         await changed()
@@ -259,7 +259,7 @@ def build_app(instance: Instance, token: str) -> FastAPI:
     @app.delete("/api/v1/schedules/{window_id}", summary="Cancel a maintenance window",
                 dependencies=change, response_model=views.WindowView)
     async def remove_schedule(window_id: str) -> dict[str, Any]:
-        instance.fleet_ready()
+        await instance.fleet_ready()
         window = instance.scheduler.remove(window_id)
         await changed()
         return window.view(time.time())

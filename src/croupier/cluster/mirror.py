@@ -79,6 +79,17 @@ class Mirror:
         self.loaded = True
         self._publish(revision)
 
+    async def refresh(self) -> None:
+        """Bring the copy to the store's present with one read, not waiting for the watch:
+        before a change is made on top of it, so that it is made on what the store holds
+        (a copy a change behind would take a change already undone elsewhere for done).
+        The watch then skips what the read already holds. Raises EtcdError."""
+        revision, kvs = await self.client.get_prefix(self.prefix)
+        self.heard = time.time()
+        if revision > self.applied:         # the watch may have come further meanwhile
+            self.keys = {kv.key: kv for kv in kvs}
+            self._publish(revision)
+
     async def _watch(self) -> None:
         """From the last revision applied on: after an outage, what changed meanwhile comes
         first (or Compacted, when etcd no longer has it)."""
@@ -89,6 +100,8 @@ class Mirror:
                 continue
             revision = self.applied
             for e in events:
+                if e.mod_revision <= self.applied:      # a refresh read it already
+                    continue
                 revision = max(revision, e.mod_revision)
                 if e.value is None:
                     self.keys.pop(e.key, None)
@@ -96,7 +109,8 @@ class Mirror:
                     old = self.keys.get(e.key)
                     self.keys[e.key] = KeyValue(e.key, e.value, e.mod_revision,
                                                 old.create_revision if old else e.mod_revision)
-            self._publish(revision)
+            if revision > self.applied:
+                self._publish(revision)
         raise Unavailable("the watch ended")
 
     def _publish(self, revision: int) -> None:

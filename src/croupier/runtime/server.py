@@ -474,12 +474,22 @@ class Balancer:
                 "lag": max(0.0, time.time() - fleet.heard), "skipped": float(len(fleet.skipped)),
                 "resyncs": float(fleet.resyncs)}
 
-    def fleet_ready(self) -> None:
-        """Before a change an operator asks for: with a fleet whose store does not answer, it
-        is refused (503), not made here alone nor queued to be lost."""
-        if self.fleet is not None and not self.fleet.connected:
-            raise OpError(503, "the fleet's store (etcd) does not answer from this instance: "
-                               "nothing was changed")
+    async def fleet_ready(self) -> None:
+        """Before a change an operator asks for: with a fleet, this instance's copy of its
+        state is brought to the store's present, so that the change is made on top of what
+        the store holds; with a store that does not answer, the change is refused (503), not
+        made here alone nor queued to be lost."""
+        fleet = self.fleet
+        if fleet is None:
+            return
+        refused = "the fleet's store (etcd) does not answer from this instance: nothing was " \
+                  "changed"
+        if not fleet.connected:
+            raise OpError(503, refused)
+        try:
+            await fleet.refresh()
+        except EtcdError as e:
+            raise OpError(503, f"{refused} ({e})") from None
 
     async def fleet_view(self) -> dict[str, Any]:
         """This instance's side of the fleet and the list of instances, with where their views
