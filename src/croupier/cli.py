@@ -219,6 +219,9 @@ def _when(epoch: float) -> str:
 _LOCAL = click.option("--local", is_flag=True,
                       help="This instance alone (origin local): in a fleet, not shared, and "
                            "possible while etcd does not answer.")
+_FLEET_TIMEOUT = click.option("--fleet-timeout", default=10.0, show_default=True,
+                              help="Seconds every instance of a fleet may take to apply the "
+                                   "change; then the ones that lag are named (exit 1).")
 
 
 def _set_state(state: str, target: str, reason: str, config_path: Path | None,
@@ -272,8 +275,7 @@ def _fleet_in_flight(client: AdminClient, members: list[str]) -> int | None:
 @click.option("--wait", is_flag=True, help="Return once nothing is in flight on the target "
               "(on any instance of the fleet).")
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds --wait may take.")
-@click.option("--fleet-timeout", default=10.0, show_default=True,
-              help="Seconds every instance of a fleet may take to apply the drain.")
+@_FLEET_TIMEOUT
 @click.option("--reason", default="", help="Kept in the target's history.")
 @_LOCAL
 @_admin_options
@@ -312,13 +314,15 @@ def drain(target: str, wait: bool, timeout: float, fleet_timeout: float, reason:
 
 @main.command()
 @click.argument("target")
+@_FLEET_TIMEOUT
 @click.option("--reason", default="", help="Kept in the target's history.")
 @_LOCAL
 @_admin_options
-def maint(target: str, reason: str, local: bool, config_path: Path | None,
-          admin_url: str | None, token: str | None) -> None:
+def maint(target: str, fleet_timeout: float, reason: str, local: bool,
+          config_path: Path | None, admin_url: str | None, token: str | None) -> None:
     """Put TARGET in maintenance: no traffic and no health checks."""
-    _set_state("maint", target, reason, config_path, admin_url, token, local=local)
+    _set_state("maint", target, reason, config_path, admin_url, token, fleet_timeout,
+               local)
 
 
 @main.command()
@@ -414,7 +418,8 @@ def fleet(config_path: Path | None, admin_url: str | None, token: str | None,
                       "connected" if i["connected"] else "cut off")
     console.print(table)
     if view["config_digests_differ"]:
-        console.print("the instances run different configs (digests above)")
+        console.print("the instances' configs differ in their pools, hosts or windows "
+                      "(digests above)")
     for member, seen in view["disagreements"].items():
         console.print(f"{member}: " + ", ".join(f"{n} sees {v}" for n, v in seen.items()))
     for key in view["skipped_keys"]:
@@ -423,14 +428,16 @@ def fleet(config_path: Path | None, admin_url: str | None, token: str | None,
 
 @main.command()
 @click.argument("target")
+@_FLEET_TIMEOUT
 @click.option("--reason", default="", help="Kept in the target's history.")
 @_LOCAL
 @_admin_options
-def ready(target: str, reason: str, local: bool, config_path: Path | None,
-          admin_url: str | None, token: str | None) -> None:
+def ready(target: str, fleet_timeout: float, reason: str, local: bool,
+          config_path: Path | None, admin_url: str | None, token: str | None) -> None:
     """Take TARGET back: clear the drain or maint an operator set (--local: the one set with
     --local)."""
-    _set_state("ready", target, reason, config_path, admin_url, token, local=local)
+    _set_state("ready", target, reason, config_path, admin_url, token, fleet_timeout,
+               local)
 
 
 def _time_arg(text: str) -> float:

@@ -67,6 +67,14 @@ class LoadedConfig:
         base = self.path.parent if self.path.name.endswith(".toml") else Path()
         return base / path
 
+    @property
+    def fleet_digest(self) -> str:
+        """The SHA-256 of what the instances of a fleet must agree on: the pools, hosts and
+        windows its shared state names. Not the rest, which is each instance's own by right
+        (its name, addresses, workers, certificates, logs)."""
+        shared = self.config.model_dump(mode="json", include={"pools", "hosts", "maintenance"})
+        return hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).hexdigest()
+
 
 def _key(loc: tuple[int | str, ...], data: dict[str, Any]) -> str:
     """('pools', 0, 'members', 2, 'port') -> 'pools[0] (classes).members[2].port'."""

@@ -457,7 +457,7 @@ class Balancer:
         fleet = self.fleet
         return {
             "version": __version__,
-            "config_digest": self.loaded.digest,
+            "config_digest": self.loaded.fleet_digest,
             "admin": (f"{self.loaded.config.admin.listen.rsplit(':', 1)[0]}:{self.admin_port}"
                       if self.admin_port else None),
             "applied": fleet.applied if fleet is not None else 0,
