@@ -17,26 +17,14 @@ from __future__ import annotations
 import asyncio
 import socket
 import sys
+from pathlib import Path
 
 from croupier.config.load import validate_config
 from croupier.proxy.client import client_protocol
 from croupier.runtime import app, eventloop
 from croupier.runtime.server import Balancer
 
-MEMBER = """
-import asyncio, socket, sys
-ANSWER = b"HTTP/1.1 200 OK\\r\\nContent-Length: 3\\r\\n\\r\\nhi\\n"
-class Member(asyncio.Protocol):
-    def connection_made(self, transport):
-        self.transport = transport
-    def data_received(self, data):
-        self.transport.write(ANSWER * data.count(b"\\r\\n\\r\\n"))
-async def main():
-    server = await asyncio.get_running_loop().create_server(Member, "127.0.0.1", 0)
-    print(server.sockets[0].getsockname()[1], flush=True)
-    await asyncio.Event().wait()
-asyncio.run(main())
-"""
+MEMBER = Path(__file__).parent / "member.py"      # the member relayed to
 
 CLIENT = """
 import socket, sys
@@ -51,7 +39,7 @@ for _ in range(n):
 
 async def main(n: int) -> None:
     loop = asyncio.get_running_loop()
-    member = await asyncio.create_subprocess_exec(sys.executable, "-c", MEMBER,
+    member = await asyncio.create_subprocess_exec(sys.executable, str(MEMBER),
                                                   stdout=asyncio.subprocess.PIPE)
     assert member.stdout is not None
     member_port = int(await member.stdout.readline())

@@ -34,19 +34,6 @@ import httpx
 HERE = Path(__file__).parent
 CROUPIER = str(Path(sys.executable).parent / "croupier")
 
-MEMBER = """
-import asyncio, sys
-ANSWER = b"HTTP/1.1 200 OK\\r\\nContent-Length: 3\\r\\n\\r\\nhi\\n"
-class Member(asyncio.Protocol):
-    def connection_made(self, transport):
-        self.transport = transport
-    def data_received(self, data):
-        self.transport.write(ANSWER * data.count(b"\\r\\n\\r\\n"))
-async def main():
-    await asyncio.get_running_loop().create_server(Member, "127.0.0.1", int(sys.argv[1]))
-    await asyncio.Event().wait()
-asyncio.run(main())
-"""
 
 
 def free_port() -> int:
@@ -159,7 +146,8 @@ def main() -> None:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         wait_for(lambda: httpx.get(etcd + "/health").json()["health"] == "true", what="etcd")
         member_port = free_port()
-        procs.append(subprocess.Popen([sys.executable, "-c", MEMBER, str(member_port)]))
+        procs.append(subprocess.Popen([sys.executable, str(HERE / "member.py"), str(member_port)],
+                                      stdout=subprocess.DEVNULL))
         wait_for(lambda: socket.create_connection(("127.0.0.1", member_port), 0.2).close()
                  is None, what="the member")
         a, b, c = (Instance(tmp / n, n, member_port, etcd, "/bench")

@@ -345,7 +345,7 @@ def register(pool: str, address: str, weight: int, host: str | None, ttl: str,
     import signal
 
     from croupier.cluster.discovery import Registered, discovery_prefix, keep_registered
-    from croupier.cluster.etcd import EtcdClient, EtcdError
+    from croupier.cluster.etcd import EtcdError, client_for
     from croupier.config import parse_duration
     from croupier.config.schema import split_address
 
@@ -361,18 +361,10 @@ def register(pool: str, address: str, weight: int, host: str | None, ttl: str,
         ttl_s, drain_s = parse_duration(ttl), parse_duration(drain_timeout)
     except ValueError as e:
         raise click.ClickException(str(e)) from None
-    beside = loaded.beside
     key = discovery_prefix(cluster.prefix, pc.discovery.etcd) + f"{entry.address}:{port}"
 
     async def run() -> None:
-        client = EtcdClient(
-            cluster.etcd, username=cluster.username,
-            password=(beside(cluster.password_file).read_text().strip()
-                      if cluster.password_file else None),
-            ca_file=str(beside(cluster.ca)) if cluster.ca else None,
-            cert_file=str(beside(cluster.cert)) if cluster.cert else None,
-            key_file=str(beside(cluster.key)) if cluster.key else None,
-            timeout=cluster.timeout)
+        client = client_for(cluster, loaded.beside)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

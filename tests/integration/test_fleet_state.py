@@ -5,6 +5,7 @@ compaction or an outage loses nothing."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import uuid
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,30 @@ def test_etcd_down_refuses_changes_keeps_the_state_and_resumes_after(tmp_path: P
         assert b.fleet.overlay == drained("maint") and b.fleet.resyncs == 0   # resumed
         await a.close()
         await b.close()
+    try:
+        asyncio.run(main())
+    finally:
+        store.stop()
+
+
+def test_an_etcd_that_stops_answering_without_closing_its_connections_is_noticed(
+        tmp_path: Path):
+    store = Etcd(tmp_path / "etcd")
+    prefix = "/test/frozen"
+
+    async def main() -> None:
+        a = await Side(store.url, prefix).started()
+        assert store.proc is not None
+        store.proc.send_signal(signal.SIGSTOP)    # as unplugged: no FIN, no RST, no answer
+        try:
+            await until(lambda: not a.fleet.connected, timeout=10)
+            with pytest.raises(Unavailable):
+                await a.fleet.commit(drained())
+        finally:
+            store.proc.send_signal(signal.SIGCONT)
+        await until(lambda: a.fleet.connected, timeout=15)
+        assert await a.fleet.wait_applied(await a.fleet.commit(drained()), 5)
+        await a.close()
     try:
         asyncio.run(main())
     finally:

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from croupier.cluster.etcd import EtcdClient, EtcdError
 from croupier.cluster.mirror import Mirror
+from croupier.cluster.registry import BACKOFF, instances
 from croupier.config.load import MemberSpec
 from croupier.config.schema import Address, Name, PoolConfig, Port, Weight
 from croupier.model.reconcile import Wanted
@@ -117,8 +118,6 @@ async def keep_registered(client: EtcdClient, key: str, entry: Registered, ttl: 
     cleanly: mark the entry draining, wait until every live instance shows `member` drained
     with nothing in flight (or `drain_timeout`), and delete it. etcd unreachable: try again
     with backoff; a lease that expired meanwhile is replaced."""
-    from croupier.cluster.registry import BACKOFF, instances
-
     value = json.dumps(entry.model_dump(), sort_keys=True).encode()
     lease, failures = 0, 0
     while not stop.is_set():

@@ -18,11 +18,14 @@ from __future__ import annotations
 import base64
 import json
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
+
+from croupier.config.schema import ClusterConfig
 
 
 class EtcdError(Exception):
@@ -263,3 +266,15 @@ class EtcdClient:
                 raise EtcdError(f"{path}: {body.get('message', body)}")
             return body
         raise Unavailable("no etcd endpoint answered (" + "; ".join(errors) + ")")
+
+
+def client_for(cluster: ClusterConfig, beside: Callable[[str], Path]) -> EtcdClient:
+    """The client a config's [cluster] describes; `beside` finds the files it names."""
+    def path(name: str | None) -> str | None:
+        return str(beside(name)) if name else None
+    return EtcdClient(
+        cluster.etcd, username=cluster.username,
+        password=(beside(cluster.password_file).read_text().strip()
+                  if cluster.password_file else None),
+        ca_file=path(cluster.ca), cert_file=path(cluster.cert), key_file=path(cluster.key),
+        timeout=cluster.timeout)

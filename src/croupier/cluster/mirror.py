@@ -19,6 +19,8 @@ from croupier.cluster.registry import BACKOFF
 
 log = logging.getLogger("croupier.cluster")
 
+PROBE = 2.0     # seconds a watch may be quiet before etcd is asked whether it is still there
+
 
 class Mirror:
     def __init__(self, client: EtcdClient, prefix: str, what: str) -> None:
@@ -57,7 +59,7 @@ class Mirror:
                     reload = False
                 failures = 0
                 while True:                     # a watch ends when its connection does
-                    await self._watch()
+                    await self._watch_checked()
             except Compacted as e:
                 log.info("%s: history compacted past revision %d: reading it all again",
                          self.what, e.compact_revision)
@@ -89,6 +91,26 @@ class Mirror:
         if revision > self.applied:         # the watch may have come further meanwhile
             self.keys = {kv.key: kv for kv in kvs}
             self._publish(revision)
+
+    async def _watch_checked(self) -> None:
+        """The watch, with etcd asked for its revision whenever it has been quiet for PROBE
+        seconds: a watch on an etcd that went away without closing the connection (a host
+        unplugged, a process frozen) says nothing, and would say so forever. A check that
+        fails ends the watch (Unavailable), and the mirror tries again with backoff."""
+        watch = asyncio.ensure_future(self._watch())
+        try:
+            while True:
+                done, _ = await asyncio.wait({watch}, timeout=PROBE)
+                if done:
+                    return watch.result()
+                if time.time() - self.heard >= PROBE:
+                    await self.client.revision()
+                    self.heard = time.time()
+        finally:
+            if not watch.done():
+                watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError, EtcdError):
+                    await watch
 
     async def _watch(self) -> None:
         """From the last revision applied on: after an outage, what changed meanwhile comes

@@ -31,7 +31,7 @@ from croupier import __version__
 from croupier.admin.ops import OpError, Target, set_state
 from croupier.admin.schedule import Scheduler
 from croupier.cluster.discovery import Discovery, PoolDiscovery
-from croupier.cluster.etcd import EtcdClient, EtcdError
+from croupier.cluster.etcd import EtcdError, client_for
 from croupier.cluster.fleet import Conflict, Fleet
 from croupier.cluster.registry import Registration, instances
 from croupier.cluster.shared import shared_part
@@ -377,15 +377,7 @@ class Balancer:
         cluster = self.loaded.config.cluster
         if cluster is None:
             return
-        beside = self.loaded.beside
-        password = (beside(cluster.password_file).read_text().strip()
-                    if cluster.password_file else None)
-        client = EtcdClient(
-            cluster.etcd, username=cluster.username, password=password,
-            ca_file=str(beside(cluster.ca)) if cluster.ca else None,
-            cert_file=str(beside(cluster.cert)) if cluster.cert else None,
-            key_file=str(beside(cluster.key)) if cluster.key else None,
-            timeout=cluster.timeout)
+        client = client_for(cluster, self.loaded.beside)
         self.instance_name = cluster.instance or socket.gethostname()
         self.fleet = Fleet(client, cluster.prefix, self._fleet_changed)
         self.fleet.start()
@@ -435,6 +427,8 @@ class Balancer:
                               "its registrant is stopping" if state == "drain" else "")
         if self.on_change is not None:
             self.on_change()
+        if self.registration is not None:
+            self.registration.poke()        # a registrant waits for every instance's view
 
     def worker_members(self) -> ApiMembers:
         """The membership workers are sent: what the API changed, and the members registered
@@ -442,13 +436,12 @@ class Balancer:
         changes = self.api_members.changes
         if self.discovery is None:
             return changes
-        listed = {(pool, name) for pool, members in self.config_members.want({}).items()
-                  for name in members}
+        known = {(pool, name) for pool, members in self.config_members.want({}).items()
+                 for name in members} | {(a.pool, a.name) for a in changes.added}
         extra = [AddedMember(pool=s.pool, name=s.name, host=s.host, address=s.address,
                              port=s.port, weight=s.weight)
                  for d in self.discovery.pools for s in d.members.values()
-                 if (s.pool, s.name) not in listed
-                 and not any((a.pool, a.name) == (s.pool, s.name) for a in changes.added)]
+                 if (s.pool, s.name) not in known]
         return changes.model_copy(update={"added": [*changes.added, *extra]}) if extra \
             else changes
 
