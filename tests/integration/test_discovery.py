@@ -115,3 +115,5 @@ def test_only_addresses_inside_allowed_networks_are_taken(discovering, etcd: Etc
         lambda: c.balancer.discovery.pools[0].refused), message="the keys to be refused")
     assert any("outside the pool's allowed_networks" in r for r in refused)
     assert "10.9.9.9:80" not in names(c) and len(names(c)) == 1
+    fleet = c.lt.run(c.balancer.fleet_view())           # what `croupier fleet` prints
+    assert sorted(fleet["skipped_keys"]) == sorted(refused)

@@ -464,7 +464,8 @@ class Balancer:
         if fleet is None:
             return None
         return {"connected": float(fleet.connected), "applied": float(fleet.applied),
-                "lag": max(0.0, time.time() - fleet.heard), "skipped": float(len(fleet.skipped)),
+                "lag": max(0.0, time.time() - fleet.heard),
+                "skipped": float(len(self._skipped_keys())),
                 "resyncs": float(fleet.resyncs)}
 
     async def fleet_ready(self) -> None:
@@ -504,7 +505,13 @@ class Balancer:
             "instances": found,
             "config_digests_differ": len({e.get("config_digest") for e in found}) > 1,
             "disagreements": {k: v for k, v in views.items() if len(set(v.values())) > 1},
-            "skipped_keys": fleet.skipped + [f"{k}: not an instance entry" for k in bad]}
+            "skipped_keys": self._skipped_keys() + [f"{k}: not an instance entry" for k in bad]}
+
+    def _skipped_keys(self) -> list[str]:
+        """Keys under the prefix not taken, with why: shared state that does not parse, and
+        registrations refused (not parsing, or outside the pool's allowed_networks)."""
+        refused = [r for d in self.discovery.pools for r in d.refused] if self.discovery else []
+        return (self.fleet.skipped if self.fleet is not None else []) + refused
 
     async def commit_change(self, local: bool = False) -> int | None:
         """An operator's change was made to the model: kept in the state file alone, or with a
