@@ -30,7 +30,6 @@ from croupier.cluster.mirror import Mirror
 from croupier.cluster.registry import BACKOFF, instances
 from croupier.config.load import MemberSpec
 from croupier.config.schema import Address, Name, PoolConfig, Port, Weight
-from croupier.model.reconcile import Wanted
 
 log = logging.getLogger("croupier.cluster")
 
@@ -93,22 +92,6 @@ class PoolDiscovery(Mirror):
         if (members, draining) != (self.members, self.draining):
             self.members, self.draining = members, draining
             self.on_change()
-
-
-class Discovery:
-    """A source (croupier.sources): the pools' registered members on top of the listed ones
-    (a listed member of the same name stays as listed)."""
-
-    def __init__(self, pools: list[PoolDiscovery]) -> None:
-        self.pools = pools
-
-    def want(self, below: Wanted) -> Wanted:
-        wanted = {pool: dict(members) for pool, members in below.items()}
-        for d in self.pools:
-            members = wanted.setdefault(d.pool, {})
-            for name, spec in d.members.items():
-                members.setdefault(name, spec)
-        return wanted
 
 
 async def keep_registered(client: EtcdClient, key: str, entry: Registered, ttl: float,

@@ -30,7 +30,7 @@ from typing import Any, Protocol, cast
 from croupier import __version__
 from croupier.admin.ops import OpError, Target, set_state
 from croupier.admin.schedule import Scheduler
-from croupier.cluster.discovery import Discovery, PoolDiscovery
+from croupier.cluster.discovery import PoolDiscovery
 from croupier.cluster.etcd import EtcdError, client_for
 from croupier.cluster.fleet import Conflict, Fleet
 from croupier.cluster.registry import Registration, instances
@@ -55,6 +55,7 @@ from croupier.runtime.notify import notify
 from croupier.sources import Source, stack
 from croupier.sources.admin_api import AddedMember, AdminApi, ApiMembers
 from croupier.sources.config_file import ConfigFile
+from croupier.sources.discovery import Discovery
 
 log = logging.getLogger("croupier")
 

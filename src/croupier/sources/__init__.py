@@ -1,8 +1,8 @@
 """Where members come from. Each source is a layer: told what the layers under it want, it
 says what it wants instead; the top layer's answer goes to the one reconcile
 (croupier.model.reconcile), whoever asked for the change. Today's stack, bottom up: the
-config file, then the admin API (members it added or removed, weights it set); a discovery
-source or the fleet's shared state (etcd) stacks the same way."""
+config file, the members registered in etcd (discovery.py), then the admin API (members it
+added or removed, weights it set)."""
 
 from __future__ import annotations
 
