@@ -5,23 +5,32 @@ pool, and the model may only be touched from the event loop's thread.
 
 Reading needs no token; every change needs `Authorization: Bearer <token>`, checked from the
 headers before any body is read (`guard.AdminGuard`), and bodies are small (413 past 64 KiB).
-It binds loopback by default ([admin].listen). The OpenAPI description is at /openapi.json,
-docs at /docs.
+It binds loopback by default ([admin].listen), and answers only requests whose Host is one of
+its own names or addresses (a page elsewhere that rebinds its DNS name to 127.0.0.1 would
+otherwise read it from the operator's browser). The OpenAPI description is at /openapi.json,
+docs at /docs; the dashboard is at / (admin/dashboard.py, admin/static/).
 """
 
 from __future__ import annotations
 
+import socket
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field
+from sse_starlette.sse import EventSourceResponse
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from croupier import __version__
 from croupier.admin import ops, views
+from croupier.admin.dashboard import Dashboard
 from croupier.admin.guard import NEEDS_TOKEN, AdminGuard, token_matches
 from croupier.admin.metrics import render_metrics
 from croupier.config.schema import MAX_EPOCH, Address, Duration, Name, Port, Text, Weight, When
@@ -111,6 +120,11 @@ class NewWindow(_Body):
     id: Name | None = None
 
 
+# The page loads only croupier's own files and talks only to croupier: no inline script, no
+# other origin, not framed by another site.
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+
 # Module level: annotations are strings here (PEP 563), and FastAPI resolves them against the
 # module's names, never a function's locals.
 _bearer = HTTPBearer(auto_error=False)
@@ -133,11 +147,42 @@ def status_view(instance: Instance) -> dict[str, Any]:
     }
 
 
+STATIC = Path(__file__).parent / "static"
+
+
+def own_names(listen: str, extra: list[str]) -> list[str]:
+    """The Host values the admin API answers: loopback's names, the address it listens on,
+    this machine's name and addresses, and the names the config adds ([admin].allowed_hosts:
+    what operators type, needed when it listens on a wildcard address)."""
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    names = {"localhost", "127.0.0.1", "[::1]", socket.gethostname(), *extra}
+    if host not in ("0.0.0.0", "::", ""):
+        names.add(f"[{host}]" if ":" in host else host)
+    try:
+        for *_, addr in socket.getaddrinfo(socket.gethostname(), None):
+            ip = str(addr[0])
+            names.add(f"[{ip}]" if ":" in ip else ip)
+    except OSError:
+        pass
+    return sorted(names)
+
+
 def build_app(instance: Instance, token: str) -> FastAPI:
     # FastAPIOffline: /docs and /redoc load their assets from croupier, not from a CDN.
     app = FastAPIOffline(title="croupier admin API", version="1",
                          description="State, maintenance and metrics of a running croupier.")
     app.add_middleware(AdminGuard, token=token)
+    admin = instance.loaded.config.admin
+    app.add_middleware(TrustedHostMiddleware,   # outermost: before the token is looked at
+                       allowed_hosts=own_names(admin.listen, admin.allowed_hosts))
+    cluster = instance.loaded.config.cluster
+    dashboard = Dashboard(
+        lambda: instance.pools, lambda: status_view(instance),
+        instance.fleet_view if cluster is not None else None,
+        {"instance": (cluster.instance if cluster and cluster.instance else
+                      socket.gethostname()), "version": __version__})
+    app.state.dashboard = dashboard     # started and stopped by the runtime, on its loop
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     async def authorized(
         creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -170,6 +215,18 @@ def build_app(instance: Instance, token: str) -> FastAPI:
         return {"target": t.text, "host": ops.host_view(t.host) if t.host else None,
                 "members": [ops.member_view(m) for m in members],
                 "drained": all(ops.drained(m) for m in members)}
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html",
+                            headers={"Cache-Control": "no-cache",
+                                     "Content-Security-Policy": CSP})
+
+    @app.get("/api/v1/events", summary="The dashboard's live stream (server-sent events): "
+             "`hello` with the sparklines' history, then a `frame` a second", tags=["dashboard"])
+    async def events() -> EventSourceResponse:
+        return EventSourceResponse(dashboard.events(), ping=15, send_timeout=10,
+                                   headers={"Cache-Control": "no-store"})
 
     @app.get("/healthz", response_class=PlainTextResponse, summary="The admin API answers")
     async def healthz() -> str:

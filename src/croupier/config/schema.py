@@ -153,12 +153,25 @@ class AdminConfig(_Strict):
     # Admin states, added and removed members, weights and windows set at run time are kept
     # here (beside the config) so that they survive a restart.
     state_file: str = "croupier.state.json"
+    # Host names the admin API and dashboard answer to besides loopback's, the listen address
+    # and this machine's own ("lb-1.example.com", "*.lb.example.com"): any other Host is
+    # refused (DNS rebinding).
+    allowed_hosts: list[Annotated[str, Field(min_length=1, max_length=253)]] = []
 
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str) -> str:
         split_address(v)
         return v
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _allowed_hosts(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if "*" in name[1:] or (name.startswith("*") and not name.startswith("*.")) \
+                    or any(c in name for c in "/: @"):
+                raise ValueError(f"{name!r}: a host name or address, or *.DOMAIN")
+        return [name.lower() for name in v]
 
 
 class RouteConfig(_Strict):

@@ -124,6 +124,7 @@ class Balancer:
         self._sweeps = 0
         self._admin_server: Any = None
         self._admin_task: asyncio.Task[None] | None = None
+        self._dashboard: Any = None                  # admin/dashboard.py, when the API runs
         self.admin_port: int | None = None
         # Open access logs, by (path, format): listeners that share one share its buffer.
         self.access_logs: dict[tuple[str, bool], AccessLog] = {}
@@ -619,8 +620,12 @@ class Balancer:
             def capture_signals(self) -> Iterator[None]:
                 yield
 
+        app = self.parts.admin_app(self, token)
+        self._dashboard = getattr(app.state, "dashboard", None)
+        if self._dashboard is not None:
+            self._dashboard.start()
         self._admin_server = EmbeddedServer(uvicorn.Config(
-            self.parts.admin_app(self, token), log_level="warning", lifespan="off",
+            app, log_level="warning", lifespan="off",
             access_log=False, timeout_graceful_shutdown=2))
         self._admin_task = self.loop.create_task(self._admin_server.serve(sockets=[sock]))
         while not self._admin_server.started:
@@ -859,6 +864,8 @@ class Balancer:
         await self.checker.stop()
         await self.scheduler.stop()
         await self._stop_fleet()
+        if self._dashboard is not None:
+            await self._dashboard.stop()        # its streams end: the pages say so, reconnect
         if self._admin_server is not None:
             self._admin_server.should_exit = True
             if self._admin_task is not None:
