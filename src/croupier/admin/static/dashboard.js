@@ -300,7 +300,7 @@ function Windows({ frame }) {
     e.preventDefault();
     const start = now + parseFloat(inMinutes || "0") * 60;
     await act("POST", "/api/v1/schedules", {
-      target, start, duration: parseFloat(minutes) * 60, reason: "from the dashboard",
+      target, start, duration: `${parseFloat(minutes)}m`, reason: "from the dashboard",
     }, `window for ${target}`);
   };
   const targets = [...frame.pools.flatMap((p) => p.members.map((m) => m.key)),
