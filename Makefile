@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench screenshot clean
 
 # Sources mypyc compiles (setup.py's DATA_PLANE, and their neighbours): a change rebuilds.
 DATA_PLANE := $(wildcard src/croupier/proxy/*.py src/croupier/model/*.py src/croupier/balancing/*.py)
@@ -46,6 +46,11 @@ bench: $(COMPILED)
 	CROUPIER_PURE=1 $(PY) -m pip install --quiet -e '.[dev,bench]'  # leaves the build in place
 	bash bench/install.sh
 	$(PY) bench/run.py
+
+# The README's picture of the dashboard, during a drain, in the browser the tests use.
+screenshot: $(COMPILED)
+	bash tests/install.sh
+	$(PY) tests/browser/screenshot.py docs/dashboard.png
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build

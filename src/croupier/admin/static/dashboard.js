@@ -211,8 +211,10 @@ function Weight({ m }) {
     <button type="submit">Set</button></form>`;
 }
 
+// drain --wait's progress, on the page: for a member drained here (followed until Ready) or
+// anywhere (shown while it is not ready): what is still in flight, on every instance.
 function DrainProgress({ m, fleet }) {
-  if (!store.waiting[m.key]) return null;
+  if (!store.waiting[m.key] && m.admin_state === "ready") return null;
   let parts = [`${m.in_flight} here`];
   let total = m.in_flight;
   let allDrained = m.admin_state !== "ready";
