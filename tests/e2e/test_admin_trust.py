@@ -39,7 +39,7 @@ def test_an_unauthenticated_64mib_body_gets_401_before_it_is_read(backends, tmp_
             except OSError:
                 pass                    # refused and closed: the rest is never read
         with socket.create_connection(("127.0.0.1", admin), timeout=30) as s:
-            s.sendall(b"POST /api/v1/pools/app/members HTTP/1.1\r\nHost: x\r\n"
+            s.sendall(b"POST /api/v1/pools/app/members HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                       b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (64 * MiB))
             sender = threading.Thread(target=send_body, args=(s,), daemon=True)
             sender.start()

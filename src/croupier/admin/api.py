@@ -177,7 +177,9 @@ def build_app(instance: Instance, token: str) -> FastAPI:
                        allowed_hosts=own_names(admin.listen, admin.allowed_hosts))
     cluster = instance.loaded.config.cluster
     dashboard = Dashboard(
-        lambda: instance.pools, lambda: status_view(instance),
+        lambda: instance.pools,
+        lambda: {h.name: h.check for h in instance.loaded.config.hosts if h.check is not None},
+        lambda: status_view(instance),
         instance.fleet_view if cluster is not None else None,
         {"instance": (cluster.instance if cluster and cluster.instance else
                       socket.gethostname()), "version": __version__})

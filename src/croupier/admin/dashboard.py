@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from croupier.admin.ops import OpError
+from croupier.config.schema import HostCheckConfig
 from croupier.model.state import DURATION_BOUNDS, Member, Pool
 
 log = logging.getLogger("croupier.admin")
@@ -64,10 +65,12 @@ def quantile(q: float, buckets: list[int]) -> float | None:
 
 class Dashboard:
     def __init__(self, pools: Callable[[], dict[str, Pool]],
+                 host_checks: Callable[[], dict[str, HostCheckConfig]],
                  status: Callable[[], dict[str, Any]],
                  fleet: Callable[[], Awaitable[dict[str, Any]]] | None,
                  about: dict[str, Any], tick: float = TICK) -> None:
         self.pools = pools              # read at every sample: a reload replaces them
+        self.host_checks = host_checks
         self.status = status
         self.fleet = fleet
         self.about = about              # what does not change: instance, version, token needed
@@ -169,8 +172,13 @@ class Dashboard:
                     view["spark"] = spark.spark[-1] if spark and spark.spark else 0.0
         changes: list[dict[str, Any]] = [{"target": key} | e.as_dict()
                                          for key, m in members.items() for e in m.history]
+        checks = self.host_checks()
         for host in status["hosts"]:
             changes += [{"target": f"host:{host['name']}"} | e for e in host.pop("history")]
+            check = checks.get(host["name"])
+            host["check"] = None if check is None else (
+                (f"tcp port {check.port}" if check.type == "tcp" else f"GET {check.url}")
+                + f", every {check.interval:g}s")
         changes.sort(key=lambda c: float(c["time"]), reverse=True)
         fleet = None
         if self.fleet is not None:

@@ -281,7 +281,7 @@ function Pools({ frame }) {
             <tr class="host" data-host=${name}><td>host ${name}</td>
               <td><${Badge} table=${HEALTH} value=${host.health} /></td>
               <td><${Badge} table=${ADMIN} value=${host.admin_state} /> <span class="muted">${origins}</span></td>
-              <td colspan="9" class="muted">${host.address || ""}</td>
+              <td colspan="9" class="muted host-check">${host.address || ""}${host.check ? ", check: " + host.check : ", no check of its own"}</td>
               <td><${Actions} target=${"host:" + name} /></td></tr>
             ${members.map((m) => html`<${MemberRow} key=${m.key} m=${m} fleet=${frame.fleet} />`)}`;
         })}
