@@ -231,7 +231,7 @@ function DrainProgress({ m, fleet }) {
   }
   const text = allDrained && total === 0
     ? "✔ drained everywhere: safe to stop"
-    : `⧗ draining: ${total} in flight (${parts.join(", ")})`;
+    : `◔ draining: ${total} in flight (${parts.join(", ")})`;
   return html`<div class="progress" data-progress=${m.key}>${text}</div>`;
 }
 
