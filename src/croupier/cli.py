@@ -577,3 +577,6 @@ def reload(config_path: Path | None, admin_url: str | None, token: str | None) -
     click.echo(f"reloaded ({r['digest'][:12]}): {len(r['listeners'])} listener(s), "
                f"{len(r['pools'])} pool(s), {r['members']} member(s)"
                + (f", served by {len(r['workers'])} worker(s)" if r.get("workers") else ""))
+    if r.get("needs_restart"):
+        click.echo("changed but kept as they run until a restart: "
+                   + ", ".join(f"[{s}]" for s in r["needs_restart"]), err=True)

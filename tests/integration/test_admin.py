@@ -195,6 +195,20 @@ def test_reload_with_a_bad_config_changes_nothing(backends, admin_croupier):
         assert [client.get(c.url()).text for _ in range(3)] == list("abc")
 
 
+def test_a_reload_says_which_changed_sections_wait_for_a_restart(backends, admin_croupier):
+    c, path = admin_croupier([b.address for b in backends])
+    path.write_text(path.read_text().replace(
+        "[admin]\n", '[admin]\nallowed_hosts = ["lb-1.example.com"]\n', 1))
+    r = cli(path, "reload")
+    assert "until a restart: [admin]" in r.stderr
+    # The admin listener runs as it started: the new name is not answered yet.
+    port = c.balancer.admin_port
+    refused = httpx.get(f"http://127.0.0.1:{port}/healthz", headers={"Host": "lb-1.example.com"})
+    assert refused.status_code == 400
+    unchanged = cli(path, "reload")
+    assert "restart" in unchanged.stderr            # still differs from what runs
+
+
 def test_a_reload_whose_access_log_cannot_be_opened_changes_nothing(backends, admin_croupier,
                                                                    tmp_path):
     c, path = admin_croupier([b.address for b in backends])

@@ -151,4 +151,6 @@ class ReloadView(BaseModel):
     listeners: list[str] = []
     pools: list[str] = []
     members: int | None = None
+    # Sections that changed but take effect only at a restart (the admin listener, the fleet)
+    needs_restart: list[str] = []
     workers: list[WorkerServes] | None = None

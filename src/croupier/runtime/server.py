@@ -141,6 +141,9 @@ class Balancer:
         self.on_reopen: Callable[[], int] | None = None     # the supervisor's: tell workers
         self.log_counts: tuple[int, int] | None = None      # the supervisor's: workers' sum
         self.state_file = parts.state_file
+        # The admin listener and the fleet's connection are made once, at start: a reload
+        # that changes their sections says they wait for a restart.
+        self.started_with = {"admin": loaded.config.admin, "cluster": loaded.config.cluster}
         # A fleet ([cluster]): the shared admin state and this instance's entry in its list
         self.fleet: Fleet | None = None
         self.discovery: Discovery | None = None     # pools' self-registered members
@@ -808,6 +811,11 @@ class Balancer:
                      socks: dict[str, socket.socket]) -> dict[str, Any]:
         """Serve `loaded` from now on, with the sockets bind_new_listeners made for it."""
         await self.checker.stop()
+        restart = [section for section, running in self.started_with.items()
+                   if getattr(loaded.config, section) != running]
+        if restart:
+            log.warning("config reloaded, but [%s] changed: that takes a restart (the running "
+                        "one is kept until then)", "], [".join(restart))
         self.loaded = loaded
         self.config_members = ConfigFile(loaded)
         self.reconcile_members()
@@ -841,7 +849,8 @@ class Balancer:
                  len(self.members()))
         return {"reloaded": True, "digest": loaded.digest,
                 "listeners": sorted(lc.name for lc in loaded.config.listeners),
-                "pools": sorted(self.pools), "members": len(self.members())}
+                "pools": sorted(self.pools), "members": len(self.members()),
+                "needs_restart": restart}
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting; close idle connections at once, and the others once their request
