@@ -13,8 +13,6 @@ core; the figure is the median difference, with and without viewers, of the roun
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,10 +21,10 @@ import time
 from pathlib import Path
 
 import httpx
+from common import cpu_seconds, free_port, wait_for
 
 HERE = Path(__file__).parent
 CROUPIER = str(Path(sys.executable).parent / "croupier")
-TICKS = os.sysconf("SC_CLK_TCK")
 
 PACED = """
 import asyncio, sys, time
@@ -72,27 +70,7 @@ asyncio.run(main())
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS       # utime + stime
-
-
-def wait_for(predicate, timeout: float = 30, what: str = "it") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except (OSError, httpx.HTTPError):
-            pass
-        time.sleep(0.05)
-    raise SystemExit(f"{what} did not come up")
 
 
 def main() -> None:

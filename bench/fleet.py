@@ -16,7 +16,6 @@ each, `workers = 1`) sharing one prefix, in front of one small HTTP member, all 
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import signal
@@ -30,28 +29,14 @@ import time
 from pathlib import Path
 
 import httpx
+from common import cpu_seconds as cpu
+from common import free_port, wait_for
 
 HERE = Path(__file__).parent
 CROUPIER = str(Path(sys.executable).parent / "croupier")
 
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(predicate, timeout: float = 30, what: str = "it") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except (OSError, httpx.HTTPError):
-            pass
-        time.sleep(0.05)
-    raise SystemExit(f"timed out waiting for {what}")
 
 
 class Instance:
@@ -97,10 +82,6 @@ members = ["127.0.0.1:{member_port}"]
         except subprocess.TimeoutExpired:
             self.proc.kill()
 
-
-def cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def small(instance: Instance, duration: float) -> tuple[float, float]:

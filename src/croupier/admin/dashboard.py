@@ -12,7 +12,6 @@ viewer's stream sends that same string, so ten open tabs cost what one does, plu
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -21,6 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from croupier.admin.ops import OpError
+from croupier.aio import cancelled
 from croupier.config.schema import HostCheckConfig
 from croupier.model.state import DURATION_BOUNDS, Member, Pool
 
@@ -93,11 +93,8 @@ class Dashboard:
         sampler."""
         self._closing = True
         self._publish()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancelled(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

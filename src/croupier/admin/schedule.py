@@ -13,7 +13,6 @@ should have from the windows alone, and applies only the differences.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import time
@@ -21,6 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from croupier.admin.ops import OpError, resolve, set_state
+from croupier.aio import cancelled
 from croupier.model.state import strongest
 
 if TYPE_CHECKING:
@@ -142,11 +142,8 @@ class Scheduler:
             await asyncio.sleep(TICK)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancelled(self._task)
+        self._task = None
 
 
 def _fmt(t: float) -> str:

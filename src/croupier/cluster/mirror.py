@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 
+from croupier.aio import cancelled
 from croupier.cluster.etcd import Compacted, EtcdClient, EtcdError, KeyValue, Unavailable
 from croupier.cluster.registry import BACKOFF
 
@@ -43,11 +44,8 @@ class Mirror:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancelled(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         failures = 0

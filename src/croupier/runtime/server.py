@@ -30,6 +30,7 @@ from typing import Any, Protocol, cast
 from croupier import __version__
 from croupier.admin.ops import OpError, Target, set_state
 from croupier.admin.schedule import Scheduler
+from croupier.aio import cancelled
 from croupier.cluster.discovery import PoolDiscovery
 from croupier.cluster.etcd import EtcdError, client_for
 from croupier.cluster.fleet import Conflict, Fleet
@@ -399,10 +400,7 @@ class Balancer:
     async def _stop_fleet(self) -> None:
         if self.fleet is None:
             return
-        if self._registration_task is not None:
-            self._registration_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._registration_task
+        await cancelled(self._registration_task)
         if self.registration is not None:
             await self.registration.leave()
         for d in self.discovery.pools if self.discovery is not None else []:
