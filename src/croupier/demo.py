@@ -160,6 +160,8 @@ def run_demo(listen_port: int, first_app_port: int, instances: int, admin_port: 
               "done")
         print(f"  curl --cacert {cert} https://localhost:{tls_port}/get-classes   # HTTPS")
         print(f"  kill {procs[0].pid}   # then curl again: the others carry on")
+        print(f"  open http://127.0.0.1:{admin_port}/   # the dashboard (token: "
+              f"{folder / 'admin.token'}, once croupier wrote it)")
         print(f"  croupier status -c {path}")
         print(f"  croupier drain local:{ports[1]} --wait -c {path}   # planned maintenance")
         print(f"  croupier ready local:{ports[1]} -c {path}")
