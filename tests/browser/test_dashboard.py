@@ -107,7 +107,9 @@ def test_the_page_loads_clean_and_lists_every_member(page, lb, apps):
     rows = page.find_elements(By.CSS_SELECTOR, "tr[data-member]")
     assert sorted(r.get_attribute("data-member") for r in rows) == sorted(
         f"app/{b.address}" for b in apps)
-    assert "▲ up" in cell(page, f"app/{apps[0].address}", "health")
+    # Up once its first check passed (unknown until then, shown as such).
+    wait(page, lambda d: "▲ up" in cell(d, f"app/{apps[0].address}", "health"),
+         message="the member's first check shown")
     assert "read-only" in page.find_element(By.ID, "token-state").text
 
 
@@ -149,7 +151,8 @@ def test_a_killed_backend_shows_as_down_within_its_check_interval(page, lb, apps
     # interval 200 ms, fall 1, timeout 500 ms: down within a second, shown within the next.
     wait(page, lambda d: "down" in cell(d, key, "health"), timeout=2.5,
          message="the member shown down")
-    assert "▲ up" in cell(page, f"app/{apps[1].address}", "health")
+    wait(page, lambda d: "▲ up" in cell(d, f"app/{apps[1].address}", "health"),
+         message="the other still up")
 
 
 def test_the_page_survives_a_restart_and_says_so_meanwhile(page, lb, apps):
