@@ -61,7 +61,7 @@ def test_ten_viewers_get_the_same_frames_built_once_a_tick(lb):
         wait_until(lambda: all(len(v.frames()) >= 5 for v in viewers), timeout=10,
                    message="three more frames")
         more = lb.state(lambda: dashboard.frames) - built
-        assert 3 <= more <= 6                       # once a tick, not once a viewer
+        assert 3 <= more <= 9       # once a tick: once a viewer would be 30 or more
         assert lb.state(lambda: dashboard.viewers) == 10
         # The frames of one tick are one string, sent to all.
         stamps = [{f["time"] for f in v.frames()} for v in viewers]
