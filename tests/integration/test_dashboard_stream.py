@@ -97,6 +97,26 @@ def test_frames_carry_each_member_s_rate_status_shares_and_percentiles(lb, backe
         assert abs(share - 1 / 3) < 0.01, members
         hello = json.loads(viewer.events[0][1])
         assert hello["spark_seconds"] == 300 and set(hello["history"]) == {
-            m["key"] for m in members}
+            m["key"] for m in members} | {"app/"}          # and the pool's own answers
+    finally:
+        viewer.stop.set()
+
+
+def test_a_pool_answering_with_no_member_shows_it(lb, backends, tmp_path: Path):
+    token = (tmp_path / "admin.token").read_text().strip()
+    with httpx.Client(headers={"Authorization": f"Bearer {token}"}) as api:
+        for b in backends[:2]:
+            r = api.put(f"{admin(lb)}/api/v1/targets/app/{b.address}/state",
+                        json={"state": "maint"})
+            assert r.status_code == 200, r.text
+    with httpx.Client() as client:
+        assert {client.get(lb.url("/")).status_code for _ in range(30)} == {503}
+    viewer = Viewer(admin(lb) + "/api/v1/events")
+    try:
+        def unserved() -> dict[str, Any]:
+            frames = viewer.frames()
+            return frames[-1]["pools"][0]["unserved"] if frames else {"rps": 0}
+        wait_until(lambda: unserved()["rps"] > 0, timeout=10, message="the pool's 503s")
+        assert unserved()["errors"] == {"5xx": 1.0}
     finally:
         viewer.stop.set()

@@ -22,7 +22,7 @@ from typing import Any
 from croupier.admin.ops import OpError
 from croupier.aio import cancelled
 from croupier.config.schema import HostCheckConfig
-from croupier.model.state import DURATION_BOUNDS, Member, Pool
+from croupier.model.state import DURATION_BOUNDS, Pool
 
 log = logging.getLogger("croupier.admin")
 
@@ -117,14 +117,17 @@ class Dashboard:
         self._new_frame = asyncio.Event()
 
     def sample(self, now: float) -> None:
+        """Every member's counters, and each pool's for what it answered with no member
+        (keyed "POOL/": no member's key ends so)."""
         seen = set()
         for pool in self.pools().values():
-            for m in pool.members:
-                seen.add(m.key)
-                series = self.series.get(m.key)
+            tallies = [(m.key, m.tally) for m in pool.members]
+            tallies.append((f"{pool.name}/", pool.unserved))
+            for key, t in tallies:
+                seen.add(key)
+                series = self.series.get(key)
                 if series is None:
-                    series = self.series[m.key] = _Series()
-                t = m.tally
+                    series = self.series[key] = _Series()
                 codes, buckets = t.codes, list(t.buckets)
                 if series.samples:
                     then, old_codes, _ = series.samples[-1]
@@ -137,9 +140,9 @@ class Dashboard:
 
     # ---- a frame --------------------------------------------------------------------------
 
-    def figures(self, m: Member) -> dict[str, Any]:
+    def figures(self, key: str) -> dict[str, Any]:
         """Requests a second, status shares and percentiles over the last WINDOW seconds."""
-        series = self.series.get(m.key)
+        series = self.series.get(key)
         if series is None or len(series.samples) < 2:
             return {"rps": 0.0, "errors": {}, "p50_ms": None, "p99_ms": None}
         (t0, codes0, buckets0), (t1, codes1, buckets1) = series.samples[0], series.samples[-1]
@@ -157,6 +160,7 @@ class Dashboard:
         status = self.status()
         members = {m.key: m for pool in self.pools().values() for m in pool.members}
         for pool in status["pools"]:
+            pool["unserved"] = self.figures(f"{pool['name']}/")
             for view in pool["members"]:
                 key = f"{view['pool']}/{view['name']}"
                 m = members.get(key)
@@ -164,7 +168,7 @@ class Dashboard:
                 view["last_change"] = history[-1] if history else None
                 view["key"] = key
                 if m is not None:
-                    view |= self.figures(m)
+                    view |= self.figures(key)
                     spark = self.series.get(key)
                     view["spark"] = spark.spark[-1] if spark and spark.spark else 0.0
         changes: list[dict[str, Any]] = [{"target": key} | e.as_dict()

@@ -268,7 +268,9 @@ function Pools({ frame }) {
     const byHost = {};
     for (const m of pool.members) (byHost[m.host] = byHost[m.host] || []).push(m);
     return html`<section class="pool" data-pool=${pool.name} key=${pool.name}>
-      <h2>Pool ${pool.name} <span class="muted">${pool.algorithm}, ${pool.eligible} of ${pool.members.length} taking traffic</span></h2>
+      <h2>Pool ${pool.name} <span class="muted">${pool.algorithm}, ${pool.eligible} of ${pool.members.length} taking traffic</span>
+        ${pool.unserved && pool.unserved.rps > 0
+          ? html` <span class="disagree unserved">✖ answered with no member: ${fmt(pool.unserved.rps)} req/s</span>` : ""}</h2>
       <table>
         <tr><th>member</th><th>health</th><th>admin</th><th>traffic</th><th>weight</th>
           <th class="num">in flight</th><th class="num">req/s</th><th class="num">4xx</th>
