@@ -73,7 +73,7 @@ class Dashboard:
         self.host_checks = host_checks
         self.status = status
         self.fleet = fleet
-        self.about = about              # what does not change: instance, version, token needed
+        self.about = about              # what does not change: the instance's name, version
         self.tick = tick
         self.series: dict[str, _Series] = {}
         self.viewers = 0
@@ -164,8 +164,7 @@ class Dashboard:
             for view in pool["members"]:
                 key = f"{view['pool']}/{view['name']}"
                 m = members.get(key)
-                history = view.pop("history", [])
-                view["last_change"] = history[-1] if history else None
+                del view["history"]            # the frame's `changes` merges them
                 view["key"] = key
                 if m is not None:
                     view |= self.figures(key)
@@ -197,8 +196,8 @@ class Dashboard:
         frame), then `frame` once a tick, until the viewer leaves or the dashboard stops."""
         self.viewers += 1
         try:
-            frame = self.frame or json.dumps(await self.build(time.time()),
-                                             separators=(",", ":"))
+            # Its own first frame: the last one built may be from before anyone watched.
+            frame = json.dumps(await self.build(time.time()), separators=(",", ":"))
             history = {key: [round(v, 2) for v in s.spark] for key, s in self.series.items()}
             yield {"event": "hello", "data": json.dumps(
                 {"tick": self.tick, "spark_seconds": SPARK, "history": history},

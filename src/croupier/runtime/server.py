@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 from croupier import __version__
+from croupier.admin.dashboard import Dashboard
 from croupier.admin.ops import OpError, Target, set_state
 from croupier.admin.schedule import Scheduler
 from croupier.aio import cancelled
@@ -125,7 +126,7 @@ class Balancer:
         self._sweeps = 0
         self._admin_server: Any = None
         self._admin_task: asyncio.Task[None] | None = None
-        self._dashboard: Any = None                  # admin/dashboard.py, when the API runs
+        self._dashboard: Dashboard | None = None     # started with the admin API
         self.admin_port: int | None = None
         # Open access logs, by (path, format): listeners that share one share its buffer.
         self.access_logs: dict[tuple[str, bool], AccessLog] = {}
@@ -622,9 +623,6 @@ class Balancer:
                 yield
 
         app = self.parts.admin_app(self, token)
-        self._dashboard = getattr(app.state, "dashboard", None)
-        if self._dashboard is not None:
-            self._dashboard.start()
         self._admin_server = EmbeddedServer(uvicorn.Config(
             app, log_level="warning", lifespan="off",
             access_log=False, timeout_graceful_shutdown=2))
@@ -634,6 +632,8 @@ class Balancer:
                 self._admin_task.result()
                 raise OSError(0, "the admin API did not start")
             await asyncio.sleep(0.01)
+        self._dashboard = app.state.dashboard       # admin/api.py made it; it runs here
+        self._dashboard.start()
 
     def _admin_token(self) -> str:
         path = self.loaded.beside(self.loaded.config.admin.token_file)

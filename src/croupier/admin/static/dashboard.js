@@ -20,7 +20,6 @@ const store = {
   lostSince: null,        // when the stream was lost (ms), while it is
   lastFrame: 0,
   fresh: false,           // a hello came: the next frame's sample is already in its history
-  waiting: {},            // target -> true: a drain whose progress the page follows
   message: null,          // {text, error}
 };
 const subscribers = new Set();
@@ -110,15 +109,8 @@ async function act(method, path, body, what) {
 
 const statePath = (target) => `/api/v1/targets/${target.split("/").map(encodeURIComponent).join("/")}/state`;
 
-async function setState(target, state) {
-  const done = await act("PUT", statePath(target), { state, reason: "from the dashboard" },
-                         `${state} ${target}`);
-  if (done) {
-    if (state === "drain") store.waiting[target] = true;
-    else delete store.waiting[target];
-    changed();
-  }
-}
+const setState = (target, state) =>
+  act("PUT", statePath(target), { state, reason: "from the dashboard" }, `${state} ${target}`);
 
 // ---- how states read: a word and a shape, colour only repeats them -----------------------
 
@@ -211,10 +203,10 @@ function Weight({ m }) {
     <button type="submit">Set</button></form>`;
 }
 
-// drain --wait's progress, on the page: for a member drained here (followed until Ready) or
-// anywhere (shown while it is not ready): what is still in flight, on every instance.
+// drain --wait's progress, on the page: while a member is not ready (drained here or
+// anywhere), what is still in flight on it, on every instance.
 function DrainProgress({ m, fleet }) {
-  if (!store.waiting[m.key] && m.admin_state === "ready") return null;
+  if (m.admin_state === "ready") return null;
   let parts = [`${m.in_flight} here`];
   let total = m.in_flight;
   let allDrained = m.admin_state !== "ready";
