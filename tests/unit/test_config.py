@@ -154,3 +154,30 @@ def test_a_cluster_section_is_read_with_its_defaults():
     assert cluster is not None
     assert cluster.prefix == "/croupier/prod"          # one spelling, whatever the trailing /
     assert (cluster.instance, cluster.timeout, cluster.lease_ttl) == (None, 2.0, 5.0)
+
+
+def test_admin_allowed_hosts_take_names_addresses_and_domain_wildcards():
+    data = copy.deepcopy(GOOD)
+    good = ["LB-1.example.com", "*.lb.example.com", "10.0.0.5", "[2001:db8::5]"]
+    data["admin"] = {"allowed_hosts": good}
+    assert validate_config(data).config.admin.allowed_hosts == [n.lower() for n in good]
+
+
+@pytest.mark.parametrize("bad", ["*.*.example.com", "lb*.example.com", "2001:db8::5",
+                                 "[not-an-address]", "lb-1/admin", "lb-1:9900", ""])
+def test_admin_allowed_hosts_refuse_what_no_host_header_names(bad):
+    found = problems(lambda d: d.update(admin={"allowed_hosts": [bad]}))
+    assert any(k.startswith("admin.allowed_hosts") for k, _ in found), found
+
+
+def test_the_fleet_digest_covers_pools_hosts_and_windows_not_an_instance_s_own():
+    def digests(mutate=lambda d: None) -> tuple[str, str]:
+        data = copy.deepcopy(GOOD)
+        mutate(data)
+        loaded = validate_config(data)
+        return loaded.digest, loaded.fleet_digest
+    digest, fleet = digests()
+    own = digests(lambda d: d.update(workers=3, admin={"listen": "127.0.0.1:9999"}))
+    assert own[0] != digest and own[1] == fleet
+    shared = digests(lambda d: d["pools"][1]["members"].append("rack1-a:9102"))
+    assert shared[1] != fleet

@@ -57,6 +57,10 @@ class LoadedConfig:
     # SHA-256, which says which config a process serves.
     text: str = ""
     digest: str = ""
+    # The SHA-256 of what the instances of a fleet must agree on: the pools, hosts and
+    # windows its shared state names. Not the rest, which is each instance's own by right
+    # (its name, addresses, workers, certificates, logs).
+    fleet_digest: str = ""
 
     def beside(self, name: str) -> Path:
         """A path the config names (token, state file): relative ones are beside the config
@@ -66,14 +70,6 @@ class LoadedConfig:
             return path
         base = self.path.parent if self.path.name.endswith(".toml") else Path()
         return base / path
-
-    @property
-    def fleet_digest(self) -> str:
-        """The SHA-256 of what the instances of a fleet must agree on: the pools, hosts and
-        windows its shared state names. Not the rest, which is each instance's own by right
-        (its name, addresses, workers, certificates, logs)."""
-        shared = self.config.model_dump(mode="json", include={"pools", "hosts", "maintenance"})
-        return hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).hexdigest()
 
 
 def _key(loc: tuple[int | str, ...], data: dict[str, Any]) -> str:
@@ -299,7 +295,9 @@ def validate_config(data: dict[str, Any], path: Path | str = "<config>") -> Load
     if problems:
         raise ConfigError(path, problems)
     digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
-    return LoadedConfig(Path(path), config, members, digest=digest)
+    shared = config.model_dump(mode="json", include={"pools", "hosts", "maintenance"})
+    fleet_digest = hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).hexdigest()
+    return LoadedConfig(Path(path), config, members, digest=digest, fleet_digest=fleet_digest)
 
 
 def names_member(target: str, pool: str, name: str, address: str, port: int) -> bool:

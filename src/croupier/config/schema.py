@@ -168,9 +168,13 @@ class AdminConfig(_Strict):
     @classmethod
     def _allowed_hosts(cls, v: list[str]) -> list[str]:
         for name in v:
+            bracketed = name.startswith("[") and name.endswith("]")
+            if bracketed and is_address(name[1:-1]) and ":" in name:
+                continue                    # an IPv6 address, as a Host header writes it
             if "*" in name[1:] or (name.startswith("*") and not name.startswith("*.")) \
-                    or any(c in name for c in "/: @"):
-                raise ValueError(f"{name!r}: a host name or address, or *.DOMAIN")
+                    or any(c in name for c in "/: @[]"):
+                raise ValueError(f"{name!r}: a host name, an address ([...] for IPv6), "
+                                 f"or *.DOMAIN")
         return [name.lower() for name in v]
 
 

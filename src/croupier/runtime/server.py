@@ -143,8 +143,9 @@ class Balancer:
         self.on_reopen: Callable[[], int] | None = None     # the supervisor's: tell workers
         self.log_counts: tuple[int, int] | None = None      # the supervisor's: workers' sum
         self.state_file = parts.state_file
-        # The admin listener and the fleet's connection are made once, at start: a reload
-        # that changes their sections says they wait for a restart.
+        # The admin listener and the fleet's connection are made once, at start, by the
+        # process that controls: a reload that changes their sections says they wait for a
+        # restart.
         self.started_with = {"admin": loaded.config.admin, "cluster": loaded.config.cluster}
         # A fleet ([cluster]): the shared admin state and this instance's entry in its list
         self.fleet: Fleet | None = None
@@ -810,7 +811,7 @@ class Balancer:
         """Serve `loaded` from now on, with the sockets bind_new_listeners made for it."""
         await self.checker.stop()
         restart = [section for section, running in self.started_with.items()
-                   if getattr(loaded.config, section) != running]
+                   if getattr(loaded.config, section) != running] if self.controls else []
         if restart:
             log.warning("config reloaded, but [%s] changed: that takes a restart (the running "
                         "one is kept until then)", "], [".join(restart))
