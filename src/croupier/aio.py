@@ -4,15 +4,22 @@ croupier's)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 from typing import Any
+
+log = logging.getLogger("croupier")
 
 
 async def cancelled(task: asyncio.Task[Any] | None) -> None:
-    """Cancel `task` (if any, and still running) and wait until it has stopped: its cleanup
-    runs before the caller goes on. Whatever else it raised on the way out is for it to log."""
-    if task is None or task.done():
+    """Cancel `task` (if any) and wait until it has stopped: its cleanup runs before the
+    caller goes on. A task that had died of an error is logged with it, not passed over: a
+    part that stopped working must not stop quietly."""
+    if task is None:
         return
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
+    try:
         await task
+    except asyncio.CancelledError:
+        pass
+    except Exception:
+        log.exception("%s had stopped on an error", task.get_name())
