@@ -484,6 +484,18 @@ class Load:
             t.join(30)
 
 
+# A pool's health checks for tests that wait on them: a member is up after one check that
+# passes and down after one that fails, five checks a second (write_config's pool_extra).
+FAST_HEALTH = """
+  [pools.health]
+  path = "/"
+  interval = "200ms"
+  timeout = "500ms"
+  rise = 1
+  fall = 1
+"""
+
+
 def write_config(tmp_path: Any, members: list[str], *, port: int | None = None,
                  admin_port: int | None = None, listener_extra: str = "", hosts: str = "",
                  pool_extra: str = "", top: str = "") -> Any:

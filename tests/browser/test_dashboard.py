@@ -12,23 +12,14 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import CROUPIER, ProcBackend, Running, free_port, write_config
+from helpers import CROUPIER, FAST_HEALTH, ProcBackend, Running, free_port, write_config
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-HEALTH = """
-  [pools.health]
-  path = "/"
-  interval = "200ms"
-  timeout = "500ms"
-  rise = 1
-  fall = 1
-"""
 
-
-class Running2:
-    """`croupier run`, its admin URL and token."""
+class Instance:
+    """One croupier instance as a user runs it (`croupier run`), its admin URL and token."""
 
     def __init__(self, path: Path, port: int) -> None:
         self.path, self.port = path, port
@@ -56,11 +47,11 @@ def apps() -> Iterator[list[ProcBackend]]:
 
 
 @pytest.fixture
-def lb(tmp_path: Path, apps: list[ProcBackend]) -> Iterator[Running2]:
+def lb(tmp_path: Path, apps: list[ProcBackend]) -> Iterator[Instance]:
     port = free_port()
     path = write_config(tmp_path, [b.address for b in apps], port=port, top="workers = 1",
-                        pool_extra=HEALTH)
-    r = Running2(path, port)
+                        pool_extra=FAST_HEALTH)
+    r = Instance(path, port)
     yield r
     if r.run.proc.poll() is None:
         r.run.stop()
@@ -88,7 +79,7 @@ def message(page: Any) -> str:
     return str(page.find_element(By.ID, "message").text)
 
 
-def opened(page: Any, lb: Running2) -> None:
+def opened(page: Any, lb: Instance) -> None:
     page.get(lb.admin + "/")
     wait(page, lambda d: "live" in d.find_element(By.ID, "connection").text,
          message="the page's first frame")
@@ -200,7 +191,7 @@ def test_with_a_fleet_the_page_lists_its_instances(page, tmp_path: Path, apps, e
     path.write_text(path.read_text() + f'\n[cluster]\netcd = ["{etcd.url}"]\n'
                     f'prefix = "/test/{tmp_path.name}"\ninstance = "lb-page"\n'
                     f'lease_ttl = "2s"\n')
-    lb = Running2(path, port)
+    lb = Instance(path, port)
     try:
         opened(page, lb)
         wait(page, lambda d: d.find_elements(By.CSS_SELECTOR, 'tr[data-instance="lb-page"]'),

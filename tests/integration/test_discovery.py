@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import Croupier, Etcd, Load, wait_until, write_config
+from helpers import FAST_HEALTH, Croupier, Etcd, Load, wait_until, write_config
 
 from croupier.cluster.etcd import EtcdClient
 
@@ -29,13 +29,7 @@ def discovering(tmp_path: Path, etcd: Etcd, backends):
 allowed_networks = ["127.0.0.0/8"]
   [pools.discovery]
   etcd = "apps/app"
-  [pools.health]
-  path = "/"
-  interval = "200ms"
-  timeout = "500ms"
-  rise = 1
-  fall = 1
-''')
+''' + FAST_HEALTH)
     path.write_text(path.read_text() + f'\n[cluster]\netcd = ["{etcd.url}"]\n'
                     f'prefix = "{prefix}"\ninstance = "lb-a"\nlease_ttl = "2s"\n')
     c = Croupier.from_file(path)
